@@ -1,0 +1,21 @@
+"""Fused operations of sam-edge, each with a plain reference implementation."""
+
+from .rel_pos_attention import (
+    BACKEND_ENV,
+    available_backends,
+    get_rel_pos,
+    register_backend,
+    rel_pos_attention,
+    rel_pos_attention_reference,
+    resolve_backend,
+)
+
+__all__ = [
+    "BACKEND_ENV",
+    "available_backends",
+    "get_rel_pos",
+    "register_backend",
+    "rel_pos_attention",
+    "rel_pos_attention_reference",
+    "resolve_backend",
+]

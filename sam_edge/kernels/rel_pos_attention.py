@@ -1,0 +1,178 @@
+"""Multi-head attention with SAM's decomposed relative-position bias.
+
+One operation serves every attention block of the image encoder, windowed or
+global. Backends (reference torch, Triton, CUDA) sit behind
+:func:`rel_pos_attention` and must agree with :func:`rel_pos_attention_reference`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Size2 = Tuple[int, int]
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative-position embeddings for every (query, key) pair along one axis.
+
+    Args:
+        q_size, k_size: number of query and key positions along the axis.
+        rel_pos: (L, C) table. When L != 2 * max(q_size, k_size) - 1 it is
+            linearly resampled, as the official model does for other resolutions.
+    Returns:
+        (q_size, k_size, C) embeddings.
+    """
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        resized = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),
+            size=max_rel_dist,
+            mode="linear",
+        )
+        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)
+    # Scale coordinates with the shorter side when q and k lengths differ.
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+def rel_pos_bias_terms(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, q_size: Size2, k_size: Size2
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of the decomposed bias.
+
+    Args:
+        q: (B, heads, q_h * q_w, D) queries, *unscaled* (as in the official model).
+    Returns:
+        rel_h: (B, heads, q_h, q_w, k_h), the bias that depends on the key row.
+        rel_w: (B, heads, q_h, q_w, k_w), the bias that depends on the key column.
+        bias[b, n, (i, j), (ki, kj)] = rel_h[b, n, i, j, ki] + rel_w[b, n, i, j, kj].
+    """
+    q_h, q_w = q_size
+    k_h, k_w = k_size
+    Rh = get_rel_pos(q_h, k_h, rel_pos_h).to(q.dtype)
+    Rw = get_rel_pos(q_w, k_w, rel_pos_w).to(q.dtype)
+    B, heads, _, D = q.shape
+    r_q = q.reshape(B, heads, q_h, q_w, D)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
+    return rel_h, rel_w
+
+
+def rel_pos_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: Size2,
+    k_size: Size2,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Plain torch attention with the decomposed rel-pos bias, written for clarity.
+
+    Materialises the (N, M) attention matrix, exactly like the official model:
+    softmax(q k^T * scale + bias) v, computed in the input dtype.
+    """
+    B, heads, N, D = q.shape
+    M = k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    attn = (q * scale) @ k.transpose(-2, -1)
+    rel_h, rel_w = rel_pos_bias_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    attn = attn.view(B, heads, q_size[0], q_size[1], k_size[0], k_size[1])
+    attn = attn + rel_h[..., :, None] + rel_w[..., None, :]
+    attn = attn.view(B, heads, N, M).softmax(dim=-1)
+    return attn @ v
+
+
+# name -> (function, availability check(q) -> reason it cannot run, or None)
+_BACKENDS: Dict[str, Tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], Optional[str]]]] = {}
+
+#: Environment switch that forces a backend for every call that asks for "auto".
+BACKEND_ENV = "SAM_EDGE_ATTENTION_BACKEND"
+
+# Backends tried, in order, for backend="auto" on CUDA tensors.
+_AUTO_CUDA_ORDER = ("triton",)
+
+
+def register_backend(
+    name: str,
+    fn: Callable[..., torch.Tensor],
+    unavailable_reason: Callable[[torch.Tensor], Optional[str]] = lambda q: None,
+) -> None:
+    """Register `fn(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, scale)` as a backend."""
+    _BACKENDS[name] = (fn, unavailable_reason)
+
+
+register_backend("reference", rel_pos_attention_reference)
+
+
+def available_backends(q: Optional[torch.Tensor] = None) -> Dict[str, Optional[str]]:
+    """Map of backend name to None (usable) or the reason it cannot run on `q`."""
+    probe = q if q is not None else torch.empty(0)
+    return {name: check(probe) for name, (_, check) in _BACKENDS.items()}
+
+
+def resolve_backend(q: torch.Tensor, backend: str = "auto") -> str:
+    """The backend that `rel_pos_attention(..., backend=backend)` would run for `q`."""
+    if backend == "auto":
+        forced = os.environ.get(BACKEND_ENV, "").strip()
+        if forced and forced != "auto":
+            backend = forced
+        else:
+            if q.is_cuda:
+                for name in _AUTO_CUDA_ORDER:
+                    if name in _BACKENDS and _BACKENDS[name][1](q) is None:
+                        return name
+            return "reference"
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; known: {sorted(_BACKENDS)}")
+    reason = _BACKENDS[backend][1](q)
+    if reason is not None:
+        raise RuntimeError(f"attention backend {backend!r} cannot run here: {reason}")
+    return backend
+
+
+def rel_pos_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: Size2,
+    k_size: Size2,
+    *,
+    backend: str = "auto",
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + decomposed rel-pos bias) v, as in SAM's image encoder.
+
+    Args:
+        q: (B, heads, q_h * q_w, head_dim) queries, unscaled.
+        k, v: (B, heads, k_h * k_w, head_dim).
+        rel_pos_h: (2 * max(q_h, k_h) - 1, head_dim) table along rows.
+        rel_pos_w: (2 * max(q_w, k_w) - 1, head_dim) table along columns.
+        q_size, k_size: (rows, cols) of the query and key grids.
+        backend: "auto" (Triton for CUDA tensors when available, else the
+            reference; the environment variable SAM_EDGE_ATTENTION_BACKEND
+            overrides it), or a registered name such as "reference" or "triton".
+        scale: logit scale; head_dim ** -0.5 when None.
+    Returns:
+        (B, heads, q_h * q_w, head_dim), the dtype of q.
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v must be (B, heads, N, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[2] != q_size[0] * q_size[1] or k.shape[2] != k_size[0] * k_size[1]:
+        raise ValueError(
+            f"token counts {q.shape[2]}, {k.shape[2]} do not match q_size {tuple(q_size)} and k_size {tuple(k_size)}"
+        )
+    name = resolve_backend(q, backend)
+    fn = _BACKENDS[name][0]
+    return fn(q, k, v, rel_pos_h, rel_pos_w, tuple(q_size), tuple(k_size), scale)
