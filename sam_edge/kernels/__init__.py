@@ -9,6 +9,11 @@ from .rel_pos_attention import (
     rel_pos_attention_reference,
     resolve_backend,
 )
+from .windowed_attention import (
+    register_fused_backend,
+    windowed_rel_pos_attention,
+    windowed_rel_pos_attention_reference,
+)
 
 __all__ = [
     "BACKEND_ENV",
@@ -18,4 +23,7 @@ __all__ = [
     "rel_pos_attention",
     "rel_pos_attention_reference",
     "resolve_backend",
+    "register_fused_backend",
+    "windowed_rel_pos_attention",
+    "windowed_rel_pos_attention_reference",
 ]
