@@ -1,3 +1,36 @@
-"""sam-edge: Segment Anything from official checkpoints to fast, validated inference."""
+"""sam-edge: Segment Anything from official checkpoints to fast, validated inference.
+
+The torch model path is imported lazily, so the ONNX Runtime path works
+without torch installed.
+"""
 
 __version__ = "0.1.0"
+
+from .config import SAM_CONFIGS, SamConfig, get_config  # noqa: E402  (torch-free)
+from .runtime import ImageNotSetError, ResizeLongestSide, SamPredictor  # noqa: E402  (torch-free)
+
+_LAZY = {
+    "sam_model_registry": "build_sam",
+    "build_sam": "build_sam",
+    "build_sam_vit_h": "build_sam",
+    "build_sam_vit_l": "build_sam",
+    "build_sam_vit_b": "build_sam",
+    "build_sam_from_config": "build_sam",
+    "CheckpointError": "build_sam",
+    "Sam": "modeling",
+    "info": "info",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'sam_edge' has no attribute {name!r}")
+
+
+__all__ = ["SAM_CONFIGS", "SamConfig", "get_config", "ImageNotSetError", "ResizeLongestSide", "SamPredictor"] + list(
+    _LAZY
+)

@@ -1,0 +1,6 @@
+"""User-facing runtime: the predictor (and later the mask generator) over any backend."""
+
+from .predictor import ImageNotSetError, SamPredictor
+from .transforms import ResizeLongestSide
+
+__all__ = ["ImageNotSetError", "ResizeLongestSide", "SamPredictor"]

@@ -1,0 +1,54 @@
+"""The torch model behind the Backend interface."""
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..modeling import Sam
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: Sam) -> None:
+        self.model = model
+        self.image_size = model.image_encoder.img_size
+        self.mask_input_size = model.prompt_encoder.mask_input_size[0]
+        self.mask_threshold = model.mask_threshold
+        self.image_format = model.image_format
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def from_numpy(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    def to_numpy(self, array: torch.Tensor) -> np.ndarray:
+        return array.detach().cpu().numpy()
+
+    @torch.no_grad()
+    def embed(self, input_image: torch.Tensor) -> torch.Tensor:
+        return self.model.image_encoder(self.model.preprocess(input_image))
+
+    @torch.no_grad()
+    def decode(
+        self,
+        features: torch.Tensor,
+        point_coords: Optional[torch.Tensor],
+        point_labels: Optional[torch.Tensor],
+        boxes: Optional[torch.Tensor],
+        mask_input: Optional[torch.Tensor],
+        multimask_output: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        points = (point_coords, point_labels) if point_coords is not None else None
+        prompt_encoder = self.model.prompt_encoder
+        sparse, dense = prompt_encoder(points, boxes, mask_input)
+        return self.model.mask_decoder(features, prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+
+    @torch.no_grad()
+    def postprocess_masks(
+        self, low_res: torch.Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int]
+    ) -> torch.Tensor:
+        return self.model.postprocess_masks(low_res, input_size, original_size)
