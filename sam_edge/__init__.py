@@ -10,13 +10,13 @@ from .config import SAM_CONFIGS, SamConfig, get_config  # noqa: E402  (torch-fre
 from .runtime import ImageNotSetError, ResizeLongestSide, SamPredictor  # noqa: E402  (torch-free)
 
 _LAZY = {
-    "sam_model_registry": "build_sam",
-    "build_sam": "build_sam",
-    "build_sam_vit_h": "build_sam",
-    "build_sam_vit_l": "build_sam",
-    "build_sam_vit_b": "build_sam",
-    "build_sam_from_config": "build_sam",
-    "CheckpointError": "build_sam",
+    "sam_model_registry": "builder",
+    "build_sam": "builder",
+    "build_sam_vit_h": "builder",
+    "build_sam_vit_l": "builder",
+    "build_sam_vit_b": "builder",
+    "build_sam_from_config": "builder",
+    "CheckpointError": "builder",
     "Sam": "modeling",
     "info": "info",
 }

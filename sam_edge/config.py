@@ -36,9 +36,9 @@ class SamConfig:
         return 4 * self.image_embedding_size
 
     def reduced(self, depth: int, image_size: int = None) -> "SamConfig":
-        """A smaller variant for tests: `depth` blocks, global attention every
-        depth // 2 blocks, optionally a smaller input."""
-        step = max(depth // 2, 1)
+        """A smaller variant for tests: `depth` blocks with global attention in
+        every max(depth // 2, 2)-th block, optionally a smaller input."""
+        step = max(depth // 2, 2)
         glob = tuple(i for i in range(step - 1, depth, step))
         return replace(
             self,
