@@ -30,23 +30,26 @@ def attention_float64(q, k, v, rel_h_table, rel_w_table, q_size, k_size):
     return logits.softmax(-1) @ v
 
 
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
 @pytest.mark.parametrize("size", [(7, 7), (5, 9), (14, 14)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-def test_rel_pos_attention_reference(size, dtype, tol):
+def test_rel_pos_attention_torch_backends(size, dtype, tol, backend):
+    """fp32 tolerance: a few ulps times sqrt of the reduction length (<= 196 keys)."""
     gen = torch.Generator().manual_seed(sum(size))
     B, H, D = 2, 3, 16
     N = size[0] * size[1]
     q, k, v = (torch.randn(B, H, N, D, generator=gen, dtype=dtype) for _ in range(3))
     th = torch.randn(2 * size[0] - 1, D, generator=gen, dtype=dtype) * 0.5
     tw = torch.randn(2 * size[1] - 1, D, generator=gen, dtype=dtype) * 0.5
-    out = rel_pos_attention(q, k, v, th, tw, size, size, backend="reference")
+    out = rel_pos_attention(q, k, v, th, tw, size, size, backend=backend)
     expected = attention_float64(q, k, v, th, tw, size, size)
     assert out.dtype == dtype
     assert ((out.double() - expected).norm() / expected.norm()).item() <= tol
 
 
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
 @pytest.mark.parametrize("grid,window", [((9, 11), 4), ((14, 14), 7), ((5, 5), 7)])
-def test_windowed_attention_reference(grid, window):
+def test_windowed_attention_torch_backends(grid, window, backend):
     """Each window of the zero-padded grid attends within itself; padded keys
     and values take the given fill (the qkv bias in SAM)."""
     gen = torch.Generator().manual_seed(grid[0] * 31 + window)
@@ -55,7 +58,7 @@ def test_windowed_attention_reference(grid, window):
     q, k, v = (torch.randn(B, H, Hg * Wg, D, generator=gen) for _ in range(3))
     th, tw = (torch.randn(2 * window - 1, D, generator=gen) * 0.5 for _ in range(2))
     pad_k, pad_v = torch.randn(H, D, generator=gen), torch.randn(H, D, generator=gen)
-    out = windowed_rel_pos_attention(q, k, v, th, tw, grid, window, pad_k, pad_v, backend="reference")
+    out = windowed_rel_pos_attention(q, k, v, th, tw, grid, window, pad_k, pad_v, backend=backend)
 
     Hp, Wp = -(-Hg // window) * window, -(-Wg // window) * window
 
@@ -79,7 +82,7 @@ def test_windowed_attention_reference(grid, window):
 
 def test_dispatch_and_input_errors(monkeypatch):
     q = torch.randn(1, 1, 4, 8)
-    assert resolve_backend(q) == "reference"  # CPU tensors
+    assert resolve_backend(q) == "sdpa"  # CPU tensors
     monkeypatch.setenv("SAM_EDGE_ATTENTION_BACKEND", "reference")
     assert resolve_backend(q, "auto") == "reference"
     monkeypatch.setenv("SAM_EDGE_ATTENTION_BACKEND", "bogus")

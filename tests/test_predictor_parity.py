@@ -54,13 +54,16 @@ def test_vit_b_matches_reference(vit_b_pair, aspect):
     assert emb.shape == ref_emb.shape
     assert rel_l2(emb, ref_emb) <= LOGITS_REL_L2
 
-    cases = prompt_cases(image.shape[:2], seed=hash(aspect) % 1000)
+    cases = prompt_cases(image.shape[:2], seed=len(aspect))
+    fractions = []
     for name, kwargs in cases:
         out = ours.predict(**kwargs)
         expected = ref.predict(**kwargs)
         assert_outputs_match(out, expected, f"{aspect}/{name}")
-        # The logits are spread like a trained model's, so masks are non-trivial.
-        assert 0.01 < expected[0].mean() < 0.99, f"{aspect}/{name}: degenerate reference mask"
+        fractions += [float(m.mean()) for m in expected[0]]
+    # The fixture's logits spread like a trained model's, so most masks are
+    # neither empty nor full and IoU has something to measure.
+    assert np.mean([0.01 < f < 0.99 for f in fractions]) >= 0.5, fractions
 
     # Mask refinement: feed the best low-res logits back in.
     name, kwargs = cases[1]

@@ -7,6 +7,7 @@ from .rel_pos_attention import (
     register_backend,
     rel_pos_attention,
     rel_pos_attention_reference,
+    rel_pos_attention_sdpa,
     resolve_backend,
 )
 from .windowed_attention import (
@@ -22,6 +23,7 @@ __all__ = [
     "register_backend",
     "rel_pos_attention",
     "rel_pos_attention_reference",
+    "rel_pos_attention_sdpa",
     "resolve_backend",
     "register_fused_backend",
     "windowed_rel_pos_attention",

@@ -90,6 +90,25 @@ def rel_pos_attention_reference(
     return attn @ v
 
 
+def rel_pos_attention_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: Size2,
+    k_size: Size2,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """The same math through PyTorch's fused scaled_dot_product_attention,
+    with the bias as an additive mask: softmax and the second matmul are fused,
+    so the (N, M) logits are written once instead of four times."""
+    B, heads, N, _ = q.shape
+    rel_h, rel_w = rel_pos_bias_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, heads, N, k_size[0] * k_size[1])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
 # name -> (function, availability check(q) -> reason it cannot run, or None)
 _BACKENDS: Dict[str, Tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], Optional[str]]]] = {}
 
@@ -110,6 +129,7 @@ def register_backend(
 
 
 register_backend("reference", rel_pos_attention_reference)
+register_backend("sdpa", rel_pos_attention_sdpa)
 
 
 def available_backends(q: Optional[torch.Tensor] = None) -> Dict[str, Optional[str]]:
@@ -129,7 +149,7 @@ def resolve_backend(q: torch.Tensor, backend: str = "auto") -> str:
                 for name in _AUTO_CUDA_ORDER:
                     if name in _BACKENDS and _BACKENDS[name][1](q) is None:
                         return name
-            return "reference"
+            return "sdpa"
     if backend not in _BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; known: {sorted(_BACKENDS)}")
     reason = _BACKENDS[backend][1](q)
@@ -158,9 +178,10 @@ def rel_pos_attention(
         rel_pos_h: (2 * max(q_h, k_h) - 1, head_dim) table along rows.
         rel_pos_w: (2 * max(q_w, k_w) - 1, head_dim) table along columns.
         q_size, k_size: (rows, cols) of the query and key grids.
-        backend: "auto" (Triton for CUDA tensors when available, else the
-            reference; the environment variable SAM_EDGE_ATTENTION_BACKEND
-            overrides it), or a registered name such as "reference" or "triton".
+        backend: "auto" (Triton for CUDA tensors when available, else "sdpa";
+            the environment variable SAM_EDGE_ATTENTION_BACKEND overrides it),
+            or a registered name: "reference" (plain math, what ONNX export
+            uses), "sdpa" (torch's fused attention with an additive bias), "triton".
         scale: logit scale; head_dim ** -0.5 when None.
     Returns:
         (B, heads, q_h * q_w, head_dim), the dtype of q.

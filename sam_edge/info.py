@@ -1,0 +1,40 @@
+"""Which optional parts are present and which paths are active."""
+
+import importlib
+import platform
+from typing import Dict
+
+
+def _version(module: str) -> str:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "present")
+    except Exception as exc:  # absent or broken: say why
+        return f"absent ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+
+def info() -> Dict[str, str]:
+    """A flat report: library versions, devices, and the active kernel paths."""
+    from . import __version__
+
+    report = {"sam_edge": __version__, "python": platform.python_version(), "machine": platform.machine()}
+    for name in ("numpy", "onnxruntime", "torch", "triton", "onnx", "tensorrt"):
+        report[name] = _version(name)
+    try:
+        import torch
+
+        report["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        from .kernels import available_backends
+
+        probe = torch.empty(0, device="cuda") if torch.cuda.is_available() else None
+        report["attention_backends"] = ", ".join(
+            f"{k}: {'ok' if v is None else v}" for k, v in available_backends(probe).items()
+        )
+    except ImportError:
+        report["attention_backends"] = "torch absent: encoder runs only from bundles"
+    try:
+        from . import postprocess
+
+        report["postprocess"] = postprocess.active_path()
+    except Exception as exc:
+        report["postprocess"] = f"unavailable ({exc})"
+    return report
