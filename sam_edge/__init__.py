@@ -19,6 +19,7 @@ _LAZY = {
     "CheckpointError": "build_sam",
     "Sam": "modeling",
     "info": "info",
+    "load": "runtime.bundle",
 }
 
 
