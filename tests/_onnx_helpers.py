@@ -118,3 +118,22 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def rel_l2(x: np.ndarray, ref: np.ndarray) -> float:
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-12))
+
+
+def reduced_config(model: str = "vit_b", depth: int = 2, image_size: int = 256) -> SamConfig:
+    """A small variant: 2 blocks (one windowed, one global), 256 px input (a 16x16
+    grid, which the 14-wide windows pad to 28)."""
+    from sam_edge import get_config
+
+    return get_config(model).reduced(depth=depth, image_size=image_size)
+
+
+def build_test_bundle(root, config: SamConfig, seed: int, precision: str = "fp32", **kwargs):
+    """(official reference model, checkpoint path, bundle dir) for `config`, built under `root`."""
+    from sam_edge.export.build import build_bundle
+
+    checkpoint = root / f"{config.name}-seed{seed}.pth"
+    reference = save_official_checkpoint(config, seed, checkpoint)
+    bundle = root / f"{config.name}-seed{seed}-{precision}"
+    build_bundle(str(bundle), config, checkpoint=str(checkpoint), precision=precision, quiet=True, **kwargs)
+    return reference, checkpoint, bundle

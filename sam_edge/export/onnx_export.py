@@ -31,6 +31,7 @@ decoder_official.onnx (ONNX Runtime only)
 """
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -158,18 +159,45 @@ def _dummy_decoder_inputs(config, batch: int = 2, points: int = 3):
     )
 
 
-def _save_large(path: str) -> None:
-    """Move the weights of an exported graph to `<name>.data` when the graph would not fit 2 GiB."""
+def _torch_export(model, args, path, inputs, outputs, dynamic_axes, opset) -> None:
+    """torch.onnx.export (TorchScript tracer) into a scratch directory, then one
+    clean save at `path`: weights inline, or all in `path + ".data"` when they
+    would not fit a 2 GiB protobuf (ViT-H). The tracer writes one side file per
+    tensor for large models; none of those reach the bundle."""
+    import shutil
+    import tempfile
+
     import onnx
 
-    model = onnx.load(path, load_external_data=True)
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_THRESHOLD:
-        data_name = os.path.basename(path) + ".data"
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-    else:
-        onnx.save_model(model, path)
+    scratch = tempfile.mkdtemp(prefix=".onnx-export-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        traced = os.path.join(scratch, "model.onnx")
+        with warnings.catch_warnings():
+            # The tracer warns about every Python number taken from a shape; those
+            # are the static sizes we mean to bake (grid, window, head width).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                model,
+                args,
+                traced,
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        graph = onnx.load(traced, load_external_data=True)
+        size = sum(t.ByteSize() for t in graph.graph.initializer)
+        if size > EXTERNAL_DATA_THRESHOLD:
+            onnx.save_model(
+                graph, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                location=os.path.basename(path) + ".data", size_threshold=1024,
+            )
+        else:
+            onnx.save_model(graph, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @torch.no_grad()
@@ -184,21 +212,13 @@ def export_encoder(sam, path: str, opset: int = OPSET) -> str:
     encoder.set_attention_backend(EXPORT_ATTENTION_BACKEND)
     try:
         dummy = torch.randn(1, 3, config.image_size, config.image_size)
-        torch.onnx.export(
-            EncoderForExport(sam).eval(),
-            (dummy,),
-            path,
-            input_names=list(ENCODER_INPUTS),
-            output_names=list(ENCODER_OUTPUTS),
-            dynamic_axes={"image": {0: "batch"}, "image_embeddings": {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
+        _torch_export(
+            EncoderForExport(sam).eval(), (dummy,), path, ENCODER_INPUTS, ENCODER_OUTPUTS,
+            {"image": {0: "batch"}, "image_embeddings": {0: "batch"}}, opset,
         )
     finally:
         for block, backend in zip(encoder.blocks, previous):
             block.attn.backend = backend
-    _save_large(path)
     return path
 
 
@@ -209,7 +229,7 @@ def export_decoder(sam, path: str, official: bool = False, opset: int = OPSET) -
     config = sam.config
     model = DecoderForExport(sam, with_orig_im_size=official).eval()
     args = _dummy_decoder_inputs(config)
-    inputs, outputs = list(DECODER_INPUTS), list(DECODER_OUTPUTS)
+    inputs, outputs = DECODER_INPUTS, DECODER_OUTPUTS
     dynamic = {
         "point_coords": {0: "num_prompts", 1: "num_points"},
         "point_labels": {0: "num_prompts", 1: "num_points"},
@@ -221,20 +241,9 @@ def export_decoder(sam, path: str, official: bool = False, opset: int = OPSET) -
     if official:
         # A dummy size that is neither square nor the model's size, so nothing of it can hide in the graph.
         args = args + (torch.tensor([700.0, 1100.0]),)
-        inputs, outputs = list(OFFICIAL_DECODER_INPUTS), list(OFFICIAL_DECODER_OUTPUTS)
+        inputs, outputs = OFFICIAL_DECODER_INPUTS, OFFICIAL_DECODER_OUTPUTS
         dynamic["masks"] = {0: "num_prompts", 2: "height", 3: "width"}
-    torch.onnx.export(
-        model,
-        args,
-        path,
-        input_names=inputs,
-        output_names=outputs,
-        dynamic_axes=dynamic,
-        opset_version=opset,
-        do_constant_folding=True,
-        dynamo=False,
-    )
-    _save_large(path)
+    _torch_export(model, args, path, inputs, outputs, dynamic, opset)
     return path
 
 

@@ -19,11 +19,13 @@ def bilinear_weights(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarra
     """Source indices i0, i1 (out_size,) int64 and weight w (out_size,) float64 of
     `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` along
     one axis: out[j] = (1 - w[j]) * in[i0[j]] + w[j] * in[i1[j]]."""
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    # In float32, as torch computes the source coordinate: identical indices and weights.
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, src - i0
+    return i0, i1, (src - i0.astype(np.float32)).astype(np.float64)
 
 
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
