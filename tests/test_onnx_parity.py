@@ -87,3 +87,25 @@ def test_full_size_vit_b_matches_official(tmp_path):
     kinds = prompt_kinds(image.shape, np.random.default_rng(3))
     for name in ("pos_neg_points", "box_and_points"):
         _compare(ours, official, kinds[name], True)
+
+
+def test_set_image_batch_matches_one_at_a_time(reduced):
+    """Three photos of different sizes in one encoder call give what set_image gives
+    for each: the same math in a different batch layout, so agreement to float32
+    rounding (rel-L2 <= 1e-5)."""
+    _, engine = reduced
+    images = list(photos().values())
+    batched, single = sam_edge.SamPredictor(engine), sam_edge.SamPredictor(engine)
+    batched.set_image_batch(images)
+    assert batched.num_images == 3
+    prompt = dict(point_coords=np.array([[60.0, 90.0], [200.0, 150.0]]), point_labels=np.array([1, 0]))
+    for i, image in enumerate(images):
+        batched.select_image(i)
+        single.set_image(image)
+        assert batched.original_size == single.original_size and batched.input_size == single.input_size
+        assert rel_l2(batched.get_image_embedding(), single.get_image_embedding()) <= 1e-5
+        _, _, low_batched = batched.predict(**prompt)
+        _, _, low_single = single.predict(**prompt)
+        assert rel_l2(low_batched, low_single) <= 1e-5
+    with pytest.raises(ValueError, match="image index"):
+        batched.select_image(3)
