@@ -111,6 +111,13 @@ def test_random_weights_are_said_and_recorded(tmp_path, capsys):
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["weights"] == {"source": "random", "seed": build.RANDOM_WEIGHTS_SEED}
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    # validate rebuilds the same seeded weights as the torch reference.
+    from sam_edge.export.validate import format_report, validate_bundle
+
+    report = validate_bundle(args.output, images=[photos()["square"]], progress=False)
+    print(format_report(report))
+    assert report["passed"] and report["weights"] == "random"
+    assert set(report["prompts"]) == {"one_point", "pos_neg_points", "box", "box_and_points", "mask_input"}
 
 
 RUNTIME_WITHOUT_TORCH = textwrap.dedent(
