@@ -27,6 +27,19 @@ BACKENDS = ("onnxruntime",)
 RANDOM_WEIGHTS_SEED = 0
 
 
+def random_weights_model(config: SamConfig, seed: int = RANDOM_WEIGHTS_SEED):
+    """The Sam for `config` with seeded random weights; the same seed gives the same model."""
+    import torch
+
+    from ..build_sam import build_sam_from_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the default initialisers draw from the global generator
+        sam = build_sam_from_config(config)
+    randomize_weights_(sam, seed)
+    return sam
+
+
 def randomize_weights_(sam, seed: int) -> None:
     """Give every parameter a seeded, non-trivial value (the default init leaves
     rel-pos tables and pos_embed at zero, which would hide export bugs)."""
@@ -102,13 +115,13 @@ def build_bundle(
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
 
-    sam = build_sam_from_config(config, checkpoint)
     if checkpoint is not None:
+        sam = build_sam_from_config(config, checkpoint)
         weights = {"source": "checkpoint", "checkpoint": os.path.basename(checkpoint), **file_record(checkpoint)}
         weights["checkpoint_sha256"] = weights.pop("sha256")
         weights["checkpoint_bytes"] = weights.pop("bytes")
     else:
-        randomize_weights_(sam, RANDOM_WEIGHTS_SEED)
+        sam = random_weights_model(config, RANDOM_WEIGHTS_SEED)
         weights = {"source": "random", "seed": RANDOM_WEIGHTS_SEED}
         _say(
             f"NOTE: no --checkpoint given: building with seeded RANDOM weights (seed {RANDOM_WEIGHTS_SEED}). "

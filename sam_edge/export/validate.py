@@ -59,7 +59,7 @@ def reference_model(manifest: Dict[str, Any], checkpoint: Optional[str]):
     weights the bundle was built with when it records them."""
     from ..build_sam import build_sam_from_config
     from ..config import SamConfig
-    from .build import randomize_weights_
+    from .build import random_weights_model
 
     fields = dict(manifest["config"])
     fields["encoder_global_attn_indexes"] = tuple(fields["encoder_global_attn_indexes"])
@@ -69,9 +69,7 @@ def reference_model(manifest: Dict[str, Any], checkpoint: Optional[str]):
     weights = manifest.get("weights", {})
     if weights.get("source") != "random":
         raise ValueError("this bundle was built from a checkpoint: pass it with --checkpoint")
-    model = build_sam_from_config(config)
-    randomize_weights_(model, int(weights["seed"]))
-    return model
+    return random_weights_model(config, int(weights["seed"]))
 
 
 def validate_bundle(
