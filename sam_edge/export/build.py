@@ -31,7 +31,7 @@ def random_weights_model(config: SamConfig, seed: int = RANDOM_WEIGHTS_SEED):
     """The Sam for `config` with seeded random weights; the same seed gives the same model."""
     import torch
 
-    from ..build_sam import build_sam_from_config
+    from .. import build_sam_from_config  # via the package, whatever module defines it
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the default initialisers draw from the global generator
@@ -86,6 +86,7 @@ def build_bundle(
     backend: str = "onnxruntime",
     calib_images: Optional[str] = None,
     num_calib_images: Optional[int] = None,
+    calib_tensors_per_run: Optional[int] = None,
     overwrite: bool = False,
     official_decoder: bool = True,
     quiet: bool = False,
@@ -102,7 +103,7 @@ def build_bundle(
     """
     from tqdm import tqdm
 
-    from ..build_sam import build_sam_from_config
+    from .. import build_sam_from_config  # via the package, whatever module defines it
     from .onnx_export import export_decoder, export_encoder
 
     if precision not in PRECISIONS:
@@ -154,7 +155,7 @@ def build_bundle(
                 bar.set_postfix_str(steps[-1])
                 extra = _convert_encoder(
                     precision, fp32_path, os.path.join(staging, encoder_name), config, calib_images,
-                    num_calib_images, quiet,
+                    num_calib_images, calib_tensors_per_run, quiet,
                 )
                 _remove_graph(fp32_path)
                 bar.update()
@@ -210,7 +211,9 @@ def _move_into_place(staging: str, output: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _convert_encoder(precision, fp32_path, out_path, config, calib_images, num_calib_images, quiet) -> Dict[str, Any]:
+def _convert_encoder(
+    precision, fp32_path, out_path, config, calib_images, num_calib_images, tensors_per_run, quiet
+) -> Dict[str, Any]:
     from . import quantize
 
     if precision == "fp16":
@@ -219,7 +222,12 @@ def _convert_encoder(precision, fp32_path, out_path, config, calib_images, num_c
         return {"conversion": quantize.quantize_dynamic_int8(fp32_path, out_path)}
     images, source = quantize.calibration_images(calib_images, num_calib_images)
     _say(f"int8 calibration on {len(images)} images from {source}", quiet)
-    return {"conversion": quantize.quantize_static_int8(fp32_path, out_path, images, config.image_size, quiet=quiet)}
+    per_run = {} if tensors_per_run is None else {"tensors_per_run": tensors_per_run}
+    return {
+        "conversion": quantize.quantize_static_int8(
+            fp32_path, out_path, images, config.image_size, quiet=quiet, **per_run
+        )
+    }
 
 
 def add_build_arguments(subparsers) -> argparse.ArgumentParser:
@@ -239,6 +247,8 @@ def add_build_arguments(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--calib-images", default=None,
                         help="directory of calibration images for int8 (default: the photos bundled with scikit-image)")
     parser.add_argument("--num-calib-images", type=int, default=None, help="use at most this many calibration images")
+    parser.add_argument("--calib-tensors-per-run", type=int, default=None,
+                        help="int8 calibration: activations fetched per run; lower bounds memory, higher is faster")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_build)
@@ -255,6 +265,7 @@ def run_build(args: argparse.Namespace) -> int:
         backend=args.backend,
         calib_images=args.calib_images,
         num_calib_images=args.num_calib_images,
+        calib_tensors_per_run=args.calib_tensors_per_run,
         overwrite=args.overwrite,
         quiet=args.quiet,
     )

@@ -170,6 +170,7 @@ def quantize_static_int8(
     image_size: int,
     method: str = "percentile",
     quiet: bool = False,
+    tensors_per_run: Optional[int] = None,
 ) -> dict:
     """Static QDQ int8 of the encoder at `src` into `dst`, calibrated on `images`; returns
     a record for the manifest (what was quantized, calibration method and images)."""
@@ -182,7 +183,8 @@ def quantize_static_int8(
     nodes = quantizable_nodes(model)
     tensors = sorted({node.input[0] for node in nodes})
     ranges = collect_ranges(
-        model, tensors, (encoder_input(image, image_size) for image in images), method=method, progress=not quiet
+        model, tensors, (encoder_input(image, image_size) for image in images), method=method, progress=not quiet,
+        tensors_per_run=tensors_per_run or TENSORS_PER_RUN,
     )
     tensors_range = TensorsData(
         CalibrationMethod.MinMax,

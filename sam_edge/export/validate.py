@@ -57,7 +57,7 @@ def _prompts(shape, rng: np.random.Generator) -> Dict[str, dict]:
 def reference_model(manifest: Dict[str, Any], checkpoint: Optional[str]):
     """The torch model the bundle should match: from `checkpoint`, or the seeded random
     weights the bundle was built with when it records them."""
-    from ..build_sam import build_sam_from_config
+    from .. import build_sam_from_config  # via the package, whatever module defines it
     from ..config import SamConfig
     from .build import random_weights_model
 
