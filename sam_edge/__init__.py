@@ -24,6 +24,7 @@ _LAZY = {
     "CheckpointError": "builder",
     "Sam": "modeling",
     "info": "info",
+    "load": "runtime.bundle",
 }
 
 
