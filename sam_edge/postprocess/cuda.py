@@ -130,6 +130,8 @@ def _from_dlpack_capsule(capsule, owner) -> DeviceArray:
 
 def device_array(x: Any, name: str = "array") -> DeviceArray:
     """Pointer, shape and dtype of a C-contiguous CUDA array."""
+    if _library(x) == "torch":
+        x = x.detach()  # torch refuses the interface on tensors that require grad
     if hasattr(x, "__cuda_array_interface__"):
         cai = x.__cuda_array_interface__
         shape = tuple(int(s) for s in cai["shape"])
