@@ -343,7 +343,9 @@ bool rle_from_string(const char* s, int64_t len, std::vector<uint32_t>& counts) 
 // ---------------------------------------------------------------- boxes, stability
 
 void masks_to_boxes(const uint8_t* masks, int64_t n, int64_t h, int64_t w, int64_t* boxes) {
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && worth_parallel(n * h * w))
+  // The scan usually touches only the rows and the few columns outside the
+  // box found so far, so the work is closer to n * h words than n * h * w bytes.
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && worth_parallel(n * h * 64))
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t* m = masks + i * h * w;
     int64_t* box = boxes + 4 * i;
