@@ -151,8 +151,15 @@ def main():
                 ("ours", lambda: pp.encode_rle(masks)),
             ],
         ),
-        "decode_rle": (
-            f"{n_masks} compressed RLEs -> {h}x{w} masks",
+        "decode_rle uncompressed": (
+            f"{n_masks} uncompressed RLEs -> {h}x{w} masks (the generator's binary_mask output)",
+            [
+                ("official amg.rle_to_mask", lambda: [amg.rle_to_mask(r) for r in uncompressed]),
+                ("ours", lambda: pp.decode_rle(uncompressed)),
+            ],
+        ),
+        "decode_rle compressed": (
+            f"{n_masks} compressed RLEs -> {h}x{w} masks (pycocotools: Fortran (H, W, N), ours: C (N, H, W))",
             [
                 ("pycocotools.mask.decode", lambda: mask_utils.decode(coco)),
                 ("ours", lambda: pp.decode_rle(rles)),
