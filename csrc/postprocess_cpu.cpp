@@ -15,6 +15,9 @@
 #include <omp.h>
 #endif
 
+// Byte scans read eight mask bytes as one word and count trailing zeros.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the byte-scanning kernels assume little-endian words");
+
 namespace sam_edge {
 
 int max_threads() {
