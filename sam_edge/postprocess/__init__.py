@@ -15,6 +15,7 @@ For device arrays see ``sam_edge.postprocess.cuda``.
 
 from __future__ import annotations
 
+import array
 import os
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
@@ -91,6 +92,7 @@ def _float32(x: Any, name: str) -> np.ndarray:
 # ---------------------------------------------------------------- RLE
 
 RLE = Dict[str, Any]
+_UINT32_ARRAY = next((code for code in "IL" if array.array(code).itemsize == 4), None)
 
 
 def mask_to_rle(masks: Any) -> List[RLE]:
@@ -153,6 +155,13 @@ def _rle_counts(rle: RLE) -> np.ndarray:
         counts = counts.encode("ascii")
     if isinstance(counts, (bytes, bytearray)):
         return _C.string_to_counts(bytes(counts)) if _C is not None else fallback.string_to_counts(bytes(counts))
+    if isinstance(counts, list) and _UINT32_ARRAY:
+        # array.array converts a list of ints 4x faster than numpy and rejects
+        # negative, oversized and non-integer values on the way.
+        try:
+            return np.frombuffer(array.array(_UINT32_ARRAY, counts), dtype=np.uint32)
+        except (OverflowError, TypeError):
+            raise ValueError("uncompressed RLE counts must be a list of non-negative 32-bit integers") from None
     a = np.asarray(counts)
     if a.ndim != 1 or (a.size and (a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= 2**32)):
         raise ValueError("uncompressed RLE counts must be a list of non-negative 32-bit integers")
