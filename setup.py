@@ -99,6 +99,11 @@ NVCC = find_nvcc()
 ext_modules = [cpu_ext]
 if NVCC:
     cuda_home = Path(NVCC).resolve().parent.parent
+    if not (cuda_home / "include" / "cuda_runtime_api.h").is_file():
+        raise RuntimeError(
+            f"sam-edge: found nvcc at {NVCC} but no CUDA headers under {cuda_home}/include; "
+            "set CUDA_HOME to the toolkit, or SAM_EDGE_NO_CUDA=1 for a CPU-only build"
+        )
     cuda_ext = Pybind11Extension(
         "sam_edge._C_cuda",
         [str(CSRC / "cuda" / "bindings_cuda.cpp")],

@@ -12,6 +12,10 @@
 
 #include "postprocess.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace py = pybind11;
 using namespace sam_edge;
 
@@ -52,6 +56,15 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "sam-edge compiled post-processing (CPU). Use sam_edge.postprocess, not this module.";
 
   m.def("num_threads", &max_threads, "Threads the kernels use (1 when built without OpenMP).");
+  m.def(
+      "set_num_threads",
+      [](int threads) {
+        if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+      },
+      py::arg("threads"));
   m.attr("openmp") =
 #ifdef _OPENMP
       true;
@@ -115,7 +128,7 @@ PYBIND11_MODULE(_C, m) {
         int64_t bad = -1;
         {
           py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && worth_parallel(n * h * w))
           for (int64_t i = 0; i < n; ++i)
             if (!rle_decode(ptrs[i], lens[i], h, w, dst + i * h * w)) {
 #pragma omp critical
@@ -211,7 +224,7 @@ PYBIND11_MODULE(_C, m) {
         bool* flags = changed.mutable_data();
         {
           py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && worth_parallel(2 * n * h * w))
           for (int64_t i = 0; i < n; ++i)
             flags[i] = remove_small_regions(data + i * h * w, h, w, area_thresh, holes, dst + i * h * w);
         }

@@ -79,4 +79,9 @@ void upsample_threshold_stability(const float* low_res, int64_t n, const Upsampl
 // Threads OpenMP will use (1 without OpenMP).
 int max_threads();
 
+// Whether `work` bytes/elements justify a parallel region. Waking a team costs
+// little on an idle machine but up to a scheduler time slice (milliseconds)
+// on a busy one, so small inputs run on the calling thread.
+bool worth_parallel(int64_t work);
+
 }  // namespace sam_edge

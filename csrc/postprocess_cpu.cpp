@@ -15,6 +15,9 @@
 #include <omp.h>
 #endif
 
+// Byte scans read eight mask bytes as one word and count trailing zeros.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the byte-scanning kernels assume little-endian words");
+
 namespace sam_edge {
 
 int max_threads() {
@@ -24,6 +27,8 @@ int max_threads() {
   return 1;
 #endif
 }
+
+bool worth_parallel(int64_t work) { return work >= (int64_t{1} << 22) && max_threads() > 1; }
 
 namespace {
 
@@ -266,7 +271,7 @@ void label_runs(const uint8_t* mask, int64_t h, int64_t w, uint8_t v, Components
 void rle_encode(const uint8_t* masks, int64_t n, int64_t h, int64_t w,
                 std::vector<std::vector<uint32_t>>& counts) {
   counts.assign(n, {});
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && worth_parallel(n * h * w))
   for (int64_t i = 0; i < n; ++i) encode_one(masks + i * h * w, h, w, counts[i]);
 }
 
@@ -341,7 +346,9 @@ bool rle_from_string(const char* s, int64_t len, std::vector<uint32_t>& counts) 
 // ---------------------------------------------------------------- boxes, stability
 
 void masks_to_boxes(const uint8_t* masks, int64_t n, int64_t h, int64_t w, int64_t* boxes) {
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+  // The scan usually touches only the rows and the few columns outside the
+  // box found so far, so the work is closer to n * h words than n * h * w bytes.
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && worth_parallel(n * h * 64))
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t* m = masks + i * h * w;
     int64_t* box = boxes + 4 * i;
@@ -373,7 +380,7 @@ void stability_scores(const float* logits, int64_t n, int64_t hw, float hi, floa
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (hw + kChunk - 1) / kChunk;
   std::vector<int64_t> above_hi(n * chunks), above_lo(n * chunks);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(n * hw))
   for (int64_t t = 0; t < n * chunks; ++t) {
     const int64_t i = t / chunks, c = t % chunks;
     const float* x = logits + i * hw + c * kChunk;
@@ -467,9 +474,13 @@ int64_t batched_nms(const float* boxes, const float* scores, const int64_t* cate
     for (int64_t k = 1; k < 4 * n; ++k) max_coordinate = std::max(max_coordinate, boxes[k]);
     offset_unit = max_coordinate + 1.0f;
   }
+  // Dense 32-bit category codes, so every lane of the inner loop is 32 bits wide.
+  std::vector<int64_t> distinct(categories, categories + n);
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
   // Structure-of-arrays in score order so the inner loop vectorises.
   std::vector<float> x1(n), y1(n), x2(n), y2(n), area(n);
-  std::vector<int64_t> cat(n);
+  std::vector<int32_t> cat(n);
   for (int64_t s = 0; s < n; ++s) {
     const int64_t i = order[s];
     const float offset = offset_trick ? static_cast<float>(categories[i]) * offset_unit : 0.0f;
@@ -478,32 +489,36 @@ int64_t batched_nms(const float* boxes, const float* scores, const int64_t* cate
     x2[s] = boxes[4 * i + 2] + offset;
     y2[s] = boxes[4 * i + 3] + offset;
     area[s] = (x2[s] - x1[s]) * (y2[s] - y1[s]);
-    cat[s] = offset_trick ? 0 : categories[i];
+    cat[s] = offset_trick ? 0
+                          : static_cast<int32_t>(std::lower_bound(distinct.begin(), distinct.end(), categories[i]) -
+                                                 distinct.begin());
   }
   // torchvision compares the float IoU with the double threshold; for a float
   // o, o > t holds exactly when o > the largest float not above t.
   float threshold = static_cast<float>(iou_threshold);
   if (static_cast<double>(threshold) > iou_threshold)
     threshold = std::nextafter(threshold, -std::numeric_limits<float>::infinity());
-  std::vector<uint8_t> suppressed(n, 0);
+  std::vector<int32_t> suppressed(n, 0);
   int64_t kept = 0;
   for (int64_t s = 0; s < n; ++s) {
     if (suppressed[s]) continue;
     keep[kept++] = order[s];
     const float ix1 = x1[s], iy1 = y1[s], ix2 = x2[s], iy2 = y2[s], iarea = area[s];
-    const int64_t icat = cat[s];
-    uint8_t* sup = suppressed.data();
+    const int32_t icat = cat[s];
+    const float *px1 = x1.data(), *py1 = y1.data(), *px2 = x2.data(), *py2 = y2.data(), *parea = area.data();
+    const int32_t* pcat = cat.data();
+    int32_t* sup = suppressed.data();
 #pragma omp simd
     for (int64_t t = s + 1; t < n; ++t) {
-      const float xx1 = std::max(ix1, x1[t]);
-      const float yy1 = std::max(iy1, y1[t]);
-      const float xx2 = std::min(ix2, x2[t]);
-      const float yy2 = std::min(iy2, y2[t]);
+      const float xx1 = std::max(ix1, px1[t]);
+      const float yy1 = std::max(iy1, py1[t]);
+      const float xx2 = std::min(ix2, px2[t]);
+      const float yy2 = std::min(iy2, py2[t]);
       const float iw = std::max(0.0f, xx2 - xx1);
       const float ih = std::max(0.0f, yy2 - yy1);
       const float inter = iw * ih;
-      const float iou = inter / (iarea + area[t] - inter);
-      sup[t] |= static_cast<uint8_t>((iou > threshold) & (cat[t] == icat));
+      const float iou = inter / (iarea + parea[t] - inter);
+      sup[t] |= static_cast<int32_t>(iou > threshold) & static_cast<int32_t>(pcat[t] == icat);
     }
   }
   // torchvision's per-category path re-sorts the kept set by score; ties come
@@ -566,12 +581,14 @@ void upsample_threshold_stability(const float* low_res, int64_t n, const Upsampl
   const int64_t H = g.out_h, W = g.out_w, cw = g.crop_w;
   // Bands of rows, so that one large map still uses every thread; each band
   // keeps its own counts and box, reduced afterwards.
-  const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(H, 4 * max_threads()));
+  // Each output pixel costs a few loads and flops: parallel from ~1M pixels.
+  const bool parallel = worth_parallel(4 * n * H * W);
+  const int64_t bands = parallel ? std::max<int64_t>(1, std::min<int64_t>(H, 4 * max_threads())) : 1;
   const int64_t band_rows = (H + bands - 1) / bands;
   const int64_t tasks = n * bands;
   std::vector<int64_t> part_hi(tasks, 0), part_lo(tasks, 0), part_box(4 * tasks);
 
-#pragma omp parallel
+#pragma omp parallel if (parallel)
   {
     // The per-pixel formula is
     //   out[y, x] = (P[Y0][X0] * u0 + P[Y0][X1] * u1) * v0 + (P[Y1][X0] * u0 + P[Y1][X1] * u1) * v1

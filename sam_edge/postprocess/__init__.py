@@ -15,6 +15,7 @@ For device arrays see ``sam_edge.postprocess.cuda``.
 
 from __future__ import annotations
 
+import array
 import os
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
@@ -35,6 +36,14 @@ except ImportError as exc:  # the build is optional; say why it is not used
     _C_ERROR = f"{type(exc).__name__}: {exc}"
 
 
+def set_num_threads(threads: int) -> None:
+    """Threads the compiled kernels use from now on, for calls from this thread (OpenMP; default: all cores)."""
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if _C is not None:
+        _C.set_num_threads(int(threads))
+
+
 def compiled_available() -> bool:
     """Whether the compiled CPU kernels (sam_edge._C) are in use."""
     return _C is not None
@@ -43,7 +52,8 @@ def compiled_available() -> bool:
 def active_path() -> str:
     """Which implementation the ops below run, for people and logs."""
     if _C is not None:
-        threads = f"OpenMP, {_C.num_threads()} threads" if _C.openmp else "single-threaded, no OpenMP"
+        count = _C.num_threads()
+        threads = f"OpenMP, {count} thread{'s' if count > 1 else ''}" if _C.openmp else "single-threaded, no OpenMP"
         return f"compiled C++ (sam_edge._C, {threads})"
     return f"numpy fallback: {_C_ERROR}"
 
@@ -82,6 +92,7 @@ def _float32(x: Any, name: str) -> np.ndarray:
 # ---------------------------------------------------------------- RLE
 
 RLE = Dict[str, Any]
+_UINT32_ARRAY = next((code for code in "IL" if array.array(code).itemsize == 4), None)
 
 
 def mask_to_rle(masks: Any) -> List[RLE]:
@@ -144,6 +155,13 @@ def _rle_counts(rle: RLE) -> np.ndarray:
         counts = counts.encode("ascii")
     if isinstance(counts, (bytes, bytearray)):
         return _C.string_to_counts(bytes(counts)) if _C is not None else fallback.string_to_counts(bytes(counts))
+    if isinstance(counts, list) and _UINT32_ARRAY:
+        # array.array converts a list of ints 4x faster than numpy and rejects
+        # negative, oversized and non-integer values on the way.
+        try:
+            return np.frombuffer(array.array(_UINT32_ARRAY, counts), dtype=np.uint32)
+        except (OverflowError, TypeError):
+            raise ValueError("uncompressed RLE counts must be a list of non-negative 32-bit integers") from None
     a = np.asarray(counts)
     if a.ndim != 1 or (a.size and (a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= 2**32)):
         raise ValueError("uncompressed RLE counts must be a list of non-negative 32-bit integers")
@@ -175,6 +193,16 @@ def decode_rle(rles: Union[RLE, Sequence[RLE]]) -> np.ndarray:
 def area_from_rle(rle: RLE) -> int:
     """Foreground pixel count of an RLE (compressed or not), as amg.area_from_rle."""
     _rle_size(rle)
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        # Summing the list as amg does beats converting it; check the result only.
+        try:
+            area = sum(counts[1::2])
+        except TypeError:
+            raise ValueError("uncompressed RLE counts must be a list of non-negative integers") from None
+        if not isinstance(area, (int, np.integer)) or area < 0:
+            raise ValueError("uncompressed RLE counts must be a list of non-negative integers")
+        return int(area)
     return int(_rle_counts(rle)[1::2].sum(dtype=np.int64))
 
 
@@ -412,6 +440,7 @@ __all__ = [
     "masks_to_boxes",
     "remove_small_regions",
     "remove_small_regions_batch",
+    "set_num_threads",
     "stability_score",
     "upsample_threshold_stability",
 ]

@@ -1,0 +1,363 @@
+"""The post-processing ops on GPU arrays, through ``sam_edge._C_cuda``.
+
+Inputs are device arrays that expose ``__cuda_array_interface__`` (torch CUDA
+tensors, CuPy, Numba, PyCUDA, cuda-python buffers) or DLPack
+(``__dlpack__``), C-contiguous, on the current device. Outputs are allocated
+with the input's library (torch or CuPy) on the same device. Work is queued on
+``stream`` (a cudaStream_t as an int); by default the current torch or CuPy
+stream of the input, else the legacy default stream.
+
+Semantics are those of the CPU functions of the same names in
+``sam_edge.postprocess``; the fused upsample uses the same float32 formula, so
+its results equal the CPU kernel's bit for bit on IEEE-conforming hardware.
+Connected components (remove_small_regions) have no GPU version: the official
+pipeline runs them on CPU masks too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+try:
+    from .. import _C_cuda  # type: ignore[attr-defined]
+
+    _CUDA_ERROR: Optional[str] = None
+except ImportError as exc:
+    _C_cuda = None
+    _CUDA_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def available() -> bool:
+    """Whether the CUDA kernels were built and a CUDA device is visible."""
+    if _C_cuda is None:
+        return False
+    try:
+        return _C_cuda.device_count() > 0
+    except RuntimeError:
+        return False
+
+
+def status() -> str:
+    """Why the CUDA path is or is not usable, for people and logs."""
+    if _C_cuda is None:
+        return f"not built: {_CUDA_ERROR}"
+    try:
+        count = _C_cuda.device_count()
+    except RuntimeError as exc:
+        return f"built, but no usable CUDA driver: {exc}"
+    version = _C_cuda.runtime_version()
+    return f"built (CUDA runtime {version // 1000}.{version % 1000 // 10}), {count} device(s)"
+
+
+def _require():
+    if _C_cuda is None:
+        raise RuntimeError(f"sam_edge._C_cuda is not available ({_CUDA_ERROR}); build with nvcc on PATH")
+
+
+# ---------------------------------------------------------------- device arrays
+
+_KDL_CUDA = 2
+_DL_CODES = {0: "i", 1: "u", 2: "f", 6: "b"}  # kDLInt, kDLUInt, kDLFloat, kDLBool
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", _DLDevice),
+        ("ndim", ctypes.c_int32),
+        ("dtype", _DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+@dataclass
+class DeviceArray:
+    """A borrowed view of a device buffer; ``owner`` keeps it alive."""
+
+    ptr: int
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+    device_type: int
+    device_id: Optional[int]
+    owner: Any
+
+
+def _c_strides(shape, itemsize):
+    strides, step = [], itemsize
+    for s in reversed(shape):
+        strides.append(step)
+        step *= max(int(s), 1)
+    return tuple(reversed(strides))
+
+
+def _from_dlpack_capsule(capsule, owner) -> DeviceArray:
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype = ctypes.c_void_p
+    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    # The capsule is not consumed: its destructor releases the producer's tensor.
+    t = ctypes.cast(get(capsule, b"dltensor"), ctypes.POINTER(_DLTensor)).contents
+    if t.dtype.lanes != 1 or t.dtype.code not in _DL_CODES:
+        raise TypeError(f"unsupported DLPack dtype (code {t.dtype.code}, bits {t.dtype.bits}, lanes {t.dtype.lanes})")
+    dtype = np.dtype(f"{_DL_CODES[t.dtype.code]}{t.dtype.bits // 8}") if t.dtype.code != 6 else np.dtype(bool)
+    shape = tuple(t.shape[k] for k in range(t.ndim))
+    if t.strides:
+        strides = tuple(t.strides[k] * dtype.itemsize for k in range(t.ndim))
+        if any(s > 1 for s in shape) and strides != _c_strides(shape, dtype.itemsize):
+            raise ValueError(f"array must be C-contiguous, got shape {shape} and strides {strides}")
+    return DeviceArray(
+        ptr=(t.data or 0) + t.byte_offset,
+        shape=shape,
+        dtype=dtype,
+        device_type=t.device.device_type,
+        device_id=t.device.device_id,
+        owner=(owner, capsule),
+    )
+
+
+def device_array(x: Any, name: str = "array") -> DeviceArray:
+    """Pointer, shape and dtype of a C-contiguous CUDA array."""
+    if _library(x) == "torch":
+        x = x.detach()  # torch refuses the interface on tensors that require grad
+    if hasattr(x, "__cuda_array_interface__"):
+        cai = x.__cuda_array_interface__
+        shape = tuple(int(s) for s in cai["shape"])
+        dtype = np.dtype(cai["typestr"])
+        strides = cai.get("strides")
+        if strides is not None and any(s > 1 for s in shape) and tuple(strides) != _c_strides(shape, dtype.itemsize):
+            raise ValueError(f"{name} must be C-contiguous, got shape {shape} and strides {tuple(strides)}")
+        device = getattr(x, "device", None)
+        device_id = getattr(device, "index", getattr(device, "id", None))
+        return DeviceArray(int(cai["data"][0] or 0), shape, dtype, _KDL_CUDA, device_id, x)
+    if hasattr(x, "__dlpack__"):
+        array = _from_dlpack_capsule(x.__dlpack__(), x)
+        if array.device_type != _KDL_CUDA:
+            raise TypeError(f"{name} is not on a CUDA device (DLPack device type {array.device_type})")
+        return array
+    raise TypeError(
+        f"{name} must be a CUDA array (__cuda_array_interface__ or __dlpack__), got {type(x).__name__}; "
+        "CPU arrays go to sam_edge.postprocess"
+    )
+
+
+def _library(x):
+    module = type(x).__module__.split(".")[0]
+    return module if module in ("torch", "cupy") else None
+
+
+def _empty(like: Any, shape, dtype) -> Any:
+    """An output array on like's device, from like's library."""
+    lib = _library(like)
+    if lib == "torch":
+        import torch
+
+        return torch.empty(tuple(shape), dtype=getattr(torch, np.dtype(dtype).name), device=like.device)
+    if lib == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(tuple(shape), dtype=dtype)
+    raise TypeError(
+        f"cannot allocate outputs for {type(like).__name__}; pass torch or CuPy arrays "
+        "(wrap other buffers with torch.as_tensor or cupy.asarray, which share memory)"
+    )
+
+
+def _stream(like: Any, stream: Optional[int]) -> int:
+    if stream is not None:
+        return int(stream)
+    lib = _library(like)
+    if lib == "torch":
+        import torch
+
+        return torch.cuda.current_stream(like.device).cuda_stream
+    if lib == "cupy":
+        import cupy
+
+        return cupy.cuda.get_current_stream().ptr
+    return 0
+
+
+class _on_device:
+    """Makes like's device current for the launch (torch and CuPy inputs)."""
+
+    def __init__(self, like):
+        self.ctx = None
+        lib = _library(like)
+        if lib == "torch":
+            import torch
+
+            self.ctx = torch.cuda.device(like.device)
+        elif lib == "cupy":
+            import cupy
+
+            self.ctx = cupy.cuda.Device(like.device.id)
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+def _check_dtype(a: DeviceArray, kinds: str, itemsize: int, name: str, expected: str):
+    if a.dtype.kind not in kinds or a.dtype.itemsize != itemsize:
+        raise TypeError(f"{name} must be {expected}, got {a.dtype}")
+
+
+# ---------------------------------------------------------------- ops
+
+
+def stability_score(logits: Any, mask_threshold: float = 0.0, threshold_offset: float = 1.0, stream=None):
+    """(..., H, W) float32 device logits -> (...) float32 device scores."""
+    _require()
+    a = device_array(logits, "logits")
+    _check_dtype(a, "f", 4, "logits", "float32")
+    if len(a.shape) < 2:
+        raise ValueError(f"logits must be (..., H, W), got shape {a.shape}")
+    lead = a.shape[:-2]
+    out = _empty(logits, lead, np.float32)
+    o = device_array(out)
+    with _on_device(logits):
+        _C_cuda.stability_scores(
+            a.ptr,
+            int(np.prod(lead, dtype=np.int64)),
+            a.shape[-2] * a.shape[-1],
+            float(mask_threshold) + float(threshold_offset),
+            float(mask_threshold) - float(threshold_offset),
+            o.ptr,
+            _stream(logits, stream),
+        )
+    return out
+
+
+def masks_to_boxes(masks: Any, stream=None):
+    """(..., H, W) bool/uint8 device masks -> (..., 4) int64 device XYXY boxes."""
+    _require()
+    a = device_array(masks, "masks")
+    _check_dtype(a, "bu", 1, "masks", "bool or uint8")
+    if len(a.shape) < 2:
+        raise ValueError(f"masks must be (..., H, W), got shape {a.shape}")
+    lead = a.shape[:-2]
+    out = _empty(masks, (*lead, 4), np.int64)
+    with _on_device(masks):
+        _C_cuda.masks_to_boxes(
+            a.ptr, int(np.prod(lead, dtype=np.int64)), a.shape[-2], a.shape[-1], device_array(out).ptr,
+            _stream(masks, stream),
+        )
+    return out
+
+
+def upsample_threshold_stability(
+    low_res_logits: Any,
+    input_size: Tuple[int, int],
+    original_size: Tuple[int, int],
+    mask_threshold: float = 0.0,
+    stability_offset: float = 1.0,
+    frame_size=1024,
+    return_logits: bool = False,
+    stream=None,
+):
+    """GPU twin of sam_edge.postprocess.upsample_threshold_stability (same definition).
+
+    Args:
+        low_res_logits: (..., h, w) float32 device array, e.g. (B, 3, 256, 256).
+    Returns:
+        masks (..., H, W) bool, stability (...) float32, boxes (..., 4) int64,
+        all on the device; plus the (..., H, W) float32 logits when return_logits.
+    """
+    from . import _pair  # shared validation
+
+    _require()
+    a = device_array(low_res_logits, "low_res_logits")
+    _check_dtype(a, "f", 4, "low_res_logits", "float32")
+    if len(a.shape) < 3:
+        raise ValueError(f"low_res_logits must be (..., h, w), got shape {a.shape}")
+    frame = _pair(frame_size, "frame_size")
+    crop = _pair(input_size, "input_size")
+    out_size = _pair(original_size, "original_size")
+    if crop[0] > frame[0] or crop[1] > frame[1]:
+        raise ValueError(f"input_size {crop} must fit inside frame_size {frame}")
+    lead = a.shape[:-2]
+    n = int(np.prod(lead, dtype=np.int64))
+    masks = _empty(low_res_logits, (*lead, *out_size), np.bool_)
+    logits = _empty(low_res_logits, (*lead, *out_size), np.float32) if return_logits else None
+    stability = _empty(low_res_logits, lead, np.float32)
+    boxes = _empty(low_res_logits, (*lead, 4), np.int64)
+    with _on_device(low_res_logits):
+        _C_cuda.upsample_threshold_stability(
+            a.ptr, n, a.shape[-2], a.shape[-1], frame[0], frame[1], crop[0], crop[1], out_size[0], out_size[1],
+            float(mask_threshold),
+            float(mask_threshold) + float(stability_offset),
+            float(mask_threshold) - float(stability_offset),
+            device_array(masks).ptr,
+            device_array(logits).ptr if logits is not None else 0,
+            device_array(stability).ptr,
+            device_array(boxes).ptr,
+            _stream(low_res_logits, stream),
+        )
+    result = (masks, stability, boxes)
+    return result + (logits,) if return_logits else result
+
+
+def mask_to_rle(masks: Any, stream=None) -> List[Dict[str, Any]]:
+    """(N, H, W) or (H, W) device masks -> uncompressed COCO RLEs (on the host)."""
+    _require()
+    a = device_array(masks, "masks")
+    _check_dtype(a, "bu", 1, "masks", "bool or uint8")
+    if len(a.shape) not in (2, 3):
+        raise ValueError(f"masks must be (H, W) or (N, H, W), got shape {a.shape}")
+    n, h, w = (1, *a.shape) if len(a.shape) == 2 else a.shape
+    with _on_device(masks):
+        positions = _C_cuda.rle_change_positions(a.ptr, n, h, w, _stream(masks, stream))
+    return rles_from_change_positions(positions, n, h, w)
+
+
+def rles_from_change_positions(positions: np.ndarray, n: int, h: int, w: int) -> List[Dict[str, Any]]:
+    """Run boundaries (mask * h * w + column-major offset) -> uncompressed RLEs."""
+    hw = h * w
+    mask_of = positions // hw if hw else positions
+    splits = np.searchsorted(mask_of, np.arange(1, n))
+    out = []
+    for i, local in enumerate(np.split(positions - (mask_of * hw), splits)):
+        bounds = np.concatenate(([0], local, [hw]))
+        counts = np.diff(bounds)
+        # A boundary at 0 means the first pixel is set: the zero-length first run.
+        out.append({"size": [h, w], "counts": counts.tolist()})
+    return out
+
+
+def batched_nms(boxes: Any, scores: Any, categories: Any, iou_threshold: float, stream=None) -> np.ndarray:
+    """GPU twin of sam_edge.postprocess.batched_nms; kept indices come back as a host int64 array."""
+    from . import TORCHVISION_OFFSET_TRICK_MAX_BOXES
+
+    _require()
+    b = device_array(boxes, "boxes")
+    s = device_array(scores, "scores")
+    c = device_array(categories, "categories")
+    _check_dtype(b, "f", 4, "boxes", "float32")
+    _check_dtype(s, "f", 4, "scores", "float32")
+    _check_dtype(c, "i", 8, "categories", "int64")
+    n = b.shape[0] if b.shape else 0
+    if b.shape != (n, 4) or s.shape != (n,) or c.shape != (n,):
+        raise ValueError(f"boxes (N, 4), scores (N,), categories (N,) expected, got {b.shape}, {s.shape}, {c.shape}")
+    with _on_device(boxes):
+        return _C_cuda.batched_nms(
+            b.ptr, s.ptr, c.ptr, n, float(iou_threshold), n <= TORCHVISION_OFFSET_TRICK_MAX_BOXES,
+            _stream(boxes, stream),
+        )
