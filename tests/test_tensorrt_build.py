@@ -442,3 +442,27 @@ def test_onnx_graphs_refuses_wrong_inputs(tmp_path, graphs):
         build._onnx_graphs(str(tmp_path))
     with pytest.raises(ValueError, match="decoder"):
         build._onnx_graphs({"encoder": graphs["mlp"]})
+
+
+def test_real_int8_encoder_prepared_for_tensorrt(tmp_path, small_config):
+    """Once the ONNX branch's quantizer is merged: its QDQ encoder becomes TensorRT's
+    symmetric int8 with an error against fp32 within the 255/127 step bound of the
+    original's (see test_symmetric_int8_qdq_accuracy_in_onnxruntime)."""
+    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs the onnx branch's exporter (not merged yet)")
+    quantize = pytest.importorskip("sam_edge.export.quantize", reason="needs the onnx branch's quantizer (not merged yet)")
+    pytest.importorskip("skimage", reason="calibration photos come from scikit-image")
+    from skimage import data
+
+    from sam_edge.builder import build_sam_from_config
+
+    sam = build_sam_from_config(small_config).eval()
+    fp32 = export.export_encoder(sam, str(tmp_path / "encoder_fp32.onnx"))
+    int8 = str(tmp_path / "encoder_int8.onnx")
+    quantize.quantize_static_int8(fp32, int8, [data.astronaut(), data.coffee()], small_config.image_size,
+                                  method="minmax", quiet=True)
+    record = prep.prepare_for_tensorrt(int8, str(tmp_path / "encoder_trt.onnx"))
+    assert record["qdq"]["quantizers_converted"] > 0
+    x = quantize.encoder_input(data.chelsea(), small_config.image_size)
+    reference = prep.run_onnxruntime(fp32, {"image": x})[0]
+    original_error = _rel_l2(prep.run_onnxruntime(int8, {"image": x})[0], reference)
+    assert _rel_l2(prep.run_onnxruntime(record["path"], {"image": x})[0], reference) <= 2.01 * 1.25 * original_error

@@ -137,7 +137,11 @@ REBUILD_OPTIONS = (
 def rebuild_command(manifest: Mapping[str, Any], bundle_dir: Optional[str] = None) -> str:
     """The `sam-edge build` command that rebuilds this TensorRT bundle on the current machine."""
     section = manifest.get("tensorrt") or {}
-    build = section.get("build") or {}
+    build = dict(section.get("build") or {})
+    # Compatibility choices are also recorded beside the build options; either place counts.
+    for key in ("hardware_compatibility", "version_compatible"):
+        if key not in build and section.get(key) not in (None, "none", False):
+            build[key] = section[key]
     weights = manifest.get("weights") or {}
     parts = ["sam-edge", "build", "--model", str(build.get("model_type") or manifest.get("model_type", "MODEL"))]
     checkpoint = build.get("checkpoint") or (weights.get("checkpoint") if weights.get("source") == "checkpoint" else None)

@@ -1,0 +1,289 @@
+"""The TensorRT runtime: engine compatibility (pure), CUDA error reporting, the host
+mask post-processing and prompt layout; and, where TensorRT and a GPU exist, engines
+built at a reduced size checked against the PyTorch reference."""
+
+import os
+
+import numpy as np
+import pytest
+
+from sam_edge.runtime import tensorrt_backend as trb
+from sam_edge.runtime.tensorrt_backend import EngineCompatibilityError, check_engine_compatibility
+
+
+def manifest(version="10.13.0.35", cc="8.6", gpu="NVIDIA A10", hardware="none", version_compatible=False, **build):
+    return {
+        "model_type": "vit_l",
+        "precision": "int8",
+        "weights": {"source": "checkpoint", "checkpoint": "sam_vit_l_0b3195.pth"},
+        "tensorrt": {
+            "version": version,
+            "gpu": gpu,
+            "compute_capability": cc,
+            "hardware_compatibility": hardware,
+            "version_compatible": version_compatible,
+            "build": dict({"model_type": "vit_l", "precision": "int8"}, **build),
+        },
+    }
+
+
+def here(version="10.13.0.35", cc="8.6", gpu="NVIDIA A10"):
+    return {"tensorrt": version, "compute_capability": cc, "gpu": gpu}
+
+
+# ---------------------------------------------------------------- compatibility
+
+
+@pytest.mark.parametrize(
+    "built,runtime",
+    [
+        (manifest(), here()),
+        (manifest(version="10.13.0.35"), here(version="10.13.0.40")),  # the build number is not part of compatibility
+        (manifest(cc="8.6", gpu="NVIDIA A10"), here(cc="8.6", gpu="NVIDIA RTX A6000")),  # same architecture
+        (manifest(hardware="ampere_plus"), here(cc="9.0", gpu="NVIDIA H100")),
+        (manifest(hardware="ampere_plus", cc="9.0"), here(cc="8.0", gpu="NVIDIA A100")),
+        (manifest(version_compatible=True, version="10.3.0"), here(version="10.13.0.35")),
+    ],
+)
+def test_compatible(built, runtime):
+    check_engine_compatibility(built, runtime)
+
+
+@pytest.mark.parametrize(
+    "built,runtime,reasons",
+    [
+        (manifest(cc="8.6"), here(cc="9.0", gpu="NVIDIA H100"), ["compute capability 8.6", "NVIDIA H100 has 9.0"]),
+        (manifest(cc="8.7", gpu="Orin"), here(cc="8.6"), ["8.7 (Orin)"]),
+        (manifest(version="10.13.0"), here(version="10.12.0"), ["TensorRT 10.13.0", "10.12.0"]),
+        (manifest(version="10.3.0"), here(version="10.3.1"), ["built with TensorRT 10.3.0"]),
+        (manifest(hardware="ampere_plus"), here(cc="7.5", gpu="Tesla T4"), ["Ampere", "Tesla T4 has 7.5"]),
+        (manifest(version_compatible=True, version="10.13.0"), here(version="10.12.0"), ["version-compatible"]),
+        (manifest(version_compatible=True, version="10.13.0"), here(version="11.0.0"), ["major version 10"]),
+        (manifest(cc="8.6", version="10.3.0"), here(cc="8.9", version="10.4.0"), ["8.6", "10.3.0"]),
+        (manifest(hardware="turing_plus"), here(), ["unknown hardware compatibility"]),
+    ],
+)
+def test_incompatible_says_why_and_how_to_rebuild(built, runtime, reasons):
+    with pytest.raises(EngineCompatibilityError) as info:
+        check_engine_compatibility(built, runtime, "/bundles/vit_l-int8")
+    message = str(info.value)
+    for reason in reasons:
+        assert reason in message
+    expected = (
+        "sam-edge build --model vit_l --checkpoint sam_vit_l_0b3195.pth --backend tensorrt --precision int8"
+    )
+    assert expected in message and "--output /bundles/vit_l-int8 --overwrite" in message
+    assert message.count("\n  - ") == sum(
+        [built["tensorrt"]["compute_capability"] != runtime["compute_capability"] and built["tensorrt"]["hardware_compatibility"] == "none",
+         built["tensorrt"]["hardware_compatibility"] == "ampere_plus",
+         built["tensorrt"]["hardware_compatibility"] not in ("none", "ampere_plus"),
+         trb._parse_version(built["tensorrt"]["version"]) != trb._parse_version(runtime["tensorrt"])]
+    ), "one line per problem"
+
+
+def test_rebuild_command_keeps_non_default_options():
+    command = trb.rebuild_command(manifest(max_points=8, hardware_compatibility="ampere_plus", version_compatible=True))
+    assert "--max-points 8" in command and "--hardware-compatibility ampere_plus" in command
+    assert "--version-compatible" in command and "--output BUNDLE_DIR" in command
+
+
+@pytest.mark.parametrize(
+    "built,runtime,message",
+    [
+        ({"model_type": "vit_b"}, here(), "no 'tensorrt' section"),
+        ({"tensorrt": {"version": "10.3.0"}}, here(), "lacks 'compute_capability'"),
+        (manifest(), {"tensorrt": "10.13.0"}, "runtime_info needs 'compute_capability'"),
+        (manifest(cc="sm_86"), here(), "compute capability must look like"),
+        (manifest(version="ten"), here(), "not a version number"),
+    ],
+)
+def test_malformed_inputs_are_value_errors(built, runtime, message):
+    with pytest.raises(ValueError, match=message):
+        check_engine_compatibility(built, runtime)
+
+
+# ---------------------------------------------------------------- CUDA errors
+
+
+def test_cuda_errors_carry_cuda_s_message():
+    runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python (cuda-bindings)")
+    status = runtime.cudaError_t.cudaErrorInvalidValue
+    with pytest.raises(trb.CudaError, match=r"cudaMalloc\(8\) failed: cudaErrorInvalidValue: invalid argument"):
+        trb.cuda_check((status, None), "cudaMalloc(8)")
+    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess, 7), "x") == 7
+    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess, 1, 2), "x") == (1, 2)
+    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess,), "x") is None
+
+
+def test_a_real_cuda_call_is_checked():
+    runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python (cuda-bindings)")
+    result = runtime.cudaGetDeviceCount()
+    if int(result[0]) == 0:
+        assert trb.cuda_check(result, "cudaGetDeviceCount") >= 0
+    else:  # no driver or no GPU here: the error names itself
+        name = runtime.cudaGetErrorName(result[0])[1].decode()
+        with pytest.raises(trb.CudaError, match=f"cudaGetDeviceCount failed: {name}"):
+            trb.cuda_check(result, "cudaGetDeviceCount")
+
+
+# ---------------------------------------------------------------- host paths
+
+
+@pytest.mark.parametrize(
+    "low_res,image_size,input_size,original_size",
+    [((2, 3, 16, 16), 64, (64, 48), (200, 150)), ((1, 1, 8, 8), 32, (20, 32), (21, 35)), ((1, 2, 16, 16), 64, (64, 64), (64, 64))],
+)
+def test_postprocess_masks_numpy_matches_torch(low_res, image_size, input_size, original_size):
+    """Against Sam.postprocess_masks' three interpolate/crop steps in float64: our float32 result
+    composes the two resizes per axis, a sum of at most 4 x 4 weighted terms per output, so
+    its error is a few float32 roundings of |x| (we allow 16 eps * max|x|)."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    x = np.random.default_rng(0).standard_normal(low_res).astype(np.float32) * 5
+    ref = F.interpolate(torch.from_numpy(x).double(), (image_size, image_size), mode="bilinear", align_corners=False)
+    ref = ref[..., : input_size[0], : input_size[1]]
+    ref = F.interpolate(ref, original_size, mode="bilinear", align_corners=False).numpy()
+    ours = trb.postprocess_masks_numpy(x, image_size, input_size, original_size)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    assert np.abs(ours - ref).max() <= 16 * np.finfo(np.float32).eps * np.abs(x).max()
+
+
+class _HostArrays:
+    @staticmethod
+    def is_device_array(array):
+        return False
+
+
+def _feed_backend(m=8):
+    backend = object.__new__(trb.TensorRTBackend)
+    backend.mask_input_size = m
+    backend.arrays = _HostArrays()
+    return backend
+
+
+def test_decoder_feed_layout():
+    """As the torch prompt encoder: points, then box corners labelled 2 and 3; a padding
+    point labelled -1 only when there is no box; a zero mask with has_mask 0 when none."""
+    b = _feed_backend()
+    coords = np.array([[[1.0, 2.0], [3.0, 4.0]]], np.float32)
+    labels = np.array([[1, 0]])
+    box = np.array([[5.0, 6.0, 7.0, 8.0]], np.float32)
+    points_only = b.decoder_feed(coords, labels, None, None)
+    assert points_only["point_coords"].shape == (1, 3, 2)
+    assert points_only["point_labels"].tolist() == [[1, 0, -1]]
+    assert not points_only["has_mask_input"].any() and not points_only["mask_input"].any()
+    box_only = b.decoder_feed(None, None, box, None)
+    assert box_only["point_coords"].tolist() == [[[5, 6], [7, 8]]] and box_only["point_labels"].tolist() == [[2, 3]]
+    both = b.decoder_feed(coords, labels, box, np.ones((1, 1, 8, 8), np.float32))
+    assert both["point_labels"].tolist() == [[1, 0, 2, 3]] and both["has_mask_input"].tolist() == [1]
+    for feed in (points_only, box_only, both):
+        assert all(v.dtype == np.float32 for v in feed.values())
+
+
+def test_load_without_tensorrt_says_so(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed; the message for its absence cannot be shown")
+    with pytest.raises(ImportError, match="holds TensorRT engines: TensorRT is not installed"):
+        trb.load_tensorrt_engine(str(tmp_path), manifest())
+
+
+def test_array_provider_rejects_unknown_library():
+    with pytest.raises(ValueError, match="array library"):
+        trb.array_provider("jax")
+
+
+# ---------------------------------------------------------------- with TensorRT and a GPU
+
+
+def _gpu_reason():
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "needs TensorRT (not installed)"
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        return "needs cuda-python"
+    status, count = runtime.cudaGetDeviceCount()
+    if int(status) != 0 or count == 0:
+        return "needs a CUDA GPU"
+    return None
+
+
+requires_gpu = pytest.mark.skipif(_gpu_reason() is not None, reason=_gpu_reason() or "")
+
+
+@requires_gpu
+def test_device_array_round_trip():
+    provider = trb.array_provider("cuda-python")
+    host = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    device = trb.DeviceArray(host.shape, host.dtype)
+    staged = trb._PinnedArray(host.shape, host.dtype)
+    staged.array[...] = host
+    rt = trb.cudart()
+    trb.cuda_check(rt.cudaMemcpyAsync(device.ptr, staged.ptr, host.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                      provider.stream_handle), "cudaMemcpyAsync")
+    np.testing.assert_array_equal(provider.host(device), host)
+    np.testing.assert_array_equal(provider.host(device[1]), host[1])
+    assert device.__cuda_array_interface__["shape"] == (2, 3, 4)
+
+
+def _rel_l2(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+#: Bounds shared with the ONNX Runtime bundles' parity tests.
+BOUNDS = {"fp16": {"logits_rel_l2": 1e-2}, "int8": {"logits_rel_l2": 0.05, "mean_iou": 0.95}}
+
+
+@requires_gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_engine_parity_with_pytorch(tmp_path, small_config, precision):
+    """A reduced ViT-B bundle built for TensorRT against the PyTorch model on the same
+    prompts: low-res logits rel-L2 and (int8) mean mask IoU within the ONNX bundles' bounds."""
+    onnx_build = pytest.importorskip("sam_edge.export.build", reason="needs the onnx branch's `sam-edge build`")
+    torch = pytest.importorskip("torch")
+    from sam_edge.builder import build_sam_from_config
+    from sam_edge.export.tensorrt_build import TensorRTBuildParams, build_tensorrt_bundle
+    from sam_edge.runtime.predictor import SamPredictor
+
+    onnx_dir = tmp_path / f"onnx-{precision}"
+    manifest_onnx = onnx_build.build_bundle(str(onnx_dir), small_config, precision=precision, quiet=True)
+    params = TensorRTBuildParams(model_type=small_config.name, precision=precision, max_points=6, max_prompts=8,
+                                 opt_points=2, opt_prompts=4, workspace_bytes=1 << 30, progress=False,
+                                 timing_cache=str(tmp_path / "timing.cache"))
+    trt_dir = tmp_path / f"trt-{precision}"
+    manifest_trt = build_tensorrt_bundle(params, str(onnx_dir), str(trt_dir))
+    assert manifest_trt["tensorrt"]["engines"]["encoder"]["precision"] == precision
+    engine = trb.load_tensorrt_engine(str(trt_dir), manifest_trt)
+
+    sam = build_sam_from_config(small_config).eval()
+    onnx_build.randomize_weights_(sam, manifest_onnx["weights"]["seed"])
+    reference, ours = SamPredictor(sam), SamPredictor(engine)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    reference.set_image(image)
+    ours.set_image(image)
+    logits_errors, ious = [], []
+    for _ in range(4):
+        point = rng.uniform((0, 0), (200, 300), size=(1, 2))
+        with torch.no_grad():
+            ref_masks, _, ref_low = reference.predict(point, np.array([1]), multimask_output=True)
+        masks, _, low = ours.predict(point, np.array([1]), multimask_output=True)
+        logits_errors.append(_rel_l2(low, ref_low))
+        inter = np.logical_and(masks, ref_masks).sum((1, 2))
+        union = np.logical_or(masks, ref_masks).sum((1, 2))
+        ious.append(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+    assert max(logits_errors) <= BOUNDS[precision]["logits_rel_l2"]
+    if "mean_iou" in BOUNDS[precision]:
+        assert float(np.mean(ious)) >= BOUNDS[precision]["mean_iou"]
+    # Embed once, query many: a second query of the same prompt reuses the embedding (and a CUDA graph).
+    again = ours.predict(point, np.array([1]), multimask_output=True)[2]
+    np.testing.assert_allclose(again, low, rtol=0, atol=0)
+    engine.close()
+    assert os.path.exists(trt_dir / "manifest.json")
