@@ -1,6 +1,150 @@
 """Build script. Package metadata lives in pyproject.toml; this file adds the
-compiled extension `sam_edge._C` (see csrc/)."""
+compiled extensions from csrc/:
 
+- ``sam_edge._C``: CPU post-processing kernels (C++17, OpenMP when the compiler
+  has it). Always built.
+- ``sam_edge._C_cuda``: the same operations as CUDA kernels, built when nvcc is
+  found, as a fatbin for sm_87 (Jetson Orin), sm_89, sm_90 plus compute_90 PTX.
+
+Environment:
+    SAM_EDGE_NO_CUDA=1        skip the CUDA extension even when nvcc exists.
+    SAM_EDGE_CUDA_ARCHS=...   semicolon/comma list overriding the targets, e.g.
+                              "87;90" or "80,86,90+PTX" (a "+PTX" suffix adds PTX).
+    CUDA_HOME / CUDA_PATH     where to look for nvcc, besides PATH.
+
+A compile error in either extension fails the build: when CUDA was found and
+not disabled, a broken .cu file is an error, not a silent CPU-only install.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
-setup()
+ROOT = Path(__file__).resolve().parent
+CSRC = Path("csrc")
+DEFAULT_CUDA_ARCHS = "87;89;90+PTX"
+
+
+def _truthy(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def find_nvcc():
+    """Path of nvcc, or None."""
+    if _truthy("SAM_EDGE_NO_CUDA"):
+        return None
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def cuda_gencode_flags(spec=None):
+    """-gencode flags for "87;89;90+PTX"-style specs (SAM_EDGE_CUDA_ARCHS)."""
+    spec = spec or os.environ.get("SAM_EDGE_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS
+    flags = []
+    for item in re.split(r"[;,\s]+", spec.strip()):
+        if not item:
+            continue
+        arch, ptx = (item[:-4], True) if item.upper().endswith("+PTX") else (item, False)
+        arch = arch.replace("sm_", "").replace(".", "")
+        if not arch.isdigit():
+            raise ValueError(f"SAM_EDGE_CUDA_ARCHS: cannot read {item!r}; expected e.g. '87;89;90+PTX'")
+        flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        if ptx:
+            flags += ["-gencode", f"arch=compute_{arch},code=compute_{arch}"]
+    if not flags:
+        raise ValueError("SAM_EDGE_CUDA_ARCHS names no architecture")
+    return flags
+
+
+def compiler_has_openmp():
+    """Whether the C++ compiler accepts -fopenmp (and can link it)."""
+    cxx = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "omp.cpp"
+        src.write_text("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        cmd = cxx.split() + ["-fopenmp", str(src), "-o", str(Path(tmp) / "omp")]
+        try:
+            return subprocess.run(cmd, capture_output=True).returncode == 0
+        except OSError:
+            return False
+
+
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fvisibility=hidden"]
+OPENMP = compiler_has_openmp() and not _truthy("SAM_EDGE_NO_OPENMP")
+if not OPENMP:
+    print("sam-edge: the compiler has no OpenMP; sam_edge._C will run single-threaded", file=sys.stderr)
+
+cpu_ext = Pybind11Extension(
+    "sam_edge._C",
+    [str(CSRC / "postprocess_cpu.cpp"), str(CSRC / "bindings.cpp")],
+    include_dirs=[str(CSRC)],
+    cxx_std=17,
+    extra_compile_args=CXX_FLAGS + (["-fopenmp"] if OPENMP else []),
+    extra_link_args=["-fopenmp"] if OPENMP else [],
+    depends=[str(CSRC / "postprocess.h")],
+)
+
+NVCC = find_nvcc()
+ext_modules = [cpu_ext]
+if NVCC:
+    cuda_home = Path(NVCC).resolve().parent.parent
+    cuda_ext = Pybind11Extension(
+        "sam_edge._C_cuda",
+        [str(CSRC / "cuda" / "bindings_cuda.cpp")],
+        include_dirs=[str(CSRC), str(CSRC / "cuda"), str(cuda_home / "include")],
+        cxx_std=17,
+        extra_compile_args=CXX_FLAGS,
+        library_dirs=[str(cuda_home / "lib64"), str(cuda_home / "lib")],
+        # Static cudart: the module then needs only the driver (libcuda) at run time.
+        libraries=["cudart_static", "dl", "rt", "pthread"],
+        depends=[str(p) for p in sorted((CSRC / "cuda").glob("*.cuh"))],
+    )
+    cuda_ext.cuda_sources = [str(p) for p in sorted((CSRC / "cuda").glob("*.cu"))]
+    ext_modules.append(cuda_ext)
+
+
+class BuildExt(build_ext):
+    """build_ext that compiles an extension's .cu files with nvcc first."""
+
+    def build_extension(self, ext):
+        cuda_sources = getattr(ext, "cuda_sources", None)
+        if cuda_sources:
+            ext.extra_objects = list(ext.extra_objects or []) + self._nvcc_compile(ext, cuda_sources)
+        super().build_extension(ext)
+
+    def _nvcc_compile(self, ext, sources):
+        out_dir = Path(self.build_temp) / "cuda"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        objects = []
+        for src in sources:
+            obj = out_dir / (Path(src).stem + ".o")
+            deps = [Path(src)] + [Path(d) for d in ext.depends]
+            if not self.force and obj.exists() and all(obj.stat().st_mtime >= d.stat().st_mtime for d in deps):
+                objects.append(str(obj))
+                continue
+            cmd = [
+                NVCC, "-c", src, "-o", str(obj),
+                "-std=c++17", "-O3", "--fmad=false",
+                "-Xcompiler", "-fPIC,-fvisibility=hidden",
+                *[f"-I{d}" for d in ext.include_dirs],
+                *cuda_gencode_flags(),
+            ]
+            print("sam-edge: " + " ".join(cmd), file=sys.stderr)
+            # check_call: an nvcc error must fail the build, never be skipped.
+            subprocess.check_call(cmd)
+            objects.append(str(obj))
+        return objects
+
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt})

@@ -7,7 +7,12 @@ without torch installed.
 __version__ = "0.1.0"
 
 from .config import SAM_CONFIGS, SamConfig, get_config  # noqa: E402  (torch-free)
-from .runtime import ImageNotSetError, ResizeLongestSide, SamPredictor  # noqa: E402  (torch-free)
+from .runtime import (  # noqa: E402  (torch-free)
+    ImageNotSetError,
+    ResizeLongestSide,
+    SamAutomaticMaskGenerator,
+    SamPredictor,
+)
 
 _LAZY = {
     "sam_model_registry": "builder",
@@ -19,6 +24,7 @@ _LAZY = {
     "CheckpointError": "builder",
     "Sam": "modeling",
     "info": "info",
+    "load": "runtime.bundle",
 }
 
 
@@ -31,6 +37,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'sam_edge' has no attribute {name!r}")
 
 
-__all__ = ["SAM_CONFIGS", "SamConfig", "get_config", "ImageNotSetError", "ResizeLongestSide", "SamPredictor"] + list(
+__all__ = ["SAM_CONFIGS", "SamConfig", "get_config", "ImageNotSetError", "ResizeLongestSide", "SamAutomaticMaskGenerator",
+           "SamPredictor"] + list(
     _LAZY
 )

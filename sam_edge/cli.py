@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="directory for the PNGs and result.json")
     p.set_defaults(func=cmd_predict)
 
+    from .export.build import add_build_arguments, run_build
+    from .export.validate import add_validate_arguments, run_validate
+
+    add_build_arguments(sub).set_defaults(func=run_build)
+    add_validate_arguments(sub).set_defaults(func=run_validate)
+
     p = sub.add_parser("info", help="versions and which kernels/backends are active")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)

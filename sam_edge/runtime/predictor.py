@@ -1,7 +1,7 @@
 """Embed once, query many: a drop-in for `segment_anything.SamPredictor`
 over any backend (the torch model, or an engine from `sam_edge.load`)."""
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -9,6 +9,8 @@ from .backend import Backend
 from .transforms import ResizeLongestSide
 
 IMAGE_FORMATS = ("RGB", "BGR")
+#: The official normalisation mean, float32 as both backends hold it.
+_PIXEL_MEAN = np.array((123.675, 116.28, 103.53), dtype=np.float32)
 
 
 class ImageNotSetError(RuntimeError, ValueError):
@@ -88,6 +90,51 @@ class SamPredictor:
         batch = np.ascontiguousarray(input_image.transpose(2, 0, 1)[None])
         self._embed(self.backend.from_numpy(batch), image.shape[:2])
 
+    def set_image_batch(self, images: Sequence[np.ndarray], image_format: str = "RGB") -> None:
+        """Embed N (H_i, W_i, 3) uint8 images in one encoder call (sizes may differ).
+
+        The embeddings are kept for all N; `select_image(i)` makes image i the
+        one that predict() / predict_torch() answer for. Image 0 is selected.
+        """
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}; got {image_format!r}")
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise TypeError("set_image_batch takes a sequence of (H, W, 3) images; use set_image for one image")
+        images = [validate_image(image) for image in images]
+        if not images:
+            raise ValueError("set_image_batch needs at least one image")
+        size = self.backend.image_size
+        # Pad with the pixel mean: after normalisation that is exactly the zero
+        # padding of Sam.preprocess, so images of different sizes share one batch.
+        batch = np.empty((len(images), 3, size, size), dtype=np.float32)
+        batch[:] = _PIXEL_MEAN[None, :, None, None]
+        input_sizes = []
+        for i, image in enumerate(images):
+            if image_format != self.backend.image_format:
+                image = image[..., ::-1]
+            resized = self.transform.apply_image(np.ascontiguousarray(image))
+            batch[i, :, : resized.shape[0], : resized.shape[1]] = resized.transpose(2, 0, 1)
+            input_sizes.append(resized.shape[:2])
+        self.reset_image()
+        self._batch_features = self.backend.embed(self.backend.from_numpy(batch))
+        self._batch_sizes = [(tuple(image.shape[:2]), tuple(s)) for image, s in zip(images, input_sizes)]
+        self.select_image(0)
+
+    @property
+    def num_images(self) -> int:
+        """How many images set_image_batch embedded (1 after set_image)."""
+        return len(self._batch_sizes) if self._batch_sizes else int(self.is_image_set)
+
+    def select_image(self, index: int) -> None:
+        """Answer prompts for image `index` of the last set_image_batch."""
+        if not self._batch_sizes:
+            raise ImageNotSetError("select_image needs images set with .set_image_batch(...)")
+        if not 0 <= index < len(self._batch_sizes):
+            raise ValueError(f"image index must be in [0, {len(self._batch_sizes)}); got {index}")
+        self.original_size, self.input_size = self._batch_sizes[index]
+        self.features = self._batch_features[index : index + 1]
+        self.is_image_set = True
+
     def set_torch_image(self, transformed_image: Any, original_image_size: Tuple[int, ...]) -> None:
         """Embed a (1, 3, h, w) tensor already resized by `transform.apply_image`,
         whose original size was `original_image_size` (H, W)."""
@@ -114,6 +161,8 @@ class SamPredictor:
         return self.features
 
     def reset_image(self) -> None:
+        self._batch_features = None
+        self._batch_sizes = None
         self.is_image_set = False
         self.features = None
         self.original_size = None

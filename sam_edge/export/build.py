@@ -1,0 +1,272 @@
+"""`sam-edge build`: a checkpoint in, a verified ONNX Runtime bundle out.
+
+The bundle is written into a temporary directory next to the output and
+renamed into place only once every graph and the manifest are complete, so
+an interrupted or failed build never leaves a directory that looks like a
+bundle. See sam_edge/runtime/bundle.py for the layout.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from typing import Any, Dict, Optional
+
+from ..config import SAM_CONFIGS, SamConfig, get_config
+from ..runtime.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, file_record
+
+#: Precisions of the encoder graph. The decoder stays fp32 in every bundle: it
+#: is ~4 M parameters and a few ms, and its outputs are what users threshold.
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+BACKENDS = ("onnxruntime",)
+#: Seed of the random weights used when no checkpoint is given.
+RANDOM_WEIGHTS_SEED = 0
+
+
+def random_weights_model(config: SamConfig, seed: int = RANDOM_WEIGHTS_SEED):
+    """The Sam for `config` with seeded random weights; the same seed gives the same model."""
+    import torch
+
+    from .. import build_sam_from_config  # via the package, whatever module defines it
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the default initialisers draw from the global generator
+        sam = build_sam_from_config(config)
+    randomize_weights_(sam, seed)
+    return sam
+
+
+def randomize_weights_(sam, seed: int) -> None:
+    """Give every parameter a seeded, non-trivial value (the default init leaves
+    rel-pos tables and pos_embed at zero, which would hide export bugs)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sam.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith(("rel_pos_h", "rel_pos_w", "pos_embed")):
+                param.copy_(0.5 * noise)
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.1 * noise)
+            elif "norm" in name and name.endswith("bias"):
+                param.copy_(0.1 * noise)
+
+
+def library_versions() -> Dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from .. import __version__
+
+    return {
+        "sam_edge": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def build_bundle(
+    output: str,
+    config: SamConfig,
+    checkpoint: Optional[str] = None,
+    precision: str = "fp32",
+    backend: str = "onnxruntime",
+    calib_images: Optional[str] = None,
+    num_calib_images: Optional[int] = None,
+    calib_tensors_per_run: Optional[int] = None,
+    overwrite: bool = False,
+    official_decoder: bool = True,
+    quiet: bool = False,
+) -> Dict[str, Any]:
+    """Build a bundle for `config` at `output`; returns its manifest.
+
+    Arguments:
+        output: the bundle directory to create.
+        config: the model's SamConfig (get_config("vit_b"), or a reduced one for tests).
+        checkpoint: official-format .pth; None for seeded random weights (said so, and recorded).
+        precision: one of PRECISIONS (the encoder's; the decoder is fp32).
+        calib_images: directory of images for int8 calibration; the bundled photos when None.
+        overwrite: replace an existing bundle at `output`.
+    """
+    from tqdm import tqdm
+
+    from .. import build_sam_from_config  # via the package, whatever module defines it
+    from .onnx_export import export_decoder, export_encoder
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    output = os.path.abspath(os.fspath(output))
+    if os.path.exists(output) and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+
+    if checkpoint is not None:
+        sam = build_sam_from_config(config, checkpoint)
+        weights = {"source": "checkpoint", "checkpoint": os.path.basename(checkpoint), **file_record(checkpoint)}
+        weights["checkpoint_sha256"] = weights.pop("sha256")
+        weights["checkpoint_bytes"] = weights.pop("bytes")
+    else:
+        sam = random_weights_model(config, RANDOM_WEIGHTS_SEED)
+        weights = {"source": "random", "seed": RANDOM_WEIGHTS_SEED}
+        _say(
+            f"NOTE: no --checkpoint given: building with seeded RANDOM weights (seed {RANDOM_WEIGHTS_SEED}). "
+            "The bundle runs but its masks mean nothing; the manifest records this.",
+            quiet,
+        )
+
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.building-", dir=parent)
+    try:
+        steps = ["export encoder", "export decoder"] + (["export official decoder"] if official_decoder else [])
+        if precision != "fp32":
+            steps.append(f"convert encoder to {precision}")
+        extra: Dict[str, Any] = {}
+        with tqdm(total=len(steps), desc="build", unit="step", disable=quiet) as bar:
+            encoder_name = "encoder.onnx"
+            fp32_path = os.path.join(staging, encoder_name if precision == "fp32" else "encoder_fp32.onnx")
+            bar.set_postfix_str(steps[0])
+            export_encoder(sam, fp32_path)
+            bar.update()
+            bar.set_postfix_str(steps[1])
+            export_decoder(sam, os.path.join(staging, "decoder.onnx"))
+            bar.update()
+            graphs = {"encoder": encoder_name, "decoder": "decoder.onnx"}
+            if official_decoder:
+                bar.set_postfix_str(steps[2])
+                export_decoder(sam, os.path.join(staging, "decoder_official.onnx"), official=True)
+                graphs["decoder_official"] = "decoder_official.onnx"
+                bar.update()
+            if precision != "fp32":
+                bar.set_postfix_str(steps[-1])
+                extra = _convert_encoder(
+                    precision, fp32_path, os.path.join(staging, encoder_name), config, calib_images,
+                    num_calib_images, calib_tensors_per_run, quiet,
+                )
+                _remove_graph(fp32_path)
+                bar.update()
+
+        files = {name: file_record(os.path.join(staging, name)) for name in sorted(os.listdir(staging))}
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "model_type": config.name,
+            "config": dataclasses.asdict(config),
+            "backend": backend,
+            "precision": precision,
+            "decoder_precision": "fp32",
+            "image_size": config.image_size,
+            "mask_input_size": config.mask_input_size,
+            "embedding_size": config.image_embedding_size,
+            "graphs": graphs,
+            "weights": weights,
+            "versions": library_versions(),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "files": files,
+            **extra,
+        }
+        import json
+
+        with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        _move_into_place(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _say(f"wrote {output} ({config.name}, {precision}, weights: {weights['source']})", quiet)
+    return manifest
+
+
+def _remove_graph(path: str) -> None:
+    for p in (path, path + ".data"):
+        if os.path.exists(p):
+            os.remove(p)
+
+
+def _move_into_place(staging: str, output: str) -> None:
+    """Rename the finished staging dir to `output`; an old bundle there is moved aside first
+    and deleted only after the new one is in place."""
+    old = None
+    if os.path.exists(output):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=os.path.dirname(output))
+        os.rmdir(old)
+        os.replace(output, old)
+    os.replace(staging, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _convert_encoder(
+    precision, fp32_path, out_path, config, calib_images, num_calib_images, tensors_per_run, quiet
+) -> Dict[str, Any]:
+    from . import quantize
+
+    if precision == "fp16":
+        return {"conversion": quantize.convert_fp16(fp32_path, out_path)}
+    if precision == "int8-dynamic":
+        return {"conversion": quantize.quantize_dynamic_int8(fp32_path, out_path)}
+    images, source = quantize.calibration_images(calib_images, num_calib_images)
+    _say(f"int8 calibration on {len(images)} images from {source}", quiet)
+    per_run = {} if tensors_per_run is None else {"tensors_per_run": tensors_per_run}
+    return {
+        "conversion": quantize.quantize_static_int8(
+            fp32_path, out_path, images, config.image_size, quiet=quiet, **per_run
+        )
+    }
+
+
+def add_build_arguments(subparsers) -> argparse.ArgumentParser:
+    """Add the `build` sub-command to an argparse subparsers object; returns its parser
+    (its handler is set as `func`)."""
+    parser = subparsers.add_parser(
+        "build",
+        help="export a checkpoint to a verified ONNX Runtime bundle",
+        description="Export SAM to ONNX (encoder, decoder) at a precision, into a bundle directory with a manifest.",
+    )
+    parser.add_argument("--model", required=True, choices=sorted(SAM_CONFIGS), help="model size")
+    parser.add_argument("--checkpoint", default=None, help="official .pth checkpoint (omit: seeded random weights)")
+    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="encoder precision (int8: static QDQ; int8-dynamic: weight-only)")
+    parser.add_argument("--output", required=True, help="bundle directory to create")
+    parser.add_argument("--calib-images", default=None,
+                        help="directory of calibration images for int8 (default: the photos bundled with scikit-image)")
+    parser.add_argument("--num-calib-images", type=int, default=None, help="use at most this many calibration images")
+    parser.add_argument("--calib-tensors-per-run", type=int, default=None,
+                        help="int8 calibration: activations fetched per run; lower bounds memory, higher is faster")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_build)
+    return parser
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """The `build` sub-command; returns the exit status."""
+    build_bundle(
+        args.output,
+        get_config(args.model),
+        checkpoint=args.checkpoint,
+        precision=args.precision,
+        backend=args.backend,
+        calib_images=args.calib_images,
+        num_calib_images=args.num_calib_images,
+        calib_tensors_per_run=args.calib_tensors_per_run,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
+    return 0

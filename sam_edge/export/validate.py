@@ -1,0 +1,206 @@
+"""`sam-edge validate`: a bundle's fidelity to the PyTorch model it was built from.
+
+For every image and prompt kind (one point, positive + negative points, box,
+box + points, mask_input fed back), both run through `SamPredictor`:
+mask IoU, low-res logits rel-L2 and score error per kind; for the encoder,
+embedding cosine similarity and rel-L2 per image. Prints a table, writes JSON,
+and exits non-zero when a precision's tolerance is exceeded.
+"""
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+#: (max low-res logits rel-L2, min mean mask IoU) per encoder precision.
+TOLERANCES = {
+    "fp32": (1e-3, 0.99),
+    "fp16": (1e-2, 0.99),
+    "int8": (0.05, 0.95),
+    "int8-dynamic": (0.05, 0.95),
+}
+PROMPT_KINDS = ("one_point", "pos_neg_points", "box", "box_and_points", "mask_input")
+
+
+def _rel_l2(x: np.ndarray, ref: np.ndarray) -> float:
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-12))
+
+
+def _cosine(x: np.ndarray, ref: np.ndarray) -> float:
+    x, ref = np.asarray(x, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
+    return float(x @ ref / max(np.linalg.norm(x) * np.linalg.norm(ref), 1e-12))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _prompts(shape, rng: np.random.Generator) -> Dict[str, dict]:
+    """Seeded prompts in original-image pixels, one per kind (mask_input is added later)."""
+    h, w = shape[:2]
+    points = lambda n: np.stack([rng.uniform(0, w - 1, n), rng.uniform(0, h - 1, n)], axis=1)  # noqa: E731
+    x0, x1 = np.sort(rng.uniform(0, w - 1, 2))
+    y0, y1 = np.sort(rng.uniform(0, h - 1, 2))
+    box = np.array([x0, y0, x1, y1])
+    return {
+        "one_point": dict(point_coords=points(1), point_labels=np.array([1])),
+        "pos_neg_points": dict(point_coords=points(3), point_labels=np.array([1, 0, 0])),
+        "box": dict(box=box),
+        "box_and_points": dict(box=box, point_coords=points(2), point_labels=np.array([1, 0])),
+    }
+
+
+def reference_model(manifest: Dict[str, Any], checkpoint: Optional[str]):
+    """The torch model the bundle should match: from `checkpoint`, or the seeded random
+    weights the bundle was built with when it records them."""
+    from .. import build_sam_from_config  # via the package, whatever module defines it
+    from ..config import SamConfig
+    from .build import random_weights_model
+
+    fields = dict(manifest["config"])
+    fields["encoder_global_attn_indexes"] = tuple(fields["encoder_global_attn_indexes"])
+    config = SamConfig(**fields)
+    if checkpoint is not None:
+        return build_sam_from_config(config, checkpoint)
+    weights = manifest.get("weights", {})
+    if weights.get("source") != "random":
+        raise ValueError("this bundle was built from a checkpoint: pass it with --checkpoint")
+    return random_weights_model(config, int(weights["seed"]))
+
+
+def validate_bundle(
+    bundle_dir: str,
+    checkpoint: Optional[str] = None,
+    images: Optional[List[np.ndarray]] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Fidelity report of the bundle against its torch reference (see module docstring)."""
+    from tqdm import tqdm
+
+    from ..runtime.bundle import load, sha256_file
+    from ..runtime.predictor import SamPredictor
+    from .quantize import calibration_images
+
+    engine = load(bundle_dir)
+    manifest = engine.manifest
+    notes = []
+    if checkpoint is not None and manifest["weights"].get("checkpoint_sha256") not in (None, sha256_file(checkpoint)):
+        notes.append("the checkpoint differs from the one recorded in the manifest")
+    model = reference_model(manifest, checkpoint)
+    source = "given images"
+    if images is None:
+        images, source = calibration_images()
+    ours, reference = SamPredictor(engine), SamPredictor(model)
+    rng = np.random.default_rng(seed)
+    per_kind: Dict[str, Dict[str, list]] = {k: {"iou": [], "rel_l2": [], "score_err": []} for k in PROMPT_KINDS}
+    encoder = {"cosine": [], "rel_l2": []}
+    for image in tqdm(images, desc="validate", unit="image", disable=not progress):
+        ours.set_image(image)
+        reference.set_image(image)
+        emb, ref_emb = ours.get_image_embedding(), reference.backend.to_numpy(reference.get_image_embedding())
+        encoder["cosine"].append(_cosine(emb, ref_emb))
+        encoder["rel_l2"].append(_rel_l2(emb, ref_emb))
+        for kind, kwargs in _prompts(image.shape, rng).items():
+            m1, s1, l1 = ours.predict(multimask_output=True, **kwargs)
+            m2, s2, l2 = reference.predict(multimask_output=True, **kwargs)
+            _record(per_kind[kind], m1, s1, l1, m2, s2, l2)
+            if kind == "one_point":  # feed the reference's best logits back as a mask prompt
+                call = dict(kwargs, mask_input=l2[np.argmax(s2)][None])
+                m1, s1, l1 = ours.predict(multimask_output=False, **call)
+                m2, s2, l2 = reference.predict(multimask_output=False, **call)
+                _record(per_kind["mask_input"], m1, s1, l1, m2, s2, l2)
+    max_rel_l2, min_iou = TOLERANCES[manifest["precision"]]
+    kinds = {
+        k: {
+            "mask_iou_mean": float(np.mean(v["iou"])),
+            "mask_iou_min": float(np.min(v["iou"])),
+            "logits_rel_l2_max": float(np.max(v["rel_l2"])),
+            "score_abs_err_max": float(np.max(v["score_err"])),
+        }
+        for k, v in per_kind.items()
+    }
+    passed = all(r["logits_rel_l2_max"] <= max_rel_l2 and r["mask_iou_mean"] >= min_iou for r in kinds.values())
+    return {
+        "bundle": bundle_dir,
+        "model_type": manifest["model_type"],
+        "precision": manifest["precision"],
+        "weights": manifest["weights"]["source"],
+        "images": {"count": len(images), "source": source},
+        "encoder": {
+            "embedding_cosine_min": float(np.min(encoder["cosine"])),
+            "embedding_rel_l2_max": float(np.max(encoder["rel_l2"])),
+        },
+        "prompts": kinds,
+        "tolerance": {"logits_rel_l2_max": max_rel_l2, "mask_iou_mean_min": min_iou},
+        "passed": passed,
+        "notes": notes,
+    }
+
+
+def _record(store, m1, s1, l1, m2, s2, l2) -> None:
+    store["iou"].extend(_iou(a, b) for a, b in zip(m1, m2))
+    store["rel_l2"].append(_rel_l2(l1, l2))
+    store["score_err"].append(float(np.max(np.abs(np.asarray(s1) - np.asarray(s2)))))
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    lines = [
+        f"{report['bundle']}: {report['model_type']} {report['precision']} "
+        f"(weights: {report['weights']}; {report['images']['count']} images from {report['images']['source']})",
+        f"encoder: embedding cosine min {report['encoder']['embedding_cosine_min']:.6f}, "
+        f"rel-L2 max {report['encoder']['embedding_rel_l2_max']:.2e}",
+        f"{'prompt':<16}{'IoU mean':>10}{'IoU min':>10}{'logits rel-L2':>15}{'score err':>11}",
+    ]
+    for kind, r in report["prompts"].items():
+        lines.append(
+            f"{kind:<16}{r['mask_iou_mean']:>10.4f}{r['mask_iou_min']:>10.4f}"
+            f"{r['logits_rel_l2_max']:>15.2e}{r['score_abs_err_max']:>11.2e}"
+        )
+    tol = report["tolerance"]
+    verdict = "PASS" if report["passed"] else "FAIL"
+    lines.append(
+        f"{verdict} (tolerance for {report['precision']}: logits rel-L2 <= {tol['logits_rel_l2_max']:g}, "
+        f"mean IoU >= {tol['mask_iou_mean_min']:g})"
+    )
+    lines.extend(f"note: {n}" for n in report["notes"])
+    return "\n".join(lines)
+
+
+def add_validate_arguments(subparsers) -> argparse.ArgumentParser:
+    """Add the `validate` sub-command; its handler is set as `func`."""
+    parser = subparsers.add_parser(
+        "validate",
+        help="compare a bundle with the PyTorch model per prompt kind",
+        description="Fidelity of a bundle to the PyTorch reference: mask IoU, logits rel-L2, score error, embeddings.",
+    )
+    parser.add_argument("bundle", help="bundle directory from `sam-edge build`")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the .pth the bundle was built from (not needed for random-weight bundles)")
+    parser.add_argument("--images", default=None, help="directory of images (default: scikit-image's bundled photos)")
+    parser.add_argument("--json", default=None, help="write the report as JSON to this path ('-' for stdout)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
+    parser.set_defaults(func=run_validate)
+    return parser
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """The `validate` sub-command; 0 when within tolerance, 1 otherwise."""
+    images = None
+    if args.images is not None:
+        from .quantize import calibration_images
+
+        images, _ = calibration_images(args.images)
+    report = validate_bundle(args.bundle, args.checkpoint, images, seed=args.seed)
+    print(format_report(report))
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    elif args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    return 0 if report["passed"] else 1

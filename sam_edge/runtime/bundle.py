@@ -1,0 +1,125 @@
+"""Bundles: a directory with the graphs of one model and a manifest that vouches for them.
+
+    DIR/manifest.json    what was built, from what, with which versions, and
+                         the sha256 and size of every other file in DIR
+    DIR/encoder.onnx     (+ encoder.onnx.data for weights over 2 GB)
+    DIR/decoder.onnx     the "fast" decoder our runtime uses
+    DIR/decoder_official.onnx   the official-compatible decoder (ONNX Runtime only)
+
+`load` checks every file against the manifest before a session is created,
+so a truncated download or an edited graph is refused, not run. Torch-free.
+"""
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, Optional, Sequence
+
+MANIFEST_NAME = "manifest.json"
+BUNDLE_FORMAT = "sam-edge-bundle"
+BUNDLE_FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle directory that is missing, incomplete, or whose files do not match its manifest."""
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: str) -> Dict[str, Any]:
+    """The manifest entry of one file: its sha256 and size in bytes."""
+    return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+
+
+def read_manifest(bundle_dir: str) -> Dict[str, Any]:
+    """The manifest of `bundle_dir`, checked for form (not yet against the files)."""
+    bundle_dir = os.fspath(bundle_dir)
+    if not os.path.isdir(bundle_dir):
+        raise BundleError(f"bundle not found: {bundle_dir} is not a directory (build one with `sam-edge build`)")
+    path = os.path.join(bundle_dir, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise BundleError(f"{bundle_dir} is not a sam-edge bundle: it has no {MANIFEST_NAME}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not a sam-edge bundle manifest (format != {BUNDLE_FORMAT!r})")
+    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has format_version {manifest.get('format_version')!r}; this sam-edge reads "
+            f"{BUNDLE_FORMAT_VERSION}. Rebuild the bundle with this version."
+        )
+    for key in ("files", "graphs", "image_size", "backend"):
+        if key not in manifest:
+            raise BundleError(f"{path} lacks the field {key!r}")
+    return manifest
+
+
+def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Check that every file in the manifest exists with its recorded size and sha256;
+    returns the manifest, or raises BundleError naming the first bad file."""
+    manifest = manifest if manifest is not None else read_manifest(bundle_dir)
+    for name, record in manifest["files"].items():
+        if os.path.basename(name) != name or name in (".", ".."):
+            raise BundleError(f"manifest of {bundle_dir} names a file outside the bundle: {name!r}")
+        path = os.path.join(bundle_dir, name)
+        if not os.path.isfile(path):
+            raise BundleError(f"bundle {bundle_dir} is incomplete: {name} is missing")
+        size = os.path.getsize(path)
+        if size != record["bytes"]:
+            raise BundleError(
+                f"bundle {bundle_dir}: {name} has {size} bytes, the manifest says {record['bytes']} "
+                "(truncated or replaced); rebuild or re-download the bundle"
+            )
+        digest = sha256_file(path)
+        if digest != record["sha256"]:
+            raise BundleError(
+                f"bundle {bundle_dir}: {name} does not match its sha256 in the manifest "
+                f"({digest[:12]}... != {record['sha256'][:12]}...); the file was modified or corrupted"
+            )
+    for graph, name in manifest["graphs"].items():
+        if name not in manifest["files"]:
+            raise BundleError(f"manifest of {bundle_dir}: graph {graph!r} -> {name!r} is not among its hashed files")
+    return manifest
+
+
+def load(
+    bundle_dir: str, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, verify: bool = True
+):
+    """An engine for `sam_edge.SamPredictor` from a bundle built by `sam-edge build`.
+
+    Arguments:
+        bundle_dir: the bundle directory.
+        providers: ONNX Runtime execution providers (CPU when None).
+        threads: intra-op threads per session (ONNX Runtime's default when None).
+        verify: check sizes and sha256 of every file first (default; seconds for ViT-H).
+    Returns:
+        an OnnxRuntimeBackend, with the manifest as `.manifest`.
+    """
+    bundle_dir = os.fspath(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    if verify:
+        verify_bundle(bundle_dir, manifest)
+    if manifest["backend"] != "onnxruntime":
+        raise BundleError(f"bundle {bundle_dir} is for backend {manifest['backend']!r}; load() runs onnxruntime bundles")
+    from .onnxruntime_backend import OnnxRuntimeBackend
+
+    graphs = manifest["graphs"]
+    engine = OnnxRuntimeBackend(
+        os.path.join(bundle_dir, graphs["encoder"]),
+        os.path.join(bundle_dir, graphs["decoder"]),
+        image_size=manifest["image_size"],
+        providers=providers,
+        threads=threads,
+    )
+    engine.manifest = manifest
+    engine.bundle_dir = bundle_dir
+    return engine

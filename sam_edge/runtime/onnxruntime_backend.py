@@ -1,0 +1,200 @@
+"""The ONNX Runtime backend: an encoder and a decoder graph from a bundle,
+numpy in and out. Imports numpy and onnxruntime only (no torch).
+
+The decoder graph is the "fast" one of `sam_edge.export.onnx_export`: it
+returns all four mask tokens' low-res logits and scores; the multimask choice
+and the resize to the image happen here, in numpy.
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+#: The official normalisation (RGB, pixel values in [0, 255]).
+PIXEL_MEAN = np.array((123.675, 116.28, 103.53), dtype=np.float32)
+PIXEL_STD = np.array((58.395, 57.12, 57.375), dtype=np.float32)
+
+
+def bilinear_weights(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices i0, i1 (out_size,) int64 and weight w (out_size,) float64 of
+    `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` along
+    one axis: out[j] = (1 - w[j]) * in[i0[j]] + w[j] * in[i1[j]]."""
+    # In float32, as torch computes the source coordinate: identical indices and weights.
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    return i0, i1, (src - i0.astype(np.float32)).astype(np.float64)
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix A with A @ x == the bilinear resize of x along axis 0."""
+    i0, i1, w = bilinear_weights(in_size, out_size)
+    rows = np.arange(out_size)
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    np.add.at(matrix, (rows, i0), 1.0 - w)
+    np.add.at(matrix, (rows, i1), w)
+    return matrix
+
+
+def _postprocess_matrix(low_res: int, image_size: int, input_len: int, original_len: int) -> np.ndarray:
+    """(original_len, low_res) float32: upsample to image_size, keep the first
+    input_len rows (the unpadded image), resize to original_len; linear maps compose."""
+    up = bilinear_matrix(low_res, image_size)[:input_len]
+    return (bilinear_matrix(input_len, original_len) @ up).astype(np.float32)
+
+
+def mask_postprocess_reference(
+    low_res: np.ndarray, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
+) -> np.ndarray:
+    """(B, C, m, m) logits -> (B, C, H, W) float32, the official postprocess_masks:
+    bilinear to (image_size, image_size), crop to input_size, bilinear to original_size.
+
+    Written as two matrix products per axis pair: M_h (H, m) @ x @ M_w^T (m, W).
+    """
+    m = low_res.shape[-1]
+    rows = _postprocess_matrix(low_res.shape[-2], image_size, input_size[0], original_size[0])
+    cols = _postprocess_matrix(m, image_size, input_size[1], original_size[1])
+    x = np.asarray(low_res, dtype=np.float32)
+    return np.matmul(np.matmul(rows, x), cols.T)
+
+
+def _compiled_mask_postprocess():
+    """The compiled op from sam_edge._C when it is built, else None."""
+    try:
+        from .. import _C  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(_C, "mask_postprocess", None)
+
+
+def mask_postprocess(
+    low_res: np.ndarray, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
+) -> np.ndarray:
+    """As mask_postprocess_reference, through sam_edge._C.mask_postprocess when it exists."""
+    compiled = _compiled_mask_postprocess()
+    if compiled is not None:
+        return compiled(np.ascontiguousarray(low_res, dtype=np.float32), image_size, tuple(input_size), tuple(original_size))
+    return mask_postprocess_reference(low_res, image_size, input_size, original_size)
+
+
+class OnnxRuntimeBackend:
+    """Backend over ONNX Runtime sessions for an encoder and a "fast" decoder graph.
+
+    Arguments:
+        encoder_path, decoder_path: ONNX files (see sam_edge.export.onnx_export).
+        image_size: side of the square model input (1024 for the official models).
+        providers: ONNX Runtime execution providers; CPU when None.
+        threads: intra-op threads per session; ONNX Runtime's default when None.
+    """
+
+    name = "onnxruntime"
+    mask_threshold = 0.0
+    image_format = "RGB"
+
+    def __init__(
+        self,
+        encoder_path: str,
+        decoder_path: str,
+        image_size: int,
+        providers: Optional[Sequence[str]] = None,
+        threads: Optional[int] = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
+        self.decoder = ort.InferenceSession(decoder_path, options, providers=providers)
+        self.image_size = int(image_size)
+        mask_input = {i.name: i for i in self.decoder.get_inputs()}["mask_input"]
+        self.mask_input_size = int(mask_input.shape[-1])
+        self.providers = self.encoder.get_providers()
+
+    @property
+    def device(self) -> str:
+        return self.providers[0]
+
+    def from_numpy(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array)
+
+    def to_numpy(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array)
+
+    def preprocess(self, input_image: np.ndarray) -> np.ndarray:
+        """(B, 3, h, w) pixel values in [0, 255] -> (B, 3, S, S) float32, normalised and
+        zero-padded at the bottom/right, as Sam.preprocess."""
+        x = np.asarray(input_image, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 3 or max(x.shape[2:]) > self.image_size:
+            raise ValueError(
+                f"input_image must be (B, 3, h, w) with max(h, w) <= {self.image_size}; got {x.shape}"
+            )
+        b, _, h, w = x.shape
+        out = np.zeros((b, 3, self.image_size, self.image_size), dtype=np.float32)
+        out[:, :, :h, :w] = (x - PIXEL_MEAN[:, None, None]) / PIXEL_STD[:, None, None]
+        return out
+
+    def embed(self, input_image: np.ndarray) -> np.ndarray:
+        """(B, 3, h, w) pixel values in [0, 255] -> (B, 256, g, g) float32 embeddings."""
+        return self.encoder.run(None, {"image": self.preprocess(input_image)})[0]
+
+    def decoder_inputs(
+        self,
+        features: np.ndarray,
+        point_coords: Optional[np.ndarray],
+        point_labels: Optional[np.ndarray],
+        boxes: Optional[np.ndarray],
+        mask_input: Optional[np.ndarray],
+    ) -> dict:
+        """The decoder graph's feed for B prompts, laid out as the torch prompt encoder does:
+        points, then box corners (labels 2, 3); a padding point (label -1) when there is no box."""
+        sizes = [a.shape[0] for a in (point_coords, boxes, mask_input) if a is not None]
+        batch = sizes[0] if sizes else 1
+        coords = [np.zeros((batch, 0, 2), np.float32)]
+        labels = [np.zeros((batch, 0), np.float32)]
+        if point_coords is not None:
+            coords.append(np.asarray(point_coords, np.float32))
+            labels.append(np.asarray(point_labels, np.float32))
+            if boxes is None:
+                coords.append(np.zeros((batch, 1, 2), np.float32))
+                labels.append(-np.ones((batch, 1), np.float32))
+        if boxes is not None:
+            coords.append(np.asarray(boxes, np.float32).reshape(batch, 2, 2))
+            labels.append(np.tile(np.array([[2.0, 3.0]], np.float32), (batch, 1)))
+        m = self.mask_input_size
+        if mask_input is None:
+            masks, has_mask = np.zeros((1, 1, m, m), np.float32), np.zeros(1, np.float32)
+        else:
+            masks = np.asarray(mask_input, np.float32)
+            has_mask = np.ones(masks.shape[0], np.float32)
+        return {
+            "image_embeddings": np.asarray(features, np.float32),
+            "point_coords": np.ascontiguousarray(np.concatenate(coords, axis=1)),
+            "point_labels": np.ascontiguousarray(np.concatenate(labels, axis=1)),
+            "mask_input": masks,
+            "has_mask_input": has_mask,
+        }
+
+    def decode(
+        self,
+        features: np.ndarray,
+        point_coords: Optional[np.ndarray],
+        point_labels: Optional[np.ndarray],
+        boxes: Optional[np.ndarray],
+        mask_input: Optional[np.ndarray],
+        multimask_output: bool,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """See Backend.decode: (B, C, m, m) low-res logits and (B, C) scores, C = 3 or 1."""
+        feed = self.decoder_inputs(features, point_coords, point_labels, boxes, mask_input)
+        iou, low_res = self.decoder.run(None, feed)
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return low_res[:, chosen], iou[:, chosen]
+
+    def postprocess_masks(
+        self, low_res: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int]
+    ) -> np.ndarray:
+        """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size."""
+        return mask_postprocess(low_res, self.image_size, tuple(input_size), tuple(original_size))

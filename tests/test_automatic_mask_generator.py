@@ -1,0 +1,129 @@
+"""SamAutomaticMaskGenerator against the official one.
+
+With the synthetic decoder both generators see identical low-res logits; ours
+upsamples with compiled float32 code whose logits differ from torch's by a
+few ulps, so masks can differ only at pixels within ~1e-4 of the threshold,
+and a candidate at the very edge of a threshold (IoU, stability) may flip.
+Hence the issue's bounds: >= 95% of the reference records matched at mask
+IoU >= 0.95, and record counts within 5%.
+"""
+
+import numpy as np
+import pytest
+
+import sam_edge
+from sam_edge.builder import build_sam_from_config
+
+from .sam_fixtures import mask_iou, real_photos
+from .synthetic_sam import synthetic_pair
+
+MATCH_IOU = 0.95
+MATCHED_FRACTION = 0.95
+COUNT_TOLERANCE = 0.05
+
+
+def decode_any(segmentation):
+    if isinstance(segmentation, np.ndarray):
+        return segmentation
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation["counts"], list):
+        h, w = segmentation["size"]
+        segmentation = mask_utils.frPyObjects(segmentation, h, w)
+    return mask_utils.decode(segmentation).astype(bool)
+
+
+def compare_records(ours, ref):
+    assert abs(len(ours) - len(ref)) <= COUNT_TOLERANCE * len(ref), (len(ours), len(ref))
+    our_masks = [decode_any(r["segmentation"]) for r in ours]
+    by_box = {}
+    for i, r in enumerate(ours):
+        by_box.setdefault(tuple(r["point_coords"][0]), []).append(i)
+    matched = 0
+    for r in ref:
+        mask = decode_any(r["segmentation"])
+        candidates = range(len(ours))
+        best, best_i = 0.0, None
+        for i in candidates:
+            iou = mask_iou(mask, our_masks[i])
+            if iou > best:
+                best, best_i = iou, i
+        if best >= MATCH_IOU:
+            matched += 1
+            o = ours[best_i]
+            assert set(o) == set(r)
+            assert o["crop_box"] == [int(v) for v in r["crop_box"]]
+            assert abs(o["area"] - r["area"]) <= max(0.05 * r["area"], 5)
+            assert abs(o["predicted_iou"] - r["predicted_iou"]) <= 1e-5
+    assert matched >= MATCHED_FRACTION * len(ref), (matched, len(ref))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return synthetic_pair(256)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(points_per_side=16),
+        dict(points_per_side=12, points_per_batch=50, output_mode="coco_rle"),
+        dict(points_per_side=8, crop_n_layers=1, output_mode="uncompressed_rle"),
+        dict(points_per_side=12, min_mask_region_area=400),
+        dict(points_per_side=8, crop_n_layers=1, crop_n_points_downscale_factor=2, min_mask_region_area=200),
+    ],
+    ids=["default", "coco_rle", "crops", "small_regions", "crops_small_regions"],
+)
+@pytest.mark.parametrize("aspect", ["landscape", "portrait"])
+def test_matches_official_generator(synthetic, params, aspect):
+    from segment_anything import SamAutomaticMaskGenerator as RefGenerator
+
+    ref_model, our_model = synthetic
+    image = real_photos()[aspect]
+    ref = RefGenerator(ref_model, **params).generate(image)
+    ours = sam_edge.SamAutomaticMaskGenerator(our_model, **params).generate(image)
+    assert len(ref) >= 10, "the synthetic decoder should yield many masks"
+    compare_records(ours, ref)
+    for r in ours:
+        assert isinstance(r["area"], int) and len(r["bbox"]) == 4 and len(r["crop_box"]) == 4
+
+
+def test_coco_rle_decodes_to_binary_masks(synthetic):
+    from pycocotools import mask as mask_utils
+
+    _, our_model = synthetic
+    image = real_photos()["square"]
+    binary = sam_edge.SamAutomaticMaskGenerator(our_model, points_per_side=8).generate(image)
+    coco = sam_edge.SamAutomaticMaskGenerator(our_model, points_per_side=8, output_mode="coco_rle").generate(image)
+    assert len(binary) == len(coco) > 0
+    for b, c in zip(binary, coco):
+        assert isinstance(c["segmentation"]["counts"], str)
+        decoded = mask_utils.decode({"size": c["segmentation"]["size"], "counts": c["segmentation"]["counts"].encode()})
+        assert np.array_equal(decoded.astype(bool), b["segmentation"])
+        assert c["area"] == int(b["segmentation"].sum())
+
+
+def test_real_model_small(small_checkpoint, small_config):
+    """The random-weight model gives few masks, but the records must agree."""
+    from segment_anything import SamAutomaticMaskGenerator as RefGenerator
+
+    path, ref_model = small_checkpoint
+    ours = build_sam_from_config(small_config, path)
+    params = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    image = real_photos()["landscape"]
+    compare_records(
+        sam_edge.SamAutomaticMaskGenerator(ours, **params).generate(image),
+        RefGenerator(ref_model, **params).generate(image),
+    )
+
+
+def test_bad_parameters(synthetic):
+    _, model = synthetic
+    with pytest.raises(ValueError, match="output_mode"):
+        sam_edge.SamAutomaticMaskGenerator(model, output_mode="png")
+    with pytest.raises(ValueError, match="exactly one"):
+        sam_edge.SamAutomaticMaskGenerator(model, points_per_side=None)
+    with pytest.raises(ValueError, match="one grid per crop layer"):
+        sam_edge.SamAutomaticMaskGenerator(model, points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1)
+    with pytest.raises(ValueError, match="3 colour channels"):
+        sam_edge.SamAutomaticMaskGenerator(model).generate(np.zeros((10, 10), np.uint8))

@@ -1,0 +1,182 @@
+"""Bundles: manifest and hashes, atomic builds, and the torch-free runtime."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import sam_edge
+from _onnx_helpers import build_test_bundle, photos, reduced_config
+from sam_edge.runtime.bundle import BundleError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    _, checkpoint, bundle = build_test_bundle(tmp_path_factory.mktemp("bundle"), reduced_config(), seed=3)
+    return checkpoint, bundle
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_manifest_records_build(bundle):
+    checkpoint, path = bundle
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["model_type"] == reduced_config().name
+    assert manifest["backend"] == "onnxruntime" and manifest["precision"] == "fp32"
+    assert manifest["image_size"] == 256
+    assert manifest["weights"]["source"] == "checkpoint"
+    from sam_edge.runtime.bundle import sha256_file
+
+    assert manifest["weights"]["checkpoint_sha256"] == sha256_file(str(checkpoint))
+    assert set(manifest["files"]) == {"encoder.onnx", "decoder.onnx", "decoder_official.onnx"}
+    for name, record in manifest["files"].items():
+        assert record["sha256"] == sha256_file(str(path / name))
+    for key in ("torch", "onnx", "onnxruntime", "sam_edge"):
+        assert manifest["versions"][key]
+
+
+def test_tampered_file_is_refused(bundle, tmp_path):
+    path = _copy(bundle[1], tmp_path / "b")
+    graph = path / "decoder.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    graph.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="decoder.onnx does not match its sha256"):
+        sam_edge.load(str(path))
+
+
+def test_truncated_file_is_refused(bundle, tmp_path):
+    path = _copy(bundle[1], tmp_path / "b")
+    graph = path / "encoder.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    with pytest.raises(BundleError, match="encoder.onnx has 1000 bytes"):
+        sam_edge.load(str(path))
+
+
+def test_missing_file_and_manifest_are_refused(bundle, tmp_path):
+    path = _copy(bundle[1], tmp_path / "b")
+    (path / "decoder.onnx").unlink()
+    with pytest.raises(BundleError, match="decoder.onnx is missing"):
+        sam_edge.load(str(path))
+    (path / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        sam_edge.load(str(path))
+    with pytest.raises(BundleError, match="not a directory"):
+        sam_edge.load(str(tmp_path / "nowhere"))
+
+
+def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    from sam_edge.export import build, onnx_export
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("simulated failure in the decoder export")
+
+    monkeypatch.setattr(onnx_export, "export_decoder", fail)
+    with pytest.raises(RuntimeError, match="simulated"):
+        build.build_bundle(str(tmp_path / "out"), reduced_config(), quiet=True)
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    from sam_edge.export.build import build_bundle
+
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        build_bundle(str(tmp_path / "out"), reduced_config(), quiet=True)
+
+
+def test_random_weights_are_said_and_recorded(tmp_path, capsys):
+    import argparse
+
+    from sam_edge.export import build
+
+    parser = argparse.ArgumentParser()
+    build.add_build_arguments(parser.add_subparsers())
+    args = parser.parse_args(["build", "--model", "vit_b", "--output", str(tmp_path / "b"), "--quiet"])
+    assert args.func is build.run_build
+    # The CLI path with a reduced config, to keep the test fast.
+    build.build_bundle(args.output, reduced_config(), checkpoint=args.checkpoint, official_decoder=False)
+    assert "RANDOM weights" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["weights"] == {"source": "random", "seed": build.RANDOM_WEIGHTS_SEED}
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    # validate rebuilds the same seeded weights as the torch reference.
+    from sam_edge.export.validate import format_report, validate_bundle
+
+    report = validate_bundle(args.output, images=[photos()["square"]], progress=False)
+    print(format_report(report))
+    assert report["passed"] and report["weights"] == "random"
+    assert set(report["prompts"]) == {"one_point", "pos_neg_points", "box", "box_and_points", "mask_input"}
+
+
+RUNTIME_WITHOUT_TORCH = textwrap.dedent(
+    """
+    import sys
+
+    class Blocker:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "segment_anything", "onnx"):
+                raise ImportError("blocked for this test: " + name)
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    import numpy as np
+    import sam_edge
+
+    image = np.load(sys.argv[2])
+    predictor = sam_edge.SamPredictor(sam_edge.load(sys.argv[1]))
+    predictor.set_image(image)
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[100.0, 80.0]]), point_labels=np.array([1]))
+    assert not any(m.split(".")[0] in ("torch", "onnx") for m in sys.modules), "torch or onnx got imported"
+    np.savez(sys.argv[3], masks=masks, scores=scores, low_res=low_res)
+    """
+)
+
+
+def test_runtime_runs_without_torch(bundle, tmp_path):
+    image = photos()["landscape"]
+    np.save(tmp_path / "image.npy", image)
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", RUNTIME_WITHOUT_TORCH, str(bundle[1]), str(tmp_path / "image.npy"), str(tmp_path / "out.npz")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = np.load(tmp_path / "out.npz")
+    predictor = sam_edge.SamPredictor(sam_edge.load(str(bundle[1])))
+    predictor.set_image(image)
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[100.0, 80.0]]), point_labels=np.array([1]))
+    np.testing.assert_array_equal(out["masks"], masks)
+    np.testing.assert_array_equal(out["low_res"], low_res)
+
+
+@pytest.mark.parametrize("original_size", [(300, 500), (500, 300), (37, 1001), (256, 256)])
+def test_numpy_postprocess_matches_torch_interpolate(original_size):
+    """The numpy bilinear resize against F.interpolate(align_corners=False): the same
+    float32 math in another order, so agreement to float32 rounding (1e-5 of the range)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sam_edge.runtime.onnxruntime_backend import mask_postprocess_reference
+    from sam_edge.runtime.transforms import get_preprocess_shape
+
+    image_size = 1024
+    input_size = get_preprocess_shape(*original_size, image_size)
+    low_res = np.random.default_rng(0).normal(0, 3, (2, 3, 256, 256)).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(low_res), (image_size, image_size), mode="bilinear", align_corners=False)
+    ref = ref[..., : input_size[0], : input_size[1]]
+    ref = F.interpolate(ref, original_size, mode="bilinear", align_corners=False).numpy()
+    ours = mask_postprocess_reference(low_res, image_size, input_size, original_size)
+    assert ours.shape == ref.shape == (2, 3) + tuple(original_size)
+    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
