@@ -1,5 +1,5 @@
-"""The TensorRT runtime: engine compatibility (pure), CUDA error reporting, the host
-mask post-processing and prompt layout; and, where TensorRT and a GPU exist, engines
+"""The TensorRT runtime: engine compatibility (pure), CUDA error reporting and the
+prompt layout; and, where TensorRT and a GPU exist, engines
 built at a reduced size checked against the PyTorch reference."""
 
 import os
@@ -129,26 +129,6 @@ def test_a_real_cuda_call_is_checked():
 # ---------------------------------------------------------------- host paths
 
 
-@pytest.mark.parametrize(
-    "low_res,image_size,input_size,original_size",
-    [((2, 3, 16, 16), 64, (64, 48), (200, 150)), ((1, 1, 8, 8), 32, (20, 32), (21, 35)), ((1, 2, 16, 16), 64, (64, 64), (64, 64))],
-)
-def test_postprocess_masks_numpy_matches_torch(low_res, image_size, input_size, original_size):
-    """Against Sam.postprocess_masks' three interpolate/crop steps in float64: our float32 result
-    composes the two resizes per axis, a sum of at most 4 x 4 weighted terms per output, so
-    its error is a few float32 roundings of |x| (we allow 16 eps * max|x|)."""
-    torch = pytest.importorskip("torch")
-    import torch.nn.functional as F
-
-    x = np.random.default_rng(0).standard_normal(low_res).astype(np.float32) * 5
-    ref = F.interpolate(torch.from_numpy(x).double(), (image_size, image_size), mode="bilinear", align_corners=False)
-    ref = ref[..., : input_size[0], : input_size[1]]
-    ref = F.interpolate(ref, original_size, mode="bilinear", align_corners=False).numpy()
-    ours = trb.postprocess_masks_numpy(x, image_size, input_size, original_size)
-    assert ours.shape == ref.shape and ours.dtype == np.float32
-    assert np.abs(ours - ref).max() <= 16 * np.finfo(np.float32).eps * np.abs(x).max()
-
-
 class _HostArrays:
     @staticmethod
     def is_device_array(array):
@@ -179,6 +159,40 @@ def test_decoder_feed_layout():
     assert both["point_labels"].tolist() == [[1, 0, 2, 3]] and both["has_mask_input"].tolist() == [1]
     for feed in (points_only, box_only, both):
         assert all(v.dtype == np.float32 for v in feed.values())
+
+
+def test_host_postprocess_is_the_onnx_runtime_one():
+    """Without sam_edge._C_cuda the masks are resized on the host by the same function as
+    the ONNX Runtime backend (one reference for both)."""
+    from sam_edge.runtime.onnxruntime_backend import mask_postprocess_reference
+
+    backend = _feed_backend()
+    backend._postprocess_kernel, backend.image_size = None, 32
+    low_res = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    ours = backend.postprocess_masks(low_res, (32, 20), (45, 28))
+    np.testing.assert_allclose(ours, mask_postprocess_reference(low_res, 32, (32, 20), (45, 28)), rtol=1e-6, atol=1e-6)
+
+
+class _FakeAllocation:
+    ptr = 0x10000
+
+
+@pytest.mark.parametrize("index,offset,shape", [(0, 0, (3, 5)), (2, 2 * 60, (3, 5)), (-1, 3 * 60, (3, 5)),
+                                                (slice(1, 3), 60, (2, 3, 5)), (slice(3, None), 180, (1, 3, 5)),
+                                                (slice(2, 1), 120, (0, 3, 5))])
+def test_device_array_views(index, offset, shape):
+    """Views on the first axis are the parent's memory at row offsets (float32, rows of 3 x 5)."""
+    parent = trb.DeviceArray((4, 3, 5), np.float32, _FakeAllocation())
+    view = parent[index]
+    assert view.ptr == parent.ptr + offset and view.shape == shape
+    assert view.__cuda_array_interface__["data"] == (view.ptr, False)
+    assert view.__cuda_array_interface__["typestr"] == "<f4"
+
+
+@pytest.mark.parametrize("index,error", [(4, IndexError), (-5, IndexError), (slice(0, 4, 2), ValueError), ((0, 1), TypeError)])
+def test_device_array_rejects(index, error):
+    with pytest.raises(error):
+        trb.DeviceArray((4, 3), np.float32, _FakeAllocation())[index]
 
 
 def test_load_without_tensorrt_says_so(tmp_path):
@@ -230,6 +244,7 @@ def test_device_array_round_trip():
                                       provider.stream_handle), "cudaMemcpyAsync")
     np.testing.assert_array_equal(provider.host(device), host)
     np.testing.assert_array_equal(provider.host(device[1]), host[1])
+    np.testing.assert_array_equal(provider.host(device[1:2]), host[1:2])
     assert device.__cuda_array_interface__["shape"] == (2, 3, 4)
 
 

@@ -262,13 +262,20 @@ class DeviceArray:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, index: int) -> "DeviceArray":
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError(f"DeviceArray supports integer indexing on the first axis only; got {index!r}")
+    def __getitem__(self, index: Any) -> "DeviceArray":
+        """a[i] or a[start:stop] on the first axis: a view (step 1 only, so it stays contiguous)."""
         n = self.shape[0]
+        row = self.nbytes // n if n else 0
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step != 1:
+                raise ValueError("DeviceArray slices must have step 1")
+            stop = max(stop, start)
+            return DeviceArray((stop - start,) + self.shape[1:], self.dtype, self._allocation, self.ptr + start * row)
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"DeviceArray supports an integer or a slice on the first axis; got {index!r}")
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for first axis of size {n}")
-        row = self.nbytes // n if n else 0
         return DeviceArray(self.shape[1:], self.dtype, self._allocation, self.ptr + (index % n) * row)
 
     @property
@@ -407,32 +414,6 @@ def array_provider(library: str = "auto", device: int = 0):
 
 
 # ---------------------------------------------------------------- post-processing
-
-
-def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) float64 matrix of a 1-d bilinear resize with align_corners=False
-    (torch.nn.functional.interpolate's convention, source coordinates computed in float32)."""
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w = (src - i0.astype(np.float32)).astype(np.float64)
-    matrix = np.zeros((out_size, in_size))
-    np.add.at(matrix, (np.arange(out_size), i0), 1.0 - w)
-    np.add.at(matrix, (np.arange(out_size), i1), w)
-    return matrix
-
-
-def postprocess_masks_numpy(
-    low_res: np.ndarray, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
-) -> np.ndarray:
-    """(B, C, m, m) logits -> (B, C, H, W) float32 as Sam.postprocess_masks: bilinear to
-    (image_size, image_size), crop to input_size, bilinear to original_size; each axis
-    is one composed linear map."""
-    rows = (bilinear_matrix(input_size[0], original_size[0]) @ bilinear_matrix(low_res.shape[-2], image_size)[: input_size[0]])
-    cols = (bilinear_matrix(input_size[1], original_size[1]) @ bilinear_matrix(low_res.shape[-1], image_size)[: input_size[1]])
-    x = np.asarray(low_res, dtype=np.float32)
-    return np.matmul(np.matmul(rows.astype(np.float32), x), cols.astype(np.float32).T)
 
 
 def _cuda_postprocess_kernel():
@@ -776,7 +757,9 @@ class TensorRTBackend:
         h, w = (int(v) for v in input_size)
         out_h, out_w = (int(v) for v in original_size)
         if self._postprocess_kernel is None or isinstance(low_res, np.ndarray):
-            return postprocess_masks_numpy(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
+            from .onnxruntime_backend import mask_postprocess  # numpy (or sam_edge._C on the host); no onnxruntime needed
+
+            return mask_postprocess(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
         b, c, m1, m2 = (int(v) for v in low_res.shape)
         n = b * c
         logits = self.arrays.empty((b, c, out_h, out_w), np.float32)
