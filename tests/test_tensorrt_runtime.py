@@ -302,3 +302,10 @@ def test_engine_parity_with_pytorch(tmp_path, small_config, precision):
     np.testing.assert_allclose(again, low, rtol=0, atol=0)
     engine.close()
     assert os.path.exists(trt_dir / "manifest.json")
+
+
+def test_status_line_without_tensorrt():
+    if _gpu_reason() is None:
+        assert trb.tensorrt_status().startswith("TensorRT ")
+    else:
+        assert trb.tensorrt_status().startswith("unavailable (")

@@ -118,6 +118,17 @@ def tensorrt_runtime_info(device: int = 0) -> Dict[str, str]:
     }
 
 
+def tensorrt_status(device: int = 0) -> str:
+    """One line for sam_edge.info(): the TensorRT runtime and GPU, or why TensorRT bundles cannot run."""
+    try:
+        info = tensorrt_runtime_info(device)
+    except (ImportError, CudaError) as exc:
+        return f"unavailable ({exc})"
+    _, postprocess = _cuda_postprocess_kernel()
+    return (f"TensorRT {info['tensorrt']} on {info['gpu']} (compute capability {info['compute_capability']}, "
+            f"CUDA {info['cuda_runtime']}); mask postprocess: {postprocess}")
+
+
 # ---------------------------------------------------------------- compatibility (pure)
 
 
@@ -311,9 +322,13 @@ class _TorchArrays:
         self.stream_handle = int(self.stream.cuda_stream)
 
     def empty(self, shape, dtype):
-        # Allocated on our stream, so the caching allocator does not reuse it under work still queued there.
-        with self.torch.cuda.stream(self.stream):
-            return self.torch.empty(tuple(shape), dtype=getattr(self.torch, np.dtype(dtype).name), device=self.device)
+        # On the caller's stream, where the tensor will be used and freed; our stream waits
+        # for it (take_over) and the caller's waits for our results (hand_over).
+        return self.torch.empty(tuple(shape), dtype=getattr(self.torch, np.dtype(dtype).name), device=self.device)
+
+    def take_over(self) -> None:
+        """Make our stream wait for work the caller queued (allocations, producing the inputs)."""
+        self.stream.wait_stream(self.torch.cuda.current_stream(self.device))
 
     def hand_over(self) -> None:
         """Make the caller's current torch stream wait for our results (no host sync)."""
@@ -342,6 +357,9 @@ class _CupyArrays:
     def empty(self, shape, dtype):
         return self.cupy.empty(tuple(shape), dtype=np.dtype(dtype))
 
+    def take_over(self) -> None:
+        self.cupy.cuda.get_current_stream().synchronize()
+
     def hand_over(self) -> None:
         self.stream.synchronize()
 
@@ -365,6 +383,9 @@ class _CudaPythonArrays:
     @staticmethod
     def empty(shape, dtype) -> DeviceArray:
         return DeviceArray(shape, dtype)
+
+    def take_over(self) -> None:
+        """Nothing to wait for: every array of this library is written on our stream only."""
 
     def hand_over(self) -> None:
         cuda_check(self._rt.cudaStreamSynchronize(self.stream_handle), "cudaStreamSynchronize")
@@ -483,6 +504,7 @@ class TensorRTEngine:
                 raise RuntimeError(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
             if not context.set_optimization_profile_async(profile, self.stream):
                 raise RuntimeError(f"{self.name}: cannot select optimization profile {profile}")
+            cuda_check(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize (profile switch)")
             self._contexts[profile] = context
         return self._contexts[profile]
 
@@ -529,6 +551,7 @@ class TensorRTBackend:
     ) -> None:
         trt = import_tensorrt()
         self._rt = cudart()
+        cuda_check(self._rt.cudaSetDevice(device), f"cudaSetDevice({device})")
         self.arrays = array_provider(array_library, device)
         self.stream = self.arrays.stream_handle
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -545,6 +568,9 @@ class TensorRTBackend:
         self.max_prompts = max(r["point_coords"][2][0] for r in ranges)
         self.max_points = max(r["point_coords"][2][1] for r in ranges)
         self._allocate_buffers()
+        for engine in (self.encoder, self.decoder):  # contexts up front: no first-query stall
+            for profile in range(engine.num_profiles):
+                engine.context(profile)
         self.cuda_graphs = bool(cuda_graphs)
         self._graphs: "OrderedDict[tuple, Any]" = OrderedDict()
         self._postprocess_kernel, self.postprocess_path = _cuda_postprocess_kernel()
@@ -607,6 +633,7 @@ class TensorRTBackend:
     def embed(self, input_image: Any) -> Any:
         """(B, 3, h, w) pixel values in [0, 255] -> (B, 256, g, g) float32 embeddings on the GPU."""
         x = np.asarray(self._host_input(input_image), dtype=np.float32)
+        self.arrays.take_over()
         if x.ndim != 4 or x.shape[1] != 3 or max(x.shape[2:]) > self.image_size:
             raise ValueError(f"input_image must be (B, 3, h, w) with max(h, w) <= {self.image_size}; got {x.shape}")
         batch, _, h, w = x.shape
@@ -687,6 +714,7 @@ class TensorRTBackend:
         batch, points = feed["point_coords"].shape[:2]
         if feed["mask_input"].shape[0] not in (1, batch):
             raise ValueError(f"mask_input has {feed['mask_input'].shape[0]} rows for {batch} prompts")
+        self.arrays.take_over()
         embedding_ptr = self._embedding_address(features)
         shapes = {name: value.shape for name, value in feed.items()}
         shapes["image_embeddings"] = self.embedding_shape
@@ -760,6 +788,7 @@ class TensorRTBackend:
             from .onnxruntime_backend import mask_postprocess  # numpy (or sam_edge._C on the host); no onnxruntime needed
 
             return mask_postprocess(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
+        self.arrays.take_over()
         b, c, m1, m2 = (int(v) for v in low_res.shape)
         n = b * c
         logits = self.arrays.empty((b, c, out_h, out_w), np.float32)
