@@ -74,9 +74,13 @@ def export_tiny_decoder(path, with_orig_im_size: bool) -> str:
 def export_mlp(path, seed: int = 0) -> str:
     """Linear -> ReLU -> Linear on (B, 16) float32, dynamic batch."""
     torch.manual_seed(seed)
+    import warnings
+
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
-    torch.onnx.export(model, (torch.randn(4, 16),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (torch.randn(4, 16),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
     return str(path)
 
 

@@ -170,15 +170,18 @@ def test_checker_on_small_graphs(nodes, inputs, expected):
     assert found == expected
 
 
-def test_checker_on_the_real_decoders(tmp_path, small_config):
-    """Once the ONNX branch's exporter is merged: our fast decoder passes, the official
-    orig_im_size variant is caught."""
-    export = pytest.importorskip(
-        "sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export (the onnx branch, not merged yet)"
-    )
+@pytest.fixture(scope="module")
+def small_sam(small_config):
+    pytest.importorskip("torch")
     from sam_edge.builder import build_sam_from_config
 
-    sam = build_sam_from_config(small_config).eval()
+    return build_sam_from_config(small_config).eval()
+
+
+def test_checker_on_the_real_decoders(tmp_path, small_config, small_sam):
+    """Our fast decoder passes, the official orig_im_size variant is caught."""
+    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
+    sam = small_sam
     fast = export.export_decoder(sam, str(tmp_path / "decoder.onnx"))
     official = export.export_decoder(sam, str(tmp_path / "decoder_official.onnx"), official=True)
     assert prep.value_dependent_shape_uses(fast) == []
@@ -320,7 +323,11 @@ def test_fp32_islands(tmp_path):
             return torch.softmax(q @ k.transpose(-2, -1) + bias, dim=-1) @ v
 
     path = tmp_path / "block.onnx"
-    torch.onnx.export(Block().eval(), (torch.randn(1, 4, 8),), str(path), opset_version=17, dynamo=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(Block().eval(), (torch.randn(1, 4, 8),), str(path), opset_version=17, dynamo=False)
     model = onnx.load(str(path))
     by_name = {n.name: n.op_type for n in model.graph.node}
     islands = prep.fp32_island_nodes(model)
@@ -444,18 +451,16 @@ def test_onnx_graphs_refuses_wrong_inputs(tmp_path, graphs):
         build._onnx_graphs({"encoder": graphs["mlp"]})
 
 
-def test_real_int8_encoder_prepared_for_tensorrt(tmp_path, small_config):
-    """Once the ONNX branch's quantizer is merged: its QDQ encoder becomes TensorRT's
-    symmetric int8 with an error against fp32 within the 255/127 step bound of the
-    original's (see test_symmetric_int8_qdq_accuracy_in_onnxruntime)."""
-    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs the onnx branch's exporter (not merged yet)")
-    quantize = pytest.importorskip("sam_edge.export.quantize", reason="needs the onnx branch's quantizer (not merged yet)")
+def test_real_int8_encoder_prepared_for_tensorrt(tmp_path, small_config, small_sam):
+    """The ONNX bundles' QDQ encoder becomes TensorRT's symmetric int8 with an error against
+    fp32 within the 255/127 step bound of the original's (see
+    test_symmetric_int8_qdq_accuracy_in_onnxruntime)."""
+    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
+    quantize = pytest.importorskip("sam_edge.export.quantize", reason="needs sam_edge.export.quantize")
     pytest.importorskip("skimage", reason="calibration photos come from scikit-image")
     from skimage import data
 
-    from sam_edge.builder import build_sam_from_config
-
-    sam = build_sam_from_config(small_config).eval()
+    sam = small_sam
     fp32 = export.export_encoder(sam, str(tmp_path / "encoder_fp32.onnx"))
     int8 = str(tmp_path / "encoder_int8.onnx")
     quantize.quantize_static_int8(fp32, int8, [data.astronaut(), data.coffee()], small_config.image_size,
