@@ -471,3 +471,20 @@ def test_real_int8_encoder_prepared_for_tensorrt(tmp_path, small_config, small_s
     reference = prep.run_onnxruntime(fp32, {"image": x})[0]
     original_error = _rel_l2(prep.run_onnxruntime(int8, {"image": x})[0], reference)
     assert _rel_l2(prep.run_onnxruntime(record["path"], {"image": x})[0], reference) <= 2.01 * 1.25 * original_error
+
+
+def test_tensorrt_build_command_fails_fast_without_tensorrt(tmp_path):
+    """`sam-edge build --backend tensorrt` refuses before exporting anything when TensorRT is absent."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed; the message for its absence cannot be shown")
+    args = argparse.Namespace(model="vit_b", precision="fp16", output=str(tmp_path / "out"), checkpoint=None,
+                              overwrite=False, quiet=True)
+    with pytest.raises(ImportError, match="TensorRT is not installed"):
+        build.run_tensorrt_build(args)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="TensorRT precision"):
+        build.run_tensorrt_build(argparse.Namespace(**dict(vars(args), precision="int8-dynamic")))

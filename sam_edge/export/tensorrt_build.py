@@ -653,3 +653,29 @@ def add_tensorrt_build_arguments(parser) -> None:
                        help="ampere_plus: engines for any GPU of compute capability >= 8.0 (slower)")
     group.add_argument("--version-compatible", action="store_true",
                        help="engines that later TensorRT 10.x runtimes can load")
+
+
+def run_tensorrt_build(args: Any) -> Dict[str, Any]:
+    """`sam-edge build --backend tensorrt`: the ONNX Runtime bundle at the same precision
+    into a scratch directory next to --output (removed afterwards), then the engines;
+    returns the TensorRT bundle's manifest. `args` is the build command's Namespace."""
+    from ..config import get_config
+    from .build import build_bundle
+
+    params = TensorRTBuildParams.from_args(args)  # validates the precision before minutes of export
+    tensorrt_runtime_info()  # and that TensorRT and a GPU are here
+    output = os.path.abspath(os.fspath(args.output))
+    if os.path.exists(output) and not getattr(args, "overwrite", False):
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.onnx-", dir=os.path.dirname(output))
+    try:
+        onnx_dir = os.path.join(scratch, "bundle")
+        extra = {k: getattr(args, k) for k in ("calib_images", "num_calib_images", "calib_tensors_per_run")
+                 if getattr(args, k, None) is not None}
+        build_bundle(onnx_dir, get_config(params.model_type), checkpoint=getattr(args, "checkpoint", None),
+                     precision=params.precision, backend="onnxruntime", official_decoder=False,
+                     quiet=not params.progress, **extra)
+        return build_tensorrt_bundle(params, onnx_dir, output, overwrite=getattr(args, "overwrite", False))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
