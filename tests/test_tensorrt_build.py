@@ -386,7 +386,7 @@ def test_tensorrt_manifest_extends_the_onnx_one():
 
 @pytest.mark.parametrize("params", [{}, dict(max_points=8, max_prompts=32, opt_prompts=16, workspace_bytes=1 << 30),
                                     dict(hardware_compatibility="ampere_plus", version_compatible=True,
-                                         decoder_precision="fp16", max_batch=4)])
+                                         decoder_precision="fp16", max_batch=4, weakly_typed=True)])
 def test_rebuild_command_round_trip(params):
     """The command in the compatibility error parses with the build options and gives back
     the same build parameters (checkpoint from the manifest's weights)."""

@@ -457,6 +457,10 @@ class TensorRTBuildParams:
     timing_cache: Optional[str] = None
     hardware_compatibility: str = "none"
     version_compatible: bool = False
+    #: Encoder only: a weakly typed network (INT8/FP16 flags, fp32 islands pinned) instead of
+    #: following the graph's types. For int8 the QDQ graph's float parts then run in fp16,
+    #: not fp32; deprecated in TensorRT 10.12 and refused by 11, so off by default.
+    weakly_typed: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -603,6 +607,7 @@ def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: 
                     prep.check_profile_with_onnxruntime(prepared["path"], profile)
             engines[name] = build_engine(
                 prepared["path"], os.path.join(staging, f"{name}.plan"), precision=precision, profiles=profiles,
+                strongly_typed=False if (params.weakly_typed and name == "encoder") else None,
                 workspace_bytes=params.workspace_bytes, timing_cache_path=params.timing_cache,
                 progress=params.progress, hardware_compatibility=params.hardware_compatibility,
                 version_compatible=params.version_compatible,
@@ -653,6 +658,8 @@ def add_tensorrt_build_arguments(parser) -> None:
                        help="ampere_plus: engines for any GPU of compute capability >= 8.0 (slower)")
     group.add_argument("--version-compatible", action="store_true",
                        help="engines that later TensorRT 10.x runtimes can load")
+    group.add_argument("--weakly-typed", action="store_true",
+                       help="encoder as a weakly typed network (int8: float parts in fp16; deprecated in TensorRT 10.12)")
 
 
 def run_tensorrt_build(args: Any) -> Dict[str, Any]:

@@ -162,8 +162,9 @@ def rebuild_command(manifest: Mapping[str, Any], bundle_dir: Optional[str] = Non
     for option in REBUILD_OPTIONS:
         if option in build:
             parts += ["--" + option.replace("_", "-"), str(build[option])]
-    if build.get("version_compatible"):
-        parts.append("--version-compatible")
+    for flag in ("version_compatible", "weakly_typed"):
+        if build.get(flag):
+            parts.append("--" + flag.replace("_", "-"))
     parts += ["--output", bundle_dir or "BUNDLE_DIR", "--overwrite"]
     return shlex.join(parts)
 
@@ -515,7 +516,8 @@ class TensorRTEngine:
             if not context.set_input_shape(name, tuple(shapes[name])):
                 raise ValueError(f"{self.name}: TensorRT refused shape {tuple(shapes[name])} for {name}")
         for name in list(self.inputs) + list(self.outputs):
-            context.set_tensor_address(name, int(addresses[name]))
+            if not context.set_tensor_address(name, int(addresses[name])):
+                raise RuntimeError(f"{self.name}: TensorRT refused the address of {name} (misaligned?)")
         return context
 
     def execute(self, context) -> None:
