@@ -309,3 +309,129 @@ def test_status_line_without_tensorrt():
         assert trb.tensorrt_status().startswith("TensorRT ")
     else:
         assert trb.tensorrt_status().startswith("unavailable (")
+
+
+# ---------------------------------------------------------------- the backend's plumbing, with host doubles
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """A TensorRTBackend over host doubles of TensorRT and the CUDA runtime (tests/_tensorrt_fakes.py):
+    image 64 px, embeddings (1, 8, 4, 4), masks 16 x 16, max batch 2, max prompts 3, max points 4."""
+    import sys
+
+    from ._tensorrt_fakes import FakeCudaRuntime, fake_tensorrt
+
+    trt, encoder, decoder = fake_tensorrt()
+    runtime = FakeCudaRuntime()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trb, "cudart", lambda: runtime)
+    monkeypatch.setenv("SAM_EDGE_POSTPROCESS", "numpy")
+
+    def make(**kw):
+        backend = trb.TensorRTBackend(b"encoder", b"decoder", image_size=64, array_library="cuda-python", **kw)
+        return backend, runtime, decoder
+
+    return make
+
+
+def test_backend_selects_mask_channels(fake_backend):
+    """Multimask: tokens 1..3 of the engine's 4; single mask: token 0 (one strided copy each)."""
+    from sam_edge import SamPredictor
+
+    backend, _, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.full((40, 64, 3), 100, np.uint8))
+    x = predictor.transform.apply_coords(np.array([[10.0, 20.0]]), (40, 64))[0, 0]
+    masks, scores, low_res = predictor.predict(np.array([[10.0, 20.0]]), np.array([1]))
+    np.testing.assert_allclose(scores, np.arange(1, 4) + x / 1000, rtol=1e-6)
+    np.testing.assert_allclose(low_res[:, 0, 0], scores, rtol=1e-6)
+    assert masks.shape == (3, 40, 64) and masks.dtype == bool
+    _, single, _ = predictor.predict(np.array([[10.0, 20.0]]), np.array([1]), multimask_output=False)
+    np.testing.assert_allclose(single, [x / 1000], rtol=1e-5)
+
+
+def test_backend_feeds_the_prompt_layout(fake_backend):
+    from sam_edge import SamPredictor
+
+    backend, _, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+    predictor.predict(np.array([[1.0, 2.0]]), np.array([0]), box=np.array([3.0, 4.0, 5.0, 6.0]))
+    fed = [f for ctx in backend.decoder._contexts.values() for f in ctx.fed]
+    coords, labels = fed[-1]
+    expected = backend.decoder_feed(np.array([[[1.0, 2.0]]]), np.array([[0]]), np.array([[3.0, 4.0, 5.0, 6.0]]), None)
+    np.testing.assert_array_equal(coords, expected["point_coords"])
+    np.testing.assert_array_equal(labels, expected["point_labels"])
+
+
+def test_backend_batched_prompts(fake_backend):
+    """Three prompts take the batched profile (no CUDA graph) and come back row by row."""
+    torch = pytest.importorskip("torch")
+    from sam_edge import SamPredictor
+
+    backend, runtime, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+    coords = torch.tensor([[[5.0, 1.0]], [[6.0, 1.0]], [[7.0, 1.0]]])
+    _, scores, _ = predictor.predict_torch(coords, torch.ones(3, 1), multimask_output=True)
+    expected = 10 * np.arange(3)[:, None] + np.arange(1, 4)[None] + np.array([[5.0], [6.0], [7.0]]) / 1000
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-6)
+    assert "capture" not in runtime.events
+    with pytest.raises(ValueError, match="outside every optimization profile"):
+        predictor.predict_torch(torch.ones(4, 1, 2), torch.ones(4, 1))
+
+
+def test_cuda_graphs_per_shape_with_eviction(fake_backend, monkeypatch):
+    """One capture per interactive prompt shape, replayed afterwards; the least recently used
+    graph goes when more than MAX_CUDA_GRAPHS are held. (With these doubles a replay runs
+    nothing, so only the bookkeeping is checked here; the GPU test checks replayed values.)"""
+    from sam_edge import SamPredictor
+
+    monkeypatch.setattr(trb, "MAX_CUDA_GRAPHS", 2)
+    backend, runtime, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+    one, two, three = (np.ones((k, 2)) for k in (1, 2, 3))
+    for points in (one, one, two, three, one):
+        predictor.predict(points, np.ones(len(points), int))
+    captures = [e for e in runtime.events if e == "capture"]
+    launches = [e for e in runtime.events if isinstance(e, tuple) and e[0] == "launch"]
+    destroyed = [e for e in runtime.events if isinstance(e, tuple) and e[0] == "destroy"]
+    assert len(captures) == 4 and len(launches) == 1  # one, (one), two, three, one again after eviction
+    assert len(destroyed) == 2 and len(backend._graphs) == 2
+    backend.close()
+    assert not backend._graphs
+    no_graphs, _, _ = fake_backend(cuda_graphs=False)
+    before = len(runtime.events)  # the doubles share one runtime per test
+    plain = SamPredictor(no_graphs)
+    plain.set_image(np.zeros((8, 8, 3), np.uint8))
+    plain.predict(one, np.ones(1, int))
+    plain.predict(one, np.ones(1, int))
+    assert runtime.events[before:] == []
+
+
+def test_embed_batches_beyond_max_batch(fake_backend):
+    """Four images through an engine of max batch 2: two calls, each embedding written at its own offset."""
+    from sam_edge import SamPredictor
+    from sam_edge.runtime.tensorrt_backend import PIXEL_MEAN, PIXEL_STD
+
+    backend, _, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    images = [np.full((30 + 10 * i, 64, 3), 40 * i + 10, np.uint8) for i in range(4)]
+    predictor.set_image_batch(images)
+    for i, image in enumerate(images):
+        predictor.select_image(i)
+        first_pixel = (float(image[0, 0, 0]) - PIXEL_MEAN[0]) / PIXEL_STD[0]
+        expected = first_pixel + i % 2  # the fake adds the index within its call
+        np.testing.assert_allclose(backend.to_numpy(predictor.features), expected, rtol=1e-6)
+
+
+def test_backend_refuses_the_orig_im_size_decoder(fake_backend, monkeypatch):
+    import sys
+
+    decoder = sys.modules["tensorrt"].Runtime.return_value.deserialize_cuda_engine(b"decoder")
+    decoder.io["orig_im_size"] = ((2,), "input")
+    decoder.num_io_tensors += 1
+    with pytest.raises(ValueError, match="not the orig_im_size variant"):
+        fake_backend()
