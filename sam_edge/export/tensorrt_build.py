@@ -399,7 +399,7 @@ def build_engine(
                 data = f.read()
         cache = config.create_timing_cache(data)
         # A cache from another TensorRT version or GPU is refused rather than mixed in.
-        cache_loaded = bool(data) and config.set_timing_cache(cache, ignore_mismatch=False)
+        cache_loaded = bool(data) and cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
         if data and not cache_loaded:
             print(f"sam-edge: timing cache {timing_cache_path} does not match this GPU / TensorRT; "
                   "starting a new one", file=sys.stderr)
