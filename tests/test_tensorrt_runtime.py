@@ -229,7 +229,12 @@ def _gpu_reason():
     return None
 
 
-requires_gpu = pytest.mark.skipif(_gpu_reason() is not None, reason=_gpu_reason() or "")
+_skip_without_gpu = pytest.mark.skipif(_gpu_reason() is not None, reason=_gpu_reason() or "")
+
+
+def requires_gpu(test):
+    """Skipped without TensorRT and a CUDA GPU; selectable with -m tensorrt / -m gpu."""
+    return pytest.mark.gpu(pytest.mark.tensorrt(_skip_without_gpu(test)))
 
 
 @requires_gpu
