@@ -5,8 +5,12 @@ here, at collection, whenever no CUDA device is present.
 """
 
 import os
+import sys
 
 import torch
+
+# Helper modules beside the tests import by plain name too (from _onnx_helpers import ...).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -8,6 +8,9 @@ No torch is needed on this path.
 """
 
 import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from itertools import product
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -152,6 +155,17 @@ class SamAutomaticMaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        #: Seconds per stage of the last generate() call (embed, decode,
+        #: postprocess, nms, small_regions, encode_output), for profiling.
+        self.last_timings: Dict[str, float] = {}
+
+    @contextmanager
+    def _stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timings[name] += time.perf_counter() - t0
 
     def generate(self, image: np.ndarray) -> List[Dict[str, Any]]:
         """Masks for an (H, W, 3) uint8 RGB image.
@@ -163,9 +177,17 @@ class SamAutomaticMaskGenerator:
         from .predictor import validate_image
 
         image = validate_image(image)
+        self._timings = defaultdict(float)
         data = self._generate_masks(image)
         if self.min_mask_region_area > 0:
-            data = self._remove_small_regions(data, image.shape[:2])
+            with self._stage("small_regions"):
+                data = self._remove_small_regions(data, image.shape[:2])
+        with self._stage("encode_output"):
+            records = self._records(data)
+        self.last_timings = dict(self._timings)
+        return records
+
+    def _records(self, data: "_Records") -> List[Dict[str, Any]]:
         records = []
         for i, rle in enumerate(data["rles"]):
             if self.output_mode == "coco_rle":
@@ -198,7 +220,8 @@ class SamAutomaticMaskGenerator:
             # Between crops prefer masks from smaller crops.
             cb = data["crop_boxes"].astype(np.float64)
             scores = 1.0 / ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1]))
-            data.keep(pp.batched_nms(data["boxes"].astype(np.float32), scores, np.zeros(len(data), np.int64), self.crop_nms_thresh))
+            with self._stage("nms"):
+                data.keep(pp.batched_nms(data["boxes"].astype(np.float32), scores, np.zeros(len(data), np.int64), self.crop_nms_thresh))
         return data
 
     def _process_crop(
@@ -207,14 +230,18 @@ class SamAutomaticMaskGenerator:
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         crop_size = crop.shape[:2]
-        self.predictor.set_image(crop)
+        with self._stage("embed"):
+            self.predictor.set_image(crop)
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
         data = _Records()
         for start in range(0, len(points), self.points_per_batch):
             data.extend(self._process_batch(points[start : start + self.points_per_batch], crop_size, crop_box, orig_size))
         self.predictor.reset_image()
         if len(data):
-            data.keep(pp.batched_nms(data["boxes"].astype(np.float32), data["iou_preds"], np.zeros(len(data), np.int64), self.box_nms_thresh))
+            with self._stage("nms"):
+                data.keep(pp.batched_nms(
+                    data["boxes"].astype(np.float32), data["iou_preds"], np.zeros(len(data), np.int64), self.box_nms_thresh
+                ))
             offset = np.array([x0, y0, x0, y0])
             data["boxes"] = data["boxes"] + offset
             data["points"] = data["points"] + offset[:2]
@@ -228,8 +255,9 @@ class SamAutomaticMaskGenerator:
         b = p.backend
         coords = p.transform.apply_coords(points, crop_size).astype(np.float32)[:, None, :]
         labels = np.ones(coords.shape[:2], dtype=np.int64)
-        low_res, iou = b.decode(p.features, b.from_numpy(coords), b.from_numpy(labels), None, None, True)
-        low_res, iou = b.to_numpy(low_res), b.to_numpy(iou)
+        with self._stage("decode"):
+            low_res, iou = b.decode(p.features, b.from_numpy(coords), b.from_numpy(labels), None, None, True)
+            low_res, iou = b.to_numpy(low_res), b.to_numpy(iou)
         n_masks = low_res.shape[1]
         low_res = low_res.reshape(-1, *low_res.shape[2:])
         iou = iou.reshape(-1)
@@ -237,9 +265,14 @@ class SamAutomaticMaskGenerator:
         # The IoU filter does not depend on the masks: apply it before upsampling.
         keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else np.ones(len(iou), bool)
         low_res, iou, pts = low_res[keep], iou[keep], pts[keep]
-        data = _Records()
         if not len(iou):
-            return data
+            return _Records()
+        with self._stage("postprocess"):
+            return self._postprocess_batch(low_res, iou, pts, crop_size, crop_box, orig_size)
+
+    def _postprocess_batch(self, low_res, iou, pts, crop_size, crop_box, orig_size) -> "_Records":
+        p, b = self.predictor, self.predictor.backend
+        data = _Records()
         masks, stability, boxes = pp.upsample_threshold_stability(
             low_res, p.input_size, crop_size, b.mask_threshold, self.stability_score_offset, b.image_size
         )
