@@ -1,5 +1,6 @@
 """Build every TensorRT bundle (vit_b / vit_l / vit_h x fp16 / int8) on this GPU, with one
-shared timing cache, and report build times and engine sizes (table + JSON).
+shared timing cache, and report build times and engine sizes (table + JSON). Encoders
+take up to 4 images per call here (--max-batch), for the throughput benchmark.
 
     python export/build_tensorrt_all.py --checkpoints checkpoints/ --output bundles/
     python export/build_tensorrt_all.py --models vit_b --precisions fp16 --output bundles/
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rebuild-onnx", action="store_true", help="re-export ONNX bundles even when present")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_tensorrt_build_arguments(parser)
+    # Room for the encoder-throughput figure of benchmarks/bench_tensorrt.py; edge bundles may want 1.
+    parser.set_defaults(max_batch=4)
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     precisions = [p for p in args.precisions.split(",") if p]

@@ -813,6 +813,12 @@ class TensorRTBackend:
             _, graph = self._graphs.popitem()
             cuda_check(self._rt.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")
 
+    def __del__(self) -> None:
+        graphs = getattr(self, "_graphs", None)
+        while graphs:
+            # At interpreter exit the CUDA context may already be gone: nothing to report then.
+            self._rt.cudaGraphExecDestroy(graphs.popitem()[1])
+
 
 def load_tensorrt_engine(
     bundle_dir: str,
@@ -839,6 +845,7 @@ def load_tensorrt_engine(
     )
     engine.manifest = dict(manifest)
     engine.bundle_dir = bundle_dir
-    print(f"sam-edge: TensorRT {info['tensorrt']} on {info['gpu']}; arrays: {engine.arrays.name}; "
-          f"mask postprocess: {engine.postprocess_path}", file=sys.stderr)
+    if engine._postprocess_kernel is None:  # the degraded path says so; sam_edge.info() reports the rest
+        print(f"sam-edge: TensorRT bundle {bundle_dir}: masks are resized on the host: {engine.postprocess_path}",
+              file=sys.stderr)
     return engine
