@@ -488,3 +488,20 @@ def test_tensorrt_build_command_fails_fast_without_tensorrt(tmp_path):
     assert os.listdir(tmp_path) == []
     with pytest.raises(ValueError, match="TensorRT precision"):
         build.run_tensorrt_build(argparse.Namespace(**dict(vars(args), precision="int8-dynamic")))
+
+
+def test_default_profiles_fit_the_full_size_decoder(tmp_path):
+    """The defaults of `sam-edge build --backend tensorrt` against the real 1024-pixel decoder graph
+    (identical for ViT-B/L/H), run in ONNX Runtime at the interactive profile's shapes."""
+    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
+    from sam_edge.builder import build_sam_from_config
+    from sam_edge.config import get_config
+
+    sam = build_sam_from_config(get_config("vit_b")).eval()
+    path = export.export_decoder(sam, str(tmp_path / "decoder.onnx"))
+    specs = prep.input_specs(path)
+    interactive, batched = build.decoder_profiles()
+    build.validate_profile(batched, specs, "decoder")
+    shapes = prep.check_profile_with_onnxruntime(path, build.validate_profile(interactive, specs, "decoder"))
+    assert shapes["max"] == [[1, 4], [1, 4, 256, 256]]
+    assert prep.value_dependent_shape_uses(path) == []
