@@ -1,0 +1,101 @@
+"""Tiny ONNX graphs for the TensorRT tests: a decoder with the real decoder's input names
+and dynamic axes, in two variants. `with_orig_im_size` mimics the official export's
+trap (the crop and final resize read their sizes from an input's value); without it,
+the graph returns low-res masks and takes its batch from point_coords.shape[0], as
+our fast decoder does."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EMBED_DIM, GRID, MASK = 8, 4, 16
+
+
+class TinyDecoder(nn.Module):
+    def __init__(self, with_orig_im_size: bool) -> None:
+        super().__init__()
+        self.with_orig_im_size = with_orig_im_size
+        self.point_proj = nn.Linear(2, EMBED_DIM)
+        self.mask_down = nn.Conv2d(1, EMBED_DIM, 4, stride=4)
+        self.head = nn.Conv2d(EMBED_DIM, 4, 1)
+        self.iou = nn.Linear(EMBED_DIM, 4)
+
+    def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size=None):
+        tokens = self.point_proj(point_coords) * (point_labels.unsqueeze(-1) != -1).to(point_coords.dtype)
+        pooled = tokens.mean(1)
+        dense = self.mask_down(mask_input) * has_mask_input.reshape(-1, 1, 1, 1)
+        image = image_embeddings.expand(point_coords.shape[0], -1, -1, -1) + dense
+        low_res = F.interpolate(self.head(image + pooled[:, :, None, None]), scale_factor=4, mode="bilinear")
+        iou = self.iou(pooled)
+        if not self.with_orig_im_size:
+            return iou, low_res
+        size = float(MASK)
+        masks = F.interpolate(low_res, (MASK, MASK), mode="bilinear", align_corners=False)
+        prepadded = torch.floor(orig_im_size * (size / orig_im_size.max()) + 0.5).to(torch.int64)
+        masks = masks[:, :, : prepadded[0], : prepadded[1]]
+        out = orig_im_size.to(torch.int64)
+        return F.interpolate(masks, size=(out[0], out[1]), mode="bilinear", align_corners=False), iou, low_res
+
+
+INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+
+
+def export_tiny_decoder(path, with_orig_im_size: bool) -> str:
+    import warnings
+
+    torch.manual_seed(0)
+    model = TinyDecoder(with_orig_im_size).eval()
+    args = (
+        torch.randn(1, EMBED_DIM, GRID, GRID),
+        torch.rand(2, 3, 2) * MASK,
+        torch.tensor([[1.0, 0.0, -1.0]] * 2),
+        torch.randn(2, 1, MASK, MASK),
+        torch.ones(2),
+    )
+    inputs, outputs = list(INPUTS), ["iou_predictions", "low_res_masks"]
+    dynamic = {
+        "point_coords": {0: "num_prompts", 1: "num_points"},
+        "point_labels": {0: "num_prompts", 1: "num_points"},
+        "mask_input": {0: "num_mask_inputs"},
+        "has_mask_input": {0: "num_mask_inputs"},
+    }
+    if with_orig_im_size:
+        args += (torch.tensor([12.0, 20.0]),)
+        inputs.append("orig_im_size")
+        outputs = ["masks"] + outputs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    return str(path)
+
+
+def export_mlp(path, seed: int = 0) -> str:
+    """Linear -> ReLU -> Linear on (B, 16) float32, dynamic batch."""
+    torch.manual_seed(seed)
+    import warnings
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (torch.randn(4, 16),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    return str(path)
+
+
+def quantize_mlp_qdq(src, dst, calibration: np.ndarray) -> str:
+    """ONNX Runtime's static QDQ quantization, as the ONNX branch does it: uint8 asymmetric
+    activations, int8 symmetric per-channel weights."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter([{"x": calibration[i : i + 8]} for i in range(0, len(calibration), 8)])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return str(dst)

@@ -1,0 +1,507 @@
+"""The TensorRT build's pure parts, without TensorRT: profiles against real ONNX graphs,
+the value-dependent-shape checker, the QDQ rewrite validated with ONNX Runtime, the
+precision plans, the fp32 islands, and the manifest / rebuild round trip."""
+
+import argparse
+import os
+import shlex
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the TensorRT preparation reads graphs with the onnx package")
+pytest.importorskip("onnxruntime", reason="prepared graphs are validated with ONNX Runtime")
+
+from onnx import TensorProto, helper  # noqa: E402
+
+from sam_edge.export import tensorrt_build as build  # noqa: E402
+from sam_edge.export import tensorrt_prepare as prep  # noqa: E402
+from sam_edge.runtime.tensorrt_backend import check_engine_compatibility, rebuild_command  # noqa: E402
+
+from ._tensorrt_graphs import EMBED_DIM, GRID, export_mlp, export_tiny_decoder, quantize_mlp_qdq  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trt_graphs")
+    return {
+        "fast": export_tiny_decoder(d / "fast.onnx", with_orig_im_size=False),
+        "trap": export_tiny_decoder(d / "trap.onnx", with_orig_im_size=True),
+        "mlp": export_mlp(d / "mlp.onnx"),
+        "dir": d,
+    }
+
+
+def tiny_profiles(**kw):
+    """decoder_profiles for the tiny graphs' embedding (EMBED_DIM channels, GRID x GRID)."""
+    return build.decoder_profiles(embedding_size=GRID, embed_dim=EMBED_DIM, **kw)
+
+
+# ---------------------------------------------------------------- profiles
+
+
+@pytest.mark.parametrize("max_batch,opt_batch,size", [(1, 1, 1024), (4, 2, 256)])
+def test_encoder_profile(max_batch, opt_batch, size):
+    lo, opt, hi = build.encoder_profile(max_batch, size, opt_batch)["image"]
+    assert lo == (1, 3, size, size) and opt == (opt_batch, 3, size, size) and hi == (max_batch, 3, size, size)
+    spec = {"image": prep.InputSpec("image", ("batch", 3, size, size), "float32")}
+    build.validate_profile(build.encoder_profile(max_batch, size, opt_batch), spec, "encoder")
+
+
+@pytest.mark.parametrize("bad", [dict(max_batch=0), dict(max_batch=2, opt_batch=3), dict(max_batch=1.5)])
+def test_encoder_profile_rejects(bad):
+    with pytest.raises(ValueError):
+        build.encoder_profile(**bad)
+
+
+@pytest.mark.parametrize("max_points,max_prompts,opt_points,opt_prompts", [(16, 64, 2, 64), (5, 8, 3, 4)])
+def test_decoder_profiles_fit_the_graph(graphs, max_points, max_prompts, opt_points, opt_prompts):
+    specs = prep.input_specs(graphs["fast"])
+    interactive, batched = tiny_profiles(max_points=max_points, max_prompts=max_prompts,
+                                         opt_points=opt_points, opt_prompts=opt_prompts)
+    for profile in (interactive, batched):
+        build.validate_profile(profile, specs, "decoder")
+    assert interactive["point_coords"][2] == (1, max_points, 2)  # one prompt: the CUDA-graph profile
+    assert batched["point_coords"][1] == (opt_prompts, opt_points, 2)
+    assert batched["point_coords"][2] == (max_prompts, max_points, 2)
+    assert batched["mask_input"][2][0] == max_prompts and batched["has_mask_input"][2] == (max_prompts,)
+
+
+def test_decoder_profiles_reject_opt_above_max():
+    with pytest.raises(ValueError, match="opt"):
+        build.decoder_profiles(max_points=4, opt_points=5)
+    with pytest.raises(ValueError, match="positive"):
+        build.decoder_profiles(max_prompts=0)
+
+
+def _edit(profile, name, which, shape):
+    ranges = list(profile[name])
+    ranges[which] = shape
+    return dict(profile, **{name: tuple(ranges)})
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda p: {k: v for k, v in p.items() if k != "mask_input"}, "no shapes for"),
+        (lambda p: dict(p, orig_im_size=((2,),) * 3), "no such input"),
+        (lambda p: _edit(p, "point_coords", 1, (2, 2)), "rank"),
+        (lambda p: _edit(p, "point_coords", 2, (4, 4, 3)), "fixed at 2"),
+        (lambda p: _edit(p, "image_embeddings", 0, (1, EMBED_DIM, GRID + 1, GRID)), "fixed at"),
+        (lambda p: _edit(p, "point_labels", 0, (3, 1)), "min <= opt <= max"),
+        (lambda p: _edit(p, "has_mask_input", 0, (0,)), "below 1"),
+    ],
+)
+def test_validate_profile_errors_name_the_problem(graphs, change, message):
+    specs = prep.input_specs(graphs["fast"])
+    profile = tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)[1]
+    with pytest.raises(ValueError, match=message):
+        build.validate_profile(change(profile), specs, "decoder")
+
+
+def test_official_size_profiles_do_not_fit_a_reduced_graph(graphs):
+    # The default profiles are for 1024-pixel models (64 x 64 embeddings of 256 channels).
+    with pytest.raises(ValueError, match="fixed at"):
+        build.validate_profile(build.decoder_profiles()[0], prep.input_specs(graphs["fast"]), "decoder")
+
+
+def test_profiles_run_in_onnxruntime(graphs):
+    """The fast graph runs at every profile's min / opt / max, with the batch it was given."""
+    for profile in tiny_profiles(max_points=6, max_prompts=5, opt_points=2, opt_prompts=3):
+        shapes = prep.check_profile_with_onnxruntime(graphs["fast"], profile)
+        for which, index in (("min", 0), ("opt", 1), ("max", 2)):
+            batch = profile["point_coords"][index][0]
+            iou_shape, low_res_shape = shapes[which]
+            assert iou_shape == [batch, 4] and low_res_shape[0] == batch
+
+
+# ---------------------------------------------------------------- value-dependent shapes
+
+
+def test_checker_catches_the_orig_im_size_trap(graphs):
+    uses = prep.value_dependent_shape_uses(graphs["trap"])
+    assert uses, "the orig_im_size graph crops and resizes by an input's value"
+    assert {u.input for u in uses} == {"orig_im_size"}
+    assert {"Slice", "Resize"} <= {u.op_type for u in uses}
+    with pytest.raises(ValueError, match="orig_im_size"):
+        prep.check_static_shape_graph(graphs["trap"], "trap")
+
+
+def test_checker_passes_the_fast_decoder(graphs):
+    # Its Expand / Reshape / Resize shapes all come from Shape(point_coords) or constants.
+    ops = {n.op_type for n in onnx.load(graphs["fast"]).graph.node}
+    assert {"Shape", "Expand"} <= ops
+    assert prep.value_dependent_shape_uses(graphs["fast"]) == []
+    prep.check_static_shape_graph(graphs["fast"])
+
+
+def _graph(nodes, inputs, initializers=()):
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, [out], list(initializers)))
+    return model
+
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+S = helper.make_tensor_value_info("s", TensorProto.INT64, [2])
+
+
+@pytest.mark.parametrize(
+    "nodes,inputs,expected",
+    [
+        # An input used as a target shape, directly and after arithmetic.
+        ([helper.make_node("Reshape", ["x", "s"], ["out"])], [X, S], [("s", "Reshape", 1)]),
+        ([helper.make_node("Mul", ["s", "s"], ["t"]), helper.make_node("Reshape", ["x", "t"], ["out"])], [X, S],
+         [("s", "Reshape", 1)]),
+        ([helper.make_node("ConstantOfShape", ["s"], ["out"])], [S], [("s", "ConstantOfShape", 0)]),
+        # A value-dependent output shape.
+        ([helper.make_node("NonZero", ["x"], ["out"])], [X], [("x", "NonZero", 0)]),
+        # Shapes of inputs are fine: that is what profiles are for.
+        ([helper.make_node("Shape", ["x"], ["t"]), helper.make_node("Reshape", ["x", "t"], ["out"])], [X], []),
+        ([helper.make_node("Size", ["x"], ["t"]), helper.make_node("Reshape", ["t", "t"], ["u"]),
+          helper.make_node("Identity", ["x"], ["out"])], [X], []),
+        # A data operand is not a shape operand.
+        ([helper.make_node("Reshape", ["x", "c"], ["out"])], [X], []),
+    ],
+)
+def test_checker_on_small_graphs(nodes, inputs, expected):
+    shape = helper.make_tensor("c", TensorProto.INT64, [2], [2, -1])
+    model = _graph(nodes, inputs, [shape])
+    found = [(u.input, u.op_type, u.operand) for u in prep.value_dependent_shape_uses(model)]
+    assert found == expected
+
+
+@pytest.fixture(scope="module")
+def small_sam(small_config):
+    pytest.importorskip("torch")
+    from sam_edge.builder import build_sam_from_config
+
+    return build_sam_from_config(small_config).eval()
+
+
+def test_checker_on_the_real_decoders(tmp_path, small_config, small_sam):
+    """Our fast decoder passes, the official orig_im_size variant is caught."""
+    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
+    sam = small_sam
+    fast = export.export_decoder(sam, str(tmp_path / "decoder.onnx"))
+    official = export.export_decoder(sam, str(tmp_path / "decoder_official.onnx"), official=True)
+    assert prep.value_dependent_shape_uses(fast) == []
+    assert {u.input for u in prep.value_dependent_shape_uses(official)} == {"orig_im_size"}
+    grid = small_config.image_embedding_size
+    for profile in build.decoder_profiles(max_points=4, max_prompts=3, opt_points=2, opt_prompts=2, embedding_size=grid):
+        build.validate_profile(profile, prep.input_specs(fast), "decoder")
+        prep.check_profile_with_onnxruntime(fast, profile)
+
+
+# ---------------------------------------------------------------- int8 QDQ for TensorRT
+
+
+@pytest.fixture(scope="module")
+def qdq(graphs):
+    rng = np.random.default_rng(0)
+    calibration = rng.standard_normal((64, 16)).astype(np.float32)
+    path = quantize_mlp_qdq(graphs["mlp"], graphs["dir"] / "mlp_qdq.onnx", calibration)
+    return path, rng.standard_normal((512, 16)).astype(np.float32)
+
+
+def _rel_l2(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_symmetric_int8_qdq_is_what_tensorrt_takes(qdq):
+    from onnx import numpy_helper
+
+    src, _ = qdq
+    original = onnx.load(src)
+    uint8_zero_points = [t for t in original.graph.initializer if t.data_type == TensorProto.UINT8]
+    assert uint8_zero_points, "ONNX Runtime's QDQ graph quantizes activations to uint8"
+    converted, counts = prep.to_symmetric_int8_qdq(original)
+    onnx.checker.check_model(converted)
+    inits = {t.name: numpy_helper.to_array(t) for t in converted.graph.initializer}
+    for node in converted.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert len(node.input) == 3
+            zp = inits[node.input[2]]
+            assert zp.dtype == np.int8 and not zp.any(), f"{node.name}: zero point must be int8 0"
+            assert (inits[node.input[1]] > 0).all()
+            if node.input[0] in inits:
+                assert inits[node.input[0]].dtype == np.int8  # no int32 bias left to dequantize
+    assert counts["quantizers_converted"] == len(uint8_zero_points)
+    assert counts["int32_folded"] > 0 and counts["clamps_added"] >= 1  # ORT folded the ReLU into a uint8 quantizer
+
+
+def test_symmetric_int8_qdq_accuracy_in_onnxruntime(qdq, graphs):
+    """Each activation quantizer keeps its range; its step grows by at most 255/127 (~2.01x,
+    one-sided ranges), and rounding noise scales with the step. So the converted graph's
+    error against fp32 is at most ~2.01x the original QDQ graph's (weights are unchanged),
+    with 25% for the randomness of summed rounding errors."""
+    src, x = qdq
+    converted, _ = prep.to_symmetric_int8_qdq(onnx.load(src))
+    reference = prep.run_onnxruntime(graphs["mlp"], {"x": x})[0]
+    original = prep.run_onnxruntime(src, {"x": x})[0]
+    ours = prep.run_onnxruntime(converted.SerializeToString(), {"x": x})[0]
+    original_error = _rel_l2(original, reference)
+    assert original_error > 1e-4, "the QDQ graph should actually quantize"
+    assert _rel_l2(ours, reference) <= 2.01 * 1.25 * original_error
+
+
+def test_clamp_is_restored(qdq):
+    """Without the restored Relu the folded ReLU would be lost: negative activations would pass."""
+    src, x = qdq
+    converted, _ = prep.to_symmetric_int8_qdq(onnx.load(src))
+    relus = [n for n in converted.graph.node if n.op_type == "Relu"]
+    assert relus
+    without = onnx.ModelProto()
+    without.CopyFrom(converted)
+    for node in without.graph.node:
+        if node.op_type == "Relu":
+            node.op_type = "Identity"
+    reference = prep.run_onnxruntime(src, {"x": x})[0]
+    assert _rel_l2(prep.run_onnxruntime(without.SerializeToString(), {"x": x})[0], reference) > 0.1
+    assert _rel_l2(prep.run_onnxruntime(converted.SerializeToString(), {"x": x})[0], reference) < 0.1
+
+
+def test_prepare_for_tensorrt(qdq, graphs, tmp_path):
+    src, _ = qdq
+    record = prep.prepare_for_tensorrt(src, str(tmp_path / "prepared.onnx"))
+    assert record["path"] == str(tmp_path / "prepared.onnx") and record["qdq"]["quantizers_converted"] > 0
+    again = prep.prepare_for_tensorrt(record["path"], str(tmp_path / "again.onnx"))
+    assert again["path"] == record["path"], "a prepared graph needs no second rewrite"
+    assert prep.prepare_for_tensorrt(graphs["fast"])["qdq"] is None
+    with pytest.raises(ValueError, match="orig_im_size"):
+        prep.prepare_for_tensorrt(graphs["trap"])
+
+
+# ---------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize(
+    "precision,types,has_qdq,strongly_typed,expected",
+    [
+        ("fp16", ["float16", "float32"], False, None, (True, ())),
+        ("fp16", ["float32"], False, None, (False, ("FP16", "OBEY_PRECISION_CONSTRAINTS"))),
+        ("int8", ["float32"], True, None, (True, ())),
+        ("int8", ["float32"], True, False, (False, ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"))),
+        ("fp32", ["float32"], False, None, (True, ())),
+    ],
+)
+def test_precision_plan(precision, types, has_qdq, strongly_typed, expected):
+    plan = build.precision_plan(precision, types, has_qdq, strongly_typed)
+    assert (plan.strongly_typed, plan.flags) == expected
+    assert plan.pin_fp32_islands == (not plan.strongly_typed and precision != "fp32")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("int8", ["float32"], False), "QDQ"),
+        (("fp16", ["float32"], True), "int8"),
+        (("fp32", ["float16"], False), "fp32 graph"),
+        (("fp16", ["float32"], False, True), "strongly typed"),
+        (("fp16", ["float32"], False, None, 11), "TensorRT 11"),
+        (("bf16", ["float32"], False), "precision must be"),
+    ],
+)
+def test_precision_plan_refuses(args, message):
+    with pytest.raises(ValueError, match=message):
+        build.precision_plan(*args)
+
+
+def test_fp32_islands(tmp_path):
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(8)
+            self.qkv = nn.Linear(8, 24)
+            self.rel = nn.Parameter(torch.randn(4, 8))
+
+        def forward(self, x):
+            q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+            bias = torch.einsum("bnc,mc->bnm", q, self.rel)
+            return torch.softmax(q @ k.transpose(-2, -1) + bias, dim=-1) @ v
+
+    path = tmp_path / "block.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(Block().eval(), (torch.randn(1, 4, 8),), str(path), opset_version=17, dynamo=False)
+    model = onnx.load(str(path))
+    by_name = {n.name: n.op_type for n in model.graph.node}
+    islands = prep.fp32_island_nodes(model)
+    kept = {by_name[n] for n in islands}
+    assert {"LayerNormalization", "Softmax", "Einsum"} <= kept
+    # The bias add feeding the softmax is in the island; the projections are not.
+    assert "Add" in kept and "MatMul" not in kept and "Gemm" not in kept
+    assert prep.layer_is_island(islands[0], islands)
+    assert prep.layer_is_island(islands[0] + "_1", islands)
+    assert not prep.layer_is_island(islands[0] + "x", islands)
+    assert prep.graph_float_types(model) == ["float32"]
+
+
+# ---------------------------------------------------------------- manifest and rebuild
+
+
+BASE_MANIFEST = {
+    "format": "sam-edge-bundle",
+    "format_version": 1,
+    "model_type": "vit_b",
+    "config": {"name": "vit_b", "image_size": 1024},
+    "backend": "onnxruntime",
+    "precision": "fp16",
+    "image_size": 1024,
+    "mask_input_size": 256,
+    "embedding_size": 64,
+    "graphs": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"},
+    "weights": {"source": "checkpoint", "checkpoint": "sam_vit_b_01ec64.pth"},
+    "versions": {"onnx": "1.23.2"},
+    "files": {"encoder.onnx": {"sha256": "0" * 64, "bytes": 1}},
+    "conversion": {"method": "fp16 with fp32 islands"},
+}
+RUNTIME = {"tensorrt": "10.13.0.35", "gpu": "NVIDIA A10", "compute_capability": "8.6", "cuda_runtime": "12.9"}
+
+
+def trt_manifest(**params):
+    p = build.TensorRTBuildParams(model_type="vit_b", precision="fp16", **params)
+    engines = {"encoder": {"plan": "encoder.plan"}, "decoder": {"plan": "decoder.plan"}}
+    files = {"encoder.plan": {"sha256": "1" * 64, "bytes": 2}, "decoder.plan": {"sha256": "2" * 64, "bytes": 3}}
+    return p, build.tensorrt_manifest(BASE_MANIFEST, p, engines, files, RUNTIME, {"encoder": {"sha256": "0" * 64}})
+
+
+def test_tensorrt_manifest_extends_the_onnx_one():
+    _, manifest = trt_manifest()
+    for key in ("format", "format_version", "model_type", "config", "image_size", "mask_input_size", "weights"):
+        assert manifest[key] == BASE_MANIFEST[key]
+    assert manifest["backend"] == "tensorrt"
+    assert manifest["graphs"] == {"encoder": "encoder.plan", "decoder": "decoder.plan"}
+    assert set(manifest["files"]) == {"encoder.plan", "decoder.plan"}
+    section = manifest["tensorrt"]
+    assert (section["version"], section["gpu"], section["compute_capability"]) == ("10.13.0.35", "NVIDIA A10", "8.6")
+    assert manifest["versions"]["tensorrt"] == "10.13.0.35" and manifest["versions"]["onnx"] == "1.23.2"
+    assert section["onnx_conversion"] == BASE_MANIFEST["conversion"]
+    check_engine_compatibility(manifest, RUNTIME)  # the machine that built it
+
+
+@pytest.mark.parametrize("params", [{}, dict(max_points=8, max_prompts=32, opt_prompts=16, workspace_bytes=1 << 30),
+                                    dict(hardware_compatibility="ampere_plus", version_compatible=True,
+                                         decoder_precision="fp16", max_batch=4, weakly_typed=True)])
+def test_rebuild_command_round_trip(params):
+    """The command in the compatibility error parses with the build options and gives back
+    the same build parameters (checkpoint from the manifest's weights)."""
+    original, manifest = trt_manifest(**params)
+    command = shlex.split(rebuild_command(manifest, "/data/bundles/vit_b trt"))
+    assert command[:2] == ["sam-edge", "build"]
+    parser = argparse.ArgumentParser()
+    for flag in ("--model", "--checkpoint", "--backend", "--precision", "--output"):
+        parser.add_argument(flag)
+    parser.add_argument("--overwrite", action="store_true")
+    build.add_tensorrt_build_arguments(parser)
+    args = parser.parse_args(command[2:])
+    assert args.backend == "tensorrt" and args.output == "/data/bundles/vit_b trt" and args.overwrite
+    assert args.checkpoint == "sam_vit_b_01ec64.pth"
+    rebuilt = build.TensorRTBuildParams.from_args(args)
+    assert rebuilt.rebuild_options() == dict(original.rebuild_options(), checkpoint="sam_vit_b_01ec64.pth")
+
+
+def test_rebuild_command_for_random_weights_has_no_checkpoint():
+    _, manifest = trt_manifest()
+    manifest["weights"] = {"source": "random", "seed": 0}
+    assert "--checkpoint" not in rebuild_command(manifest)
+
+
+def test_build_params_validate():
+    with pytest.raises(ValueError, match="precision"):
+        build.TensorRTBuildParams(model_type="vit_b", precision="fp32")
+    with pytest.raises(ValueError, match="max_points"):
+        build.TensorRTBuildParams(model_type="vit_b", precision="int8", max_points=0)
+
+
+def test_build_engine_validates_before_needing_tensorrt(graphs, tmp_path):
+    bad = tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)[1]
+    bad = {k: v for k, v in bad.items() if k != "mask_input"}
+    with pytest.raises(ValueError, match="no shapes for"):
+        build.build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=[bad])
+    with pytest.raises(ValueError, match="orig_im_size"):
+        profile = dict(tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)[1],
+                       orig_im_size=((2,),) * 3)
+        build.build_engine(graphs["trap"], str(tmp_path / "x.plan"), precision="fp32", profiles=[profile])
+    with pytest.raises(ValueError, match="workspace"):
+        build.build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=[bad], workspace_bytes=5)
+
+
+def test_build_engine_without_tensorrt_says_so(graphs, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed; the message for its absence cannot be shown")
+    profiles = tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)
+    with pytest.raises(ImportError, match="TensorRT is not installed"):
+        build.build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=profiles)
+    assert not os.path.exists(tmp_path / "x.plan")
+
+
+def test_onnx_graphs_refuses_wrong_inputs(tmp_path, graphs):
+    with pytest.raises(ValueError, match="not an ONNX bundle"):
+        build._onnx_graphs(str(tmp_path))
+    with pytest.raises(ValueError, match="decoder"):
+        build._onnx_graphs({"encoder": graphs["mlp"]})
+
+
+def test_real_int8_encoder_prepared_for_tensorrt(tmp_path, small_config, small_sam):
+    """The ONNX bundles' QDQ encoder becomes TensorRT's symmetric int8 with an error against
+    fp32 within the 255/127 step bound of the original's (see
+    test_symmetric_int8_qdq_accuracy_in_onnxruntime)."""
+    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
+    quantize = pytest.importorskip("sam_edge.export.quantize", reason="needs sam_edge.export.quantize")
+    pytest.importorskip("skimage", reason="calibration photos come from scikit-image")
+    from skimage import data
+
+    sam = small_sam
+    fp32 = export.export_encoder(sam, str(tmp_path / "encoder_fp32.onnx"))
+    int8 = str(tmp_path / "encoder_int8.onnx")
+    quantize.quantize_static_int8(fp32, int8, [data.astronaut(), data.coffee()], small_config.image_size,
+                                  method="minmax", quiet=True)
+    record = prep.prepare_for_tensorrt(int8, str(tmp_path / "encoder_trt.onnx"))
+    assert record["qdq"]["quantizers_converted"] > 0
+    x = quantize.encoder_input(data.chelsea(), small_config.image_size)
+    reference = prep.run_onnxruntime(fp32, {"image": x})[0]
+    original_error = _rel_l2(prep.run_onnxruntime(int8, {"image": x})[0], reference)
+    assert _rel_l2(prep.run_onnxruntime(record["path"], {"image": x})[0], reference) <= 2.01 * 1.25 * original_error
+
+
+def test_tensorrt_build_command_fails_fast_without_tensorrt(tmp_path):
+    """`sam-edge build --backend tensorrt` refuses before exporting anything when TensorRT is absent."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed; the message for its absence cannot be shown")
+    args = argparse.Namespace(model="vit_b", precision="fp16", output=str(tmp_path / "out"), checkpoint=None,
+                              overwrite=False, quiet=True)
+    with pytest.raises(ImportError, match="TensorRT is not installed"):
+        build.run_tensorrt_build(args)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="TensorRT precision"):
+        build.run_tensorrt_build(argparse.Namespace(**dict(vars(args), precision="int8-dynamic")))
+
+
+def test_default_profiles_fit_the_full_size_decoder(tmp_path):
+    """The defaults of `sam-edge build --backend tensorrt` against the real 1024-pixel decoder graph
+    (identical for ViT-B/L/H), run in ONNX Runtime at the interactive profile's shapes."""
+    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
+    from sam_edge.builder import build_sam_from_config
+    from sam_edge.config import get_config
+
+    sam = build_sam_from_config(get_config("vit_b")).eval()
+    path = export.export_decoder(sam, str(tmp_path / "decoder.onnx"))
+    specs = prep.input_specs(path)
+    interactive, batched = build.decoder_profiles()
+    build.validate_profile(batched, specs, "decoder")
+    shapes = prep.check_profile_with_onnxruntime(path, build.validate_profile(interactive, specs, "decoder"))
+    assert shapes["max"] == [[1, 4], [1, 4, 256, 256]]
+    assert prep.value_dependent_shape_uses(path) == []

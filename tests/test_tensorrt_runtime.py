@@ -1,0 +1,442 @@
+"""The TensorRT runtime: engine compatibility (pure), CUDA error reporting and the
+prompt layout; and, where TensorRT and a GPU exist, engines
+built at a reduced size checked against the PyTorch reference."""
+
+import os
+
+import numpy as np
+import pytest
+
+from sam_edge.runtime import tensorrt_backend as trb
+from sam_edge.runtime.tensorrt_backend import EngineCompatibilityError, check_engine_compatibility
+
+
+def manifest(version="10.13.0.35", cc="8.6", gpu="NVIDIA A10", hardware="none", version_compatible=False, **build):
+    return {
+        "model_type": "vit_l",
+        "precision": "int8",
+        "weights": {"source": "checkpoint", "checkpoint": "sam_vit_l_0b3195.pth"},
+        "tensorrt": {
+            "version": version,
+            "gpu": gpu,
+            "compute_capability": cc,
+            "hardware_compatibility": hardware,
+            "version_compatible": version_compatible,
+            "build": dict({"model_type": "vit_l", "precision": "int8"}, **build),
+        },
+    }
+
+
+def here(version="10.13.0.35", cc="8.6", gpu="NVIDIA A10"):
+    return {"tensorrt": version, "compute_capability": cc, "gpu": gpu}
+
+
+# ---------------------------------------------------------------- compatibility
+
+
+@pytest.mark.parametrize(
+    "built,runtime",
+    [
+        (manifest(), here()),
+        (manifest(version="10.13.0.35"), here(version="10.13.0.40")),  # the build number is not part of compatibility
+        (manifest(cc="8.6", gpu="NVIDIA A10"), here(cc="8.6", gpu="NVIDIA RTX A6000")),  # same architecture
+        (manifest(hardware="ampere_plus"), here(cc="9.0", gpu="NVIDIA H100")),
+        (manifest(hardware="ampere_plus", cc="9.0"), here(cc="8.0", gpu="NVIDIA A100")),
+        (manifest(version_compatible=True, version="10.3.0"), here(version="10.13.0.35")),
+    ],
+)
+def test_compatible(built, runtime):
+    check_engine_compatibility(built, runtime)
+
+
+@pytest.mark.parametrize(
+    "built,runtime,reasons",
+    [
+        (manifest(cc="8.6"), here(cc="9.0", gpu="NVIDIA H100"), ["compute capability 8.6", "NVIDIA H100 has 9.0"]),
+        (manifest(cc="8.7", gpu="Orin"), here(cc="8.6"), ["8.7 (Orin)"]),
+        (manifest(version="10.13.0"), here(version="10.12.0"), ["TensorRT 10.13.0", "10.12.0"]),
+        (manifest(version="10.3.0"), here(version="10.3.1"), ["built with TensorRT 10.3.0"]),
+        (manifest(hardware="ampere_plus"), here(cc="7.5", gpu="Tesla T4"), ["Ampere", "Tesla T4 has 7.5"]),
+        (manifest(version_compatible=True, version="10.13.0"), here(version="10.12.0"), ["version-compatible"]),
+        (manifest(version_compatible=True, version="10.13.0"), here(version="11.0.0"), ["major version 10"]),
+        (manifest(cc="8.6", version="10.3.0"), here(cc="8.9", version="10.4.0"), ["8.6", "10.3.0"]),
+        (manifest(hardware="turing_plus"), here(), ["unknown hardware compatibility"]),
+    ],
+)
+def test_incompatible_says_why_and_how_to_rebuild(built, runtime, reasons):
+    with pytest.raises(EngineCompatibilityError) as info:
+        check_engine_compatibility(built, runtime, "/bundles/vit_l-int8")
+    message = str(info.value)
+    for reason in reasons:
+        assert reason in message
+    expected = (
+        "sam-edge build --model vit_l --checkpoint sam_vit_l_0b3195.pth --backend tensorrt --precision int8"
+    )
+    assert expected in message and "--output /bundles/vit_l-int8 --overwrite" in message
+    assert message.count("\n  - ") == sum(
+        [built["tensorrt"]["compute_capability"] != runtime["compute_capability"] and built["tensorrt"]["hardware_compatibility"] == "none",
+         built["tensorrt"]["hardware_compatibility"] == "ampere_plus",
+         built["tensorrt"]["hardware_compatibility"] not in ("none", "ampere_plus"),
+         trb._parse_version(built["tensorrt"]["version"]) != trb._parse_version(runtime["tensorrt"])]
+    ), "one line per problem"
+
+
+def test_rebuild_command_keeps_non_default_options():
+    command = trb.rebuild_command(manifest(max_points=8, hardware_compatibility="ampere_plus", version_compatible=True))
+    assert "--max-points 8" in command and "--hardware-compatibility ampere_plus" in command
+    assert "--version-compatible" in command and "--output BUNDLE_DIR" in command
+
+
+@pytest.mark.parametrize(
+    "built,runtime,message",
+    [
+        ({"model_type": "vit_b"}, here(), "no 'tensorrt' section"),
+        ({"tensorrt": {"version": "10.3.0"}}, here(), "lacks 'compute_capability'"),
+        (manifest(), {"tensorrt": "10.13.0"}, "runtime_info needs 'compute_capability'"),
+        (manifest(cc="sm_86"), here(), "compute capability must look like"),
+        (manifest(version="ten"), here(), "not a version number"),
+    ],
+)
+def test_malformed_inputs_are_value_errors(built, runtime, message):
+    with pytest.raises(ValueError, match=message):
+        check_engine_compatibility(built, runtime)
+
+
+# ---------------------------------------------------------------- CUDA errors
+
+
+def test_cuda_errors_carry_cuda_s_message():
+    runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python (cuda-bindings)")
+    status = runtime.cudaError_t.cudaErrorInvalidValue
+    with pytest.raises(trb.CudaError, match=r"cudaMalloc\(8\) failed: cudaErrorInvalidValue: invalid argument"):
+        trb.cuda_check((status, None), "cudaMalloc(8)")
+    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess, 7), "x") == 7
+    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess, 1, 2), "x") == (1, 2)
+    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess,), "x") is None
+
+
+def test_a_real_cuda_call_is_checked():
+    runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python (cuda-bindings)")
+    result = runtime.cudaGetDeviceCount()
+    if int(result[0]) == 0:
+        assert trb.cuda_check(result, "cudaGetDeviceCount") >= 0
+    else:  # no driver or no GPU here: the error names itself
+        name = runtime.cudaGetErrorName(result[0])[1].decode()
+        with pytest.raises(trb.CudaError, match=f"cudaGetDeviceCount failed: {name}"):
+            trb.cuda_check(result, "cudaGetDeviceCount")
+
+
+# ---------------------------------------------------------------- host paths
+
+
+class _HostArrays:
+    @staticmethod
+    def is_device_array(array):
+        return False
+
+
+def _feed_backend(m=8):
+    backend = object.__new__(trb.TensorRTBackend)
+    backend.mask_input_size = m
+    backend.arrays = _HostArrays()
+    return backend
+
+
+def test_decoder_feed_layout():
+    """As the torch prompt encoder: points, then box corners labelled 2 and 3; a padding
+    point labelled -1 only when there is no box; a zero mask with has_mask 0 when none."""
+    b = _feed_backend()
+    coords = np.array([[[1.0, 2.0], [3.0, 4.0]]], np.float32)
+    labels = np.array([[1, 0]])
+    box = np.array([[5.0, 6.0, 7.0, 8.0]], np.float32)
+    points_only = b.decoder_feed(coords, labels, None, None)
+    assert points_only["point_coords"].shape == (1, 3, 2)
+    assert points_only["point_labels"].tolist() == [[1, 0, -1]]
+    assert not points_only["has_mask_input"].any() and not points_only["mask_input"].any()
+    box_only = b.decoder_feed(None, None, box, None)
+    assert box_only["point_coords"].tolist() == [[[5, 6], [7, 8]]] and box_only["point_labels"].tolist() == [[2, 3]]
+    both = b.decoder_feed(coords, labels, box, np.ones((1, 1, 8, 8), np.float32))
+    assert both["point_labels"].tolist() == [[1, 0, 2, 3]] and both["has_mask_input"].tolist() == [1]
+    for feed in (points_only, box_only, both):
+        assert all(v.dtype == np.float32 for v in feed.values())
+
+
+def test_host_postprocess_is_the_onnx_runtime_one():
+    """Without sam_edge._C_cuda the masks are resized on the host by the same function as
+    the ONNX Runtime backend (one reference for both)."""
+    from sam_edge.runtime.onnxruntime_backend import mask_postprocess_reference
+
+    backend = _feed_backend()
+    backend._postprocess_kernel, backend.image_size = None, 32
+    low_res = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    ours = backend.postprocess_masks(low_res, (32, 20), (45, 28))
+    np.testing.assert_allclose(ours, mask_postprocess_reference(low_res, 32, (32, 20), (45, 28)), rtol=1e-6, atol=1e-6)
+
+
+class _FakeAllocation:
+    ptr = 0x10000
+
+
+@pytest.mark.parametrize("index,offset,shape", [(0, 0, (3, 5)), (2, 2 * 60, (3, 5)), (-1, 3 * 60, (3, 5)),
+                                                (slice(1, 3), 60, (2, 3, 5)), (slice(3, None), 180, (1, 3, 5)),
+                                                (slice(2, 1), 120, (0, 3, 5))])
+def test_device_array_views(index, offset, shape):
+    """Views on the first axis are the parent's memory at row offsets (float32, rows of 3 x 5)."""
+    parent = trb.DeviceArray((4, 3, 5), np.float32, _FakeAllocation())
+    view = parent[index]
+    assert view.ptr == parent.ptr + offset and view.shape == shape
+    assert view.__cuda_array_interface__["data"] == (view.ptr, False)
+    assert view.__cuda_array_interface__["typestr"] == "<f4"
+
+
+@pytest.mark.parametrize("index,error", [(4, IndexError), (-5, IndexError), (slice(0, 4, 2), ValueError), ((0, 1), TypeError)])
+def test_device_array_rejects(index, error):
+    with pytest.raises(error):
+        trb.DeviceArray((4, 3), np.float32, _FakeAllocation())[index]
+
+
+def test_load_without_tensorrt_says_so(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed; the message for its absence cannot be shown")
+    with pytest.raises(ImportError, match="holds TensorRT engines: TensorRT is not installed"):
+        trb.load_tensorrt_engine(str(tmp_path), manifest())
+
+
+def test_array_provider_rejects_unknown_library():
+    with pytest.raises(ValueError, match="array library"):
+        trb.array_provider("jax")
+
+
+# ---------------------------------------------------------------- with TensorRT and a GPU
+
+
+def _gpu_reason():
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "needs TensorRT (not installed)"
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        return "needs cuda-python"
+    status, count = runtime.cudaGetDeviceCount()
+    if int(status) != 0 or count == 0:
+        return "needs a CUDA GPU"
+    return None
+
+
+_skip_without_gpu = pytest.mark.skipif(_gpu_reason() is not None, reason=_gpu_reason() or "")
+
+
+def requires_gpu(test):
+    """Skipped without TensorRT and a CUDA GPU; selectable with -m tensorrt / -m gpu."""
+    return pytest.mark.gpu(pytest.mark.tensorrt(_skip_without_gpu(test)))
+
+
+@requires_gpu
+def test_device_array_round_trip():
+    provider = trb.array_provider("cuda-python")
+    host = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    device = trb.DeviceArray(host.shape, host.dtype)
+    staged = trb._PinnedArray(host.shape, host.dtype)
+    staged.array[...] = host
+    rt = trb.cudart()
+    trb.cuda_check(rt.cudaMemcpyAsync(device.ptr, staged.ptr, host.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                      provider.stream_handle), "cudaMemcpyAsync")
+    np.testing.assert_array_equal(provider.host(device), host)
+    np.testing.assert_array_equal(provider.host(device[1]), host[1])
+    np.testing.assert_array_equal(provider.host(device[1:2]), host[1:2])
+    assert device.__cuda_array_interface__["shape"] == (2, 3, 4)
+
+
+def _rel_l2(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+#: Bounds shared with the ONNX Runtime bundles' parity tests.
+BOUNDS = {"fp16": {"logits_rel_l2": 1e-2}, "int8": {"logits_rel_l2": 0.05, "mean_iou": 0.95}}
+
+
+@requires_gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_engine_parity_with_pytorch(tmp_path, small_config, precision):
+    """A reduced ViT-B bundle built for TensorRT against the PyTorch model on the same
+    prompts: low-res logits rel-L2 and (int8) mean mask IoU within the ONNX bundles' bounds."""
+    onnx_build = pytest.importorskip("sam_edge.export.build", reason="needs the onnx branch's `sam-edge build`")
+    torch = pytest.importorskip("torch")
+    from sam_edge.builder import build_sam_from_config
+    from sam_edge.export.tensorrt_build import TensorRTBuildParams, build_tensorrt_bundle
+    from sam_edge.runtime.predictor import SamPredictor
+
+    onnx_dir = tmp_path / f"onnx-{precision}"
+    manifest_onnx = onnx_build.build_bundle(str(onnx_dir), small_config, precision=precision, quiet=True)
+    params = TensorRTBuildParams(model_type=small_config.name, precision=precision, max_points=6, max_prompts=8,
+                                 opt_points=2, opt_prompts=4, workspace_bytes=1 << 30, progress=False,
+                                 timing_cache=str(tmp_path / "timing.cache"))
+    trt_dir = tmp_path / f"trt-{precision}"
+    manifest_trt = build_tensorrt_bundle(params, str(onnx_dir), str(trt_dir))
+    assert manifest_trt["tensorrt"]["engines"]["encoder"]["precision"] == precision
+    engine = trb.load_tensorrt_engine(str(trt_dir), manifest_trt)
+
+    sam = build_sam_from_config(small_config).eval()
+    onnx_build.randomize_weights_(sam, manifest_onnx["weights"]["seed"])
+    reference, ours = SamPredictor(sam), SamPredictor(engine)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    reference.set_image(image)
+    ours.set_image(image)
+    logits_errors, ious = [], []
+    for _ in range(4):
+        point = rng.uniform((0, 0), (200, 300), size=(1, 2))
+        with torch.no_grad():
+            ref_masks, _, ref_low = reference.predict(point, np.array([1]), multimask_output=True)
+        masks, _, low = ours.predict(point, np.array([1]), multimask_output=True)
+        logits_errors.append(_rel_l2(low, ref_low))
+        inter = np.logical_and(masks, ref_masks).sum((1, 2))
+        union = np.logical_or(masks, ref_masks).sum((1, 2))
+        ious.append(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+    assert max(logits_errors) <= BOUNDS[precision]["logits_rel_l2"]
+    if "mean_iou" in BOUNDS[precision]:
+        assert float(np.mean(ious)) >= BOUNDS[precision]["mean_iou"]
+    # Embed once, query many: a second query of the same prompt reuses the embedding (and a CUDA graph).
+    again = ours.predict(point, np.array([1]), multimask_output=True)[2]
+    np.testing.assert_allclose(again, low, rtol=0, atol=0)
+    engine.close()
+    assert os.path.exists(trt_dir / "manifest.json")
+
+
+def test_status_line_without_tensorrt():
+    if _gpu_reason() is None:
+        assert trb.tensorrt_status().startswith("TensorRT ")
+    else:
+        assert trb.tensorrt_status().startswith("unavailable (")
+
+
+# ---------------------------------------------------------------- the backend's plumbing, with host doubles
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """A TensorRTBackend over host doubles of TensorRT and the CUDA runtime (tests/_tensorrt_fakes.py):
+    image 64 px, embeddings (1, 8, 4, 4), masks 16 x 16, max batch 2, max prompts 3, max points 4."""
+    import sys
+
+    from ._tensorrt_fakes import FakeCudaRuntime, fake_tensorrt
+
+    trt, encoder, decoder = fake_tensorrt()
+    runtime = FakeCudaRuntime()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trb, "cudart", lambda: runtime)
+    monkeypatch.setenv("SAM_EDGE_POSTPROCESS", "numpy")
+
+    def make(**kw):
+        backend = trb.TensorRTBackend(b"encoder", b"decoder", image_size=64, array_library="cuda-python", **kw)
+        return backend, runtime, decoder
+
+    return make
+
+
+def test_backend_selects_mask_channels(fake_backend):
+    """Multimask: tokens 1..3 of the engine's 4; single mask: token 0 (one strided copy each)."""
+    from sam_edge import SamPredictor
+
+    backend, _, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.full((40, 64, 3), 100, np.uint8))
+    x = predictor.transform.apply_coords(np.array([[10.0, 20.0]]), (40, 64))[0, 0]
+    masks, scores, low_res = predictor.predict(np.array([[10.0, 20.0]]), np.array([1]))
+    np.testing.assert_allclose(scores, np.arange(1, 4) + x / 1000, rtol=1e-6)
+    np.testing.assert_allclose(low_res[:, 0, 0], scores, rtol=1e-6)
+    assert masks.shape == (3, 40, 64) and masks.dtype == bool
+    _, single, _ = predictor.predict(np.array([[10.0, 20.0]]), np.array([1]), multimask_output=False)
+    np.testing.assert_allclose(single, [x / 1000], rtol=1e-5)
+
+
+def test_backend_feeds_the_prompt_layout(fake_backend):
+    from sam_edge import SamPredictor
+
+    backend, _, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+    predictor.predict(np.array([[1.0, 2.0]]), np.array([0]), box=np.array([3.0, 4.0, 5.0, 6.0]))
+    fed = [f for ctx in backend.decoder._contexts.values() for f in ctx.fed]
+    coords, labels = fed[-1]
+    expected = backend.decoder_feed(np.array([[[1.0, 2.0]]]), np.array([[0]]), np.array([[3.0, 4.0, 5.0, 6.0]]), None)
+    np.testing.assert_array_equal(coords, expected["point_coords"])
+    np.testing.assert_array_equal(labels, expected["point_labels"])
+
+
+def test_backend_batched_prompts(fake_backend):
+    """Three prompts take the batched profile (no CUDA graph) and come back row by row."""
+    torch = pytest.importorskip("torch")
+    from sam_edge import SamPredictor
+
+    backend, runtime, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+    coords = torch.tensor([[[5.0, 1.0]], [[6.0, 1.0]], [[7.0, 1.0]]])
+    _, scores, _ = predictor.predict_torch(coords, torch.ones(3, 1), multimask_output=True)
+    expected = 10 * np.arange(3)[:, None] + np.arange(1, 4)[None] + np.array([[5.0], [6.0], [7.0]]) / 1000
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-6)
+    assert "capture" not in runtime.events
+    with pytest.raises(ValueError, match="outside every optimization profile"):
+        predictor.predict_torch(torch.ones(4, 1, 2), torch.ones(4, 1))
+
+
+def test_cuda_graphs_per_shape_with_eviction(fake_backend, monkeypatch):
+    """One capture per interactive prompt shape, replayed afterwards; the least recently used
+    graph goes when more than MAX_CUDA_GRAPHS are held. (With these doubles a replay runs
+    nothing, so only the bookkeeping is checked here; the GPU test checks replayed values.)"""
+    from sam_edge import SamPredictor
+
+    monkeypatch.setattr(trb, "MAX_CUDA_GRAPHS", 2)
+    backend, runtime, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+    one, two, three = (np.ones((k, 2)) for k in (1, 2, 3))
+    for points in (one, one, two, three, one):
+        predictor.predict(points, np.ones(len(points), int))
+    captures = [e for e in runtime.events if e == "capture"]
+    launches = [e for e in runtime.events if isinstance(e, tuple) and e[0] == "launch"]
+    destroyed = [e for e in runtime.events if isinstance(e, tuple) and e[0] == "destroy"]
+    assert len(captures) == 4 and len(launches) == 1  # one, (one), two, three, one again after eviction
+    assert len(destroyed) == 2 and len(backend._graphs) == 2
+    backend.close()
+    assert not backend._graphs
+    no_graphs, _, _ = fake_backend(cuda_graphs=False)
+    before = len(runtime.events)  # the doubles share one runtime per test
+    plain = SamPredictor(no_graphs)
+    plain.set_image(np.zeros((8, 8, 3), np.uint8))
+    plain.predict(one, np.ones(1, int))
+    plain.predict(one, np.ones(1, int))
+    assert runtime.events[before:] == []
+
+
+def test_embed_batches_beyond_max_batch(fake_backend):
+    """Four images through an engine of max batch 2: two calls, each embedding written at its own offset."""
+    from sam_edge import SamPredictor
+    from sam_edge.runtime.tensorrt_backend import PIXEL_MEAN, PIXEL_STD
+
+    backend, _, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    images = [np.full((30 + 10 * i, 64, 3), 40 * i + 10, np.uint8) for i in range(4)]
+    predictor.set_image_batch(images)
+    for i, image in enumerate(images):
+        predictor.select_image(i)
+        first_pixel = (float(image[0, 0, 0]) - PIXEL_MEAN[0]) / PIXEL_STD[0]
+        expected = first_pixel + i % 2  # the fake adds the index within its call
+        np.testing.assert_allclose(backend.to_numpy(predictor.features), expected, rtol=1e-6)
+
+
+def test_backend_refuses_the_orig_im_size_decoder(fake_backend, monkeypatch):
+    import sys
+
+    decoder = sys.modules["tensorrt"].Runtime.return_value.deserialize_cuda_engine(b"decoder")
+    decoder.io["orig_im_size"] = ((2,), "input")
+    decoder.num_io_tensors += 1
+    with pytest.raises(ValueError, match="not the orig_im_size variant"):
+        fake_backend()
