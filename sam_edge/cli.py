@@ -239,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("sam-edge: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (CommandError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         if os.environ.get("SAM_EDGE_DEBUG"):
             raise
         print(f"sam-edge: error: {exc}", file=sys.stderr)

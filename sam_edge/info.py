@@ -35,6 +35,12 @@ def info() -> Dict[str, str]:
         from . import postprocess
 
         report["postprocess"] = postprocess.active_path()
+        from .postprocess import cuda as postprocess_cuda
+
+        report["postprocess_cuda"] = postprocess_cuda.status()
     except Exception as exc:
-        report["postprocess"] = f"unavailable ({exc})"
+        report["postprocess"] = report.get("postprocess", f"unavailable ({exc})")
+    from .runtime.tensorrt_backend import tensorrt_status
+
+    report["tensorrt_runtime"] = tensorrt_status()
     return report

@@ -22,7 +22,7 @@ from ..runtime.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME
 #: Precisions of the encoder graph. The decoder stays fp32 in every bundle: it
 #: is ~4 M parameters and a few ms, and its outputs are what users threshold.
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt")
 #: Seed of the random weights used when no checkpoint is given.
 RANDOM_WEIGHTS_SEED = 0
 
@@ -251,12 +251,20 @@ def add_build_arguments(subparsers) -> argparse.ArgumentParser:
                         help="int8 calibration: activations fetched per run; lower bounds memory, higher is faster")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .tensorrt_build import add_tensorrt_build_arguments
+
+    add_tensorrt_build_arguments(parser)
     parser.set_defaults(func=run_build)
     return parser
 
 
 def run_build(args: argparse.Namespace) -> int:
     """The `build` sub-command; returns the exit status."""
+    if args.backend == "tensorrt":
+        from .tensorrt_build import run_tensorrt_build
+
+        run_tensorrt_build(args)
+        return 0
     build_bundle(
         args.output,
         get_config(args.model),

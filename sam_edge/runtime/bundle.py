@@ -108,6 +108,10 @@ def load(
     manifest = read_manifest(bundle_dir)
     if verify:
         verify_bundle(bundle_dir, manifest)
+    if manifest["backend"] == "tensorrt":
+        from .tensorrt_backend import load_tensorrt_engine
+
+        return load_tensorrt_engine(bundle_dir, manifest)
     if manifest["backend"] != "onnxruntime":
         raise BundleError(f"bundle {bundle_dir} is for backend {manifest['backend']!r}; load() runs onnxruntime bundles")
     from .onnxruntime_backend import OnnxRuntimeBackend
