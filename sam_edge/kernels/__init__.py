@@ -14,6 +14,25 @@ from .windowed_attention import (
     windowed_rel_pos_attention,
     windowed_rel_pos_attention_reference,
 )
+from .triton_support import triton_unavailable_reason
+
+
+# The Triton kernels are imported on their first call, so the package imports
+# without Triton and "auto" falls back to the references (see triton_support).
+def _rel_pos_attention_triton(*args, **kwargs):
+    from .triton_attention import rel_pos_attention_triton
+
+    return rel_pos_attention_triton(*args, **kwargs)
+
+
+def _windowed_rel_pos_attention_triton(*args, **kwargs):
+    from .triton_attention import windowed_rel_pos_attention_triton
+
+    return windowed_rel_pos_attention_triton(*args, **kwargs)
+
+
+register_backend("triton", _rel_pos_attention_triton, triton_unavailable_reason)
+register_fused_backend("triton", _windowed_rel_pos_attention_triton)
 
 __all__ = [
     "BACKEND_ENV",
@@ -26,4 +45,5 @@ __all__ = [
     "register_fused_backend",
     "windowed_rel_pos_attention",
     "windowed_rel_pos_attention_reference",
+    "triton_unavailable_reason",
 ]

@@ -1,0 +1,44 @@
+"""When the Triton kernels can run, decided without importing Triton.
+
+Kernel modules import Triton themselves, lazily, on their first call, so the
+package imports (and falls back to the torch references) without Triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Optional
+
+import torch
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1).
+
+    Triton fixes this per kernel when the kernel is defined, so once a kernel
+    module is imported its import-time value wins over the environment.
+    """
+    for name in ("sam_edge.kernels.triton_attention", "sam_edge.kernels.mask_postprocess_triton"):
+        module = sys.modules.get(name)
+        if module is not None:
+            return module.INTERPRET
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_unavailable_reason(t: torch.Tensor) -> Optional[str]:
+    """Why the Triton kernels cannot run on tensor `t`, or None when they can."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install triton)"
+    if t.is_cuda or interpreting():
+        return None
+    return (
+        f"Triton kernels need CUDA tensors; got a {t.device.type} tensor "
+        "(set TRITON_INTERPRET=1 before the first kernel call to run them in the slow CPU interpreter)"
+    )
+
+
+def autotune_configs(configs: list) -> list:
+    """All configs on a GPU; only the first in the interpreter, which cannot autotune."""
+    return configs[:1] if interpreting() else configs
