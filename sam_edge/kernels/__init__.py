@@ -1,5 +1,13 @@
 """Fused operations of sam-edge, each with a plain reference implementation."""
 
+from .mask_postprocess import (
+    MASK_BACKEND_ENV,
+    available_mask_backends,
+    mask_postprocess,
+    mask_postprocess_reference,
+    resolve_mask_backend,
+    upscale_mask_logits,
+)
 from .rel_pos_attention import (
     BACKEND_ENV,
     available_backends,
@@ -35,6 +43,12 @@ register_backend("triton", _rel_pos_attention_triton, triton_unavailable_reason)
 register_fused_backend("triton", _windowed_rel_pos_attention_triton)
 
 __all__ = [
+    "MASK_BACKEND_ENV",
+    "available_mask_backends",
+    "mask_postprocess",
+    "mask_postprocess_reference",
+    "resolve_mask_backend",
+    "upscale_mask_logits",
     "BACKEND_ENV",
     "available_backends",
     "get_rel_pos",
