@@ -163,6 +163,29 @@ def test_windowed_attention_matches_float64(grid_window, head_dim, dtype):
     check_error(out, ref, torch_out, dtype)
 
 
+@pytest.mark.parametrize(
+    "q_size, k_size, table_h, table_w",
+    [
+        ((6, 6), (6, 6), 21, 9),  # tables for another resolution: resampled, as the official model does
+        ((4, 6), (8, 3), 15, 11),  # different query and key grids
+    ],
+    ids=str,
+)
+def test_resampled_tables_and_unequal_grids(q_size, k_size, table_h, table_w):
+    """Checked against the torch reference run in float64 (the f64 statement above covers equal grids only)."""
+    D = 64
+    gen = torch.Generator().manual_seed(13)
+    q = torch.randn(2, 2, q_size[0] * q_size[1], D, generator=gen).to(DEVICE)
+    k, v = (torch.randn(2, 2, k_size[0] * k_size[1], D, generator=gen).to(DEVICE) for _ in range(2))
+    rph = (torch.randn(table_h, D, generator=gen) * 0.5).to(DEVICE)
+    rpw = (torch.randn(table_w, D, generator=gen) * 0.5).to(DEVICE)
+    ref = rel_pos_attention_reference(*(t.double() for t in (q, k, v, rph, rpw)), q_size, k_size)
+    out = torch.full_like(q, float("nan"))
+    rel_pos_attention_triton(q, k, v, rph, rpw, q_size, k_size, out=out)
+    assert torch.isfinite(out).all()
+    assert rel_l2(out, ref) <= FP32_TOL
+
+
 def test_padded_keys_are_attended():
     """pad_k/pad_v must change the output of edge windows (SAM attends to padding)."""
     grid, window, D = (6, 6), 4, 64

@@ -65,6 +65,7 @@ _ATTENTION_CONFIGS = autotune_configs(
 @triton.jit
 def _rel_pos_attention_kernel(
     Q, K, V, OUT, RH, RW, PAD_K, PAD_V,
+    rh_offset, rh_stride_q, rh_stride_k, rw_offset, rw_stride_q, rw_stride_k,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -128,12 +129,15 @@ def _rel_pos_attention_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     n_in_window = offs_n < WIN_KW
     rel_w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    rw_row = RW + qj * (WIN_KW * HEAD_DIM)
+    # Table row of (query column j, key column kj): rw_offset + j * rw_stride_q + kj * rw_stride_k.
+    rw_row = RW + rw_offset + qj * rw_stride_q
     for kj in range(0, WIN_KW):
-        r0 = tl.load(rw_row[:, None] + kj * HEAD_DIM + offs_d0[None, :], mask=m_mask[:, None], other=0.0)
+        r0 = tl.load(rw_row[:, None] + kj * rw_stride_k + offs_d0[None, :], mask=m_mask[:, None], other=0.0).to(tl.float32)
         t = tl.sum(q0f * r0, axis=1)
         if HAS_TAIL:
-            r1 = tl.load(rw_row[:, None] + kj * HEAD_DIM + offs_d1[None, :], mask=m_mask[:, None] & d1_mask[None, :], other=0.0)
+            r1 = tl.load(
+                rw_row[:, None] + kj * rw_stride_k + offs_d1[None, :], mask=m_mask[:, None] & d1_mask[None, :], other=0.0
+            ).to(tl.float32)
             t += tl.sum(q1f * r1, axis=1)
         rel_w = tl.where(offs_n[None, :] == kj, t[:, None], rel_w)
 
@@ -153,7 +157,7 @@ def _rel_pos_attention_kernel(
     LOG2E: tl.constexpr = 1.4426950408889634
     k_base = K + batch * stride_kb + head * stride_kh
     v_base = V + batch * stride_vb + head * stride_vh
-    rh_row = RH + qi * (WIN_KH * HEAD_DIM)
+    rh_row = RH + rh_offset + qi * rh_stride_q
     for ki in range(0, WIN_KH):
         # Keys of window row ki; positions past the grid border are padding.
         real = n_in_window & (offs_n < k_vw) & (ki < k_vh)
@@ -170,7 +174,7 @@ def _rel_pos_attention_kernel(
             s = tl.dot(q0, tl.trans(k0), input_precision="ieee")
         else:
             s = tl.dot(q0, tl.trans(k0))
-        r0 = tl.load(rh_row[:, None] + ki * HEAD_DIM + offs_d0[None, :], mask=m_mask[:, None], other=0.0)
+        r0 = tl.load(rh_row[:, None] + ki * rh_stride_k + offs_d0[None, :], mask=m_mask[:, None], other=0.0).to(tl.float32)
         rel_h = tl.sum(q0f * r0, axis=1)
         if HAS_TAIL:
             k1 = tl.load(
@@ -189,7 +193,9 @@ def _rel_pos_attention_kernel(
                 s += tl.dot(q1, tl.trans(k1), input_precision="ieee")
             else:
                 s += tl.dot(q1, tl.trans(k1))
-            r1 = tl.load(rh_row[:, None] + ki * HEAD_DIM + offs_d1[None, :], mask=m_mask[:, None] & d1_mask[None, :], other=0.0)
+            r1 = tl.load(
+                rh_row[:, None] + ki * rh_stride_k + offs_d1[None, :], mask=m_mask[:, None] & d1_mask[None, :], other=0.0
+            ).to(tl.float32)
             rel_h += tl.sum(q1f * r1, axis=1)
 
         s = s * scale + rel_h[:, None] + rel_w
@@ -238,6 +244,22 @@ def _head_dim_split(head_dim: int) -> Tuple[int, int]:
     return d0, max(16, triton.next_power_of_2(max(rest, 1)))
 
 
+def _table_rows(table: torch.Tensor, q_len: int, k_len: int) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+    """A tensor and (offset, stride per query, stride per key) addressing row R[i, k] of the axis.
+
+    In SAM the query and key windows match and the table has 2 * len - 1 rows,
+    so R[i, k] = table[i - k + len - 1] is addressed in the table itself.
+    Otherwise (other resolutions) the rows are resampled and gathered on the
+    host into a (q_len, k_len, D) tensor, exactly as the reference does.
+    """
+    if q_len == k_len and table.shape[0] == 2 * k_len - 1:
+        table = table.contiguous()
+        row = table.stride(0)
+        return table, ((k_len - 1) * row, row, -row)
+    rows = get_rel_pos(q_len, k_len, table).contiguous()
+    return rows, (0, rows.stride(0), rows.stride(1))
+
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"triton attention supports float32, float16 and bfloat16; got {q.dtype}")
@@ -274,11 +296,13 @@ def _launch(
         raise ValueError(f"out must be a {q.dtype} tensor of shape {tuple(q.shape)} with a unit last stride")
     scale = D**-0.5 if scale is None else float(scale)
 
-    # Per-(query, key) table rows along each axis, in fp32: (win_qh, win_kh, D) and (win_qw, win_kw, D).
-    Rh = get_rel_pos(q_window[0], k_window[0], rel_h_table).float().contiguous()
-    Rw = get_rel_pos(q_window[1], k_window[1], rel_w_table).float().contiguous()
-    if Rh.shape[-1] != D or Rw.shape[-1] != D:
-        raise ValueError(f"rel-pos tables must have {D} columns; got {rel_h_table.shape[-1]} and {rel_w_table.shape[-1]}")
+    if rel_h_table.dim() != 2 or rel_w_table.dim() != 2 or rel_h_table.shape[1] != D or rel_w_table.shape[1] != D:
+        raise ValueError(
+            f"rel-pos tables must be (L, head_dim={D}) with head_dim columns; "
+            f"got {tuple(rel_h_table.shape)} and {tuple(rel_w_table.shape)}"
+        )
+    Rh, rh_strides = _table_rows(rel_h_table, q_window[0], k_window[0])
+    Rw, rw_strides = _table_rows(rel_w_table, q_window[1], k_window[1])
 
     padded = pad_k is not None or pad_v is not None
     if padded:
@@ -297,6 +321,7 @@ def _launch(
 
     _rel_pos_attention_kernel[grid](
         q, k, v, out, Rh, Rw, pad_k, pad_v,
+        *rh_strides, *rw_strides,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
