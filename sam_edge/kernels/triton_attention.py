@@ -58,6 +58,17 @@ _ATTENTION_CONFIGS = autotune_configs(
 )
 
 
+@triton.jit
+def _row_dot(q0f, q1f, row_ptr, offs_d0, offs_d1, m_mask, d1_mask, HAS_TAIL: tl.constexpr):
+    """(BLOCK_M,) fp32 dot products of each query with its own table row (row_ptr: (BLOCK_M,) pointers)."""
+    r0 = tl.load(row_ptr[:, None] + offs_d0[None, :], mask=m_mask[:, None], other=0.0).to(tl.float32)
+    t = tl.sum(q0f * r0, axis=1)
+    if HAS_TAIL:
+        r1 = tl.load(row_ptr[:, None] + offs_d1[None, :], mask=m_mask[:, None] & d1_mask[None, :], other=0.0)
+        t += tl.sum(q1f * r1.to(tl.float32), axis=1)
+    return t
+
+
 @triton.autotune(
     configs=_ATTENTION_CONFIGS,
     key=["WIN_QH", "WIN_QW", "WIN_KH", "WIN_KW", "HEAD_DIM", "N_WIN", "PADDED"],
@@ -76,7 +87,7 @@ def _rel_pos_attention_kernel(
     N_WIN_W, N_WIN: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr,
     PADDED: tl.constexpr, UPCAST: tl.constexpr, IEEE_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
 ):
     # Program ids: query block within a window, (batch, window), head.
     pid_m = tl.program_id(0)
@@ -124,22 +135,27 @@ def _rel_pos_attention_kernel(
         if UPCAST:
             q1 = q1.to(tl.float32)
         q1f = q1.to(tl.float32)
+    else:
+        q1f = q0f  # unused without a tail
 
-    # Column term of the bias, rel_w[m, kj] = q[m] . Rw[qj[m], kj], shared by every key row.
+    # Both bias factors for this query block, before the key loop, so q's fp32 copy dies early:
+    # rel_h[m, ki] = q[m] . Rh[qi[m], ki] and rel_w[m, kj] = q[m] . Rw[qj[m], kj], in base-2 logits.
+    # Table row of (query i, key k) is at offset + i * stride_q + k * stride_k.
+    LOG2E: tl.constexpr = 1.4426950408889634
+    offs_kh = tl.arange(0, BLOCK_KH)
+    rel_h_all = tl.zeros([BLOCK_M, BLOCK_KH], dtype=tl.float32)
+    rh_row = RH + rh_offset + qi * rh_stride_q
+    for ki in range(0, WIN_KH):
+        t = _row_dot(q0f, q1f, rh_row + ki * rh_stride_k, offs_d0, offs_d1, m_mask, d1_mask, HAS_TAIL)
+        rel_h_all = tl.where(offs_kh[None, :] == ki, t[:, None] * LOG2E, rel_h_all)
     offs_n = tl.arange(0, BLOCK_N)
-    n_in_window = offs_n < WIN_KW
-    rel_w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    # Table row of (query column j, key column kj): rw_offset + j * rw_stride_q + kj * rw_stride_k.
+    # Columns past the window get -inf here, once, instead of a mask per key row.
+    rel_w = tl.where(offs_n[None, :] < WIN_KW, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), float("-inf"))
     rw_row = RW + rw_offset + qj * rw_stride_q
     for kj in range(0, WIN_KW):
-        r0 = tl.load(rw_row[:, None] + kj * rw_stride_k + offs_d0[None, :], mask=m_mask[:, None], other=0.0).to(tl.float32)
-        t = tl.sum(q0f * r0, axis=1)
-        if HAS_TAIL:
-            r1 = tl.load(
-                rw_row[:, None] + kj * rw_stride_k + offs_d1[None, :], mask=m_mask[:, None] & d1_mask[None, :], other=0.0
-            ).to(tl.float32)
-            t += tl.sum(q1f * r1, axis=1)
-        rel_w = tl.where(offs_n[None, :] == kj, t[:, None], rel_w)
+        t = _row_dot(q0f, q1f, rw_row + kj * rw_stride_k, offs_d0, offs_d1, m_mask, d1_mask, HAS_TAIL)
+        rel_w = tl.where(offs_n[None, :] == kj, t[:, None] * LOG2E, rel_w)
+    qk_scale = scale * LOG2E
 
     if PADDED:
         pk0 = tl.load(PAD_K + head * HEAD_DIM + offs_d0)
@@ -154,13 +170,11 @@ def _rel_pos_attention_kernel(
     if HAS_TAIL:
         acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
 
-    LOG2E: tl.constexpr = 1.4426950408889634
     k_base = K + batch * stride_kb + head * stride_kh
     v_base = V + batch * stride_vb + head * stride_vh
-    rh_row = RH + rh_offset + qi * rh_stride_q
     for ki in range(0, WIN_KH):
         # Keys of window row ki; positions past the grid border are padding.
-        real = n_in_window & (offs_n < k_vw) & (ki < k_vh)
+        real = (offs_n < k_vw) & (ki < k_vh)
         k_tok = (k_row0 + ki) * K_GW + (k_col0 + offs_n)
         k0 = tl.load(k_base + k_tok[:, None] * stride_kn + offs_d0[None, :], mask=real[:, None], other=0.0)
         v0 = tl.load(v_base + k_tok[:, None] * stride_vn + offs_d0[None, :], mask=real[:, None], other=0.0)
@@ -174,8 +188,6 @@ def _rel_pos_attention_kernel(
             s = tl.dot(q0, tl.trans(k0), input_precision="ieee")
         else:
             s = tl.dot(q0, tl.trans(k0))
-        r0 = tl.load(rh_row[:, None] + ki * rh_stride_k + offs_d0[None, :], mask=m_mask[:, None], other=0.0).to(tl.float32)
-        rel_h = tl.sum(q0f * r0, axis=1)
         if HAS_TAIL:
             k1 = tl.load(
                 k_base + k_tok[:, None] * stride_kn + offs_d1[None, :], mask=real[:, None] & d1_mask[None, :], other=0.0
@@ -193,18 +205,14 @@ def _rel_pos_attention_kernel(
                 s += tl.dot(q1, tl.trans(k1), input_precision="ieee")
             else:
                 s += tl.dot(q1, tl.trans(k1))
-            r1 = tl.load(
-                rh_row[:, None] + ki * rh_stride_k + offs_d1[None, :], mask=m_mask[:, None] & d1_mask[None, :], other=0.0
-            ).to(tl.float32)
-            rel_h += tl.sum(q1f * r1, axis=1)
 
-        s = s * scale + rel_h[:, None] + rel_w
-        s = tl.where(n_in_window[None, :], s, float("-inf"))
+        rel_h = tl.sum(tl.where(offs_kh[None, :] == ki, rel_h_all, 0.0), axis=1)
+        s = s * qk_scale + rel_h[:, None] + rel_w
 
-        # Online softmax in base 2.
+        # Online softmax in base 2 (all terms above are already multiplied by log2(e)).
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2((m_i - m_new) * LOG2E)
-        p = tl.exp2((s - m_new[:, None]) * LOG2E)
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc0 = acc0 * alpha[:, None]
         if IEEE_FP32:
@@ -335,6 +343,7 @@ def _launch(
         UPCAST=INTERPRET and q.dtype == torch.bfloat16,
         IEEE_FP32=q.dtype == torch.float32,
         BLOCK_N=block_n,
+        BLOCK_KH=max(16, triton.next_power_of_2(k_window[0])),
     )
     return out
 
