@@ -10,12 +10,13 @@ The kernel serves both ops:
   substitutes ``pad_k`` / ``pad_v`` for keys of padded positions, which SAM
   still attends to.
 
-Neither the (N, M) bias nor the attention matrix is materialised. The key loop
+Neither the (N, M) bias nor the attention matrix is materialised. Before its
+key loop, each query block computes the two bias factors from q and the tables
+in registers: rel_h[m, ki] = q[m] . Rh[i, ki] (BLOCK_M x key rows) and
+rel_w[m, kj] = q[m] . Rw[j, kj] (BLOCK_M x key columns). The key loop then
 walks one key *row* of the window per step (BLOCK_N = next power of two >= key
-columns), so within a step the row term of the decomposed bias is one number
-per query, ``q . Rh[i, ki]``, computed from q and the table in registers; the
-column term ``q . Rw[j, kj]`` is the same for every key row and is computed
-once per query block. Softmax is online, in fp32.
+columns), so the bias of a step is rel_h[:, ki] broadcast plus rel_w, the same
+tile for every row. Softmax is online, in fp32 and base 2.
 
 Head dims that are not a power of two (ViT-H: 80) are split into a power-of-two
 part and a small tail (64 + 16), so no matmul is padded to 128.
@@ -85,7 +86,7 @@ def _rel_pos_attention_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
-    n_heads, scale,
+    scale,
     Q_GH, Q_GW, K_GH, K_GW,
     WIN_QH: tl.constexpr, WIN_QW: tl.constexpr, WIN_KH: tl.constexpr, WIN_KW: tl.constexpr,
     N_WIN_W, N_WIN: tl.constexpr,
@@ -127,7 +128,7 @@ def _rel_pos_attention_kernel(
     d1_mask = offs_d1 < HEAD_DIM
     HAS_TAIL: tl.constexpr = BLOCK_D0 < HEAD_DIM
 
-    q_base = Q + batch * stride_qb + head * stride_qh
+    q_base = Q + batch.to(tl.int64) * stride_qb + head * stride_qh
     q0 = tl.load(q_base + q_tok[:, None] * stride_qn + offs_d0[None, :], mask=m_mask[:, None], other=0.0)
     if UPCAST:
         q0 = q0.to(tl.float32)
@@ -174,8 +175,8 @@ def _rel_pos_attention_kernel(
     if HAS_TAIL:
         acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
 
-    k_base = K + batch * stride_kb + head * stride_kh
-    v_base = V + batch * stride_vb + head * stride_vh
+    k_base = K + batch.to(tl.int64) * stride_kb + head * stride_kh
+    v_base = V + batch.to(tl.int64) * stride_vb + head * stride_vh
     for ki in range(0, WIN_KH):
         # Keys of window row ki; positions past the grid border are padding.
         real = (offs_n < k_vw) & (ki < k_vh)
@@ -231,7 +232,7 @@ def _rel_pos_attention_kernel(
                 acc1 += tl.dot(p.to(v1.dtype), v1)
         m_i = m_new
 
-    o_base = OUT + batch * stride_ob + head * stride_oh
+    o_base = OUT + batch.to(tl.int64) * stride_ob + head * stride_oh
     inv_l = 1.0 / l_i
     tl.store(
         o_base + q_tok[:, None] * stride_on + offs_d0[None, :],
@@ -338,7 +339,7 @@ def _launch(
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        heads, scale,
+        scale,
         q_grid[0], q_grid[1], k_grid[0], k_grid[1],
         WIN_QH=q_window[0], WIN_QW=q_window[1], WIN_KH=k_window[0], WIN_KW=k_window[1],
         N_WIN_W=n_win_w, N_WIN=n_win_h * n_win_w,
