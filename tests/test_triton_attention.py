@@ -225,6 +225,13 @@ def test_public_ops_dispatch_to_triton():
     assert torch.equal(direct, public)
 
 
+def test_empty_batch():
+    q = torch.zeros(0, 2, 25, 64, device=DEVICE)
+    table = torch.zeros(9, 64, device=DEVICE)
+    assert rel_pos_attention_triton(q, q, q, table, table, (5, 5), (5, 5)).shape == q.shape
+    assert windowed_rel_pos_attention_triton(q, q, q, table, table, (5, 5), 5).shape == q.shape
+
+
 def test_auto_dispatch():
     q = torch.zeros(1, 1, 4, 64, device=DEVICE)
     expected = "triton" if q.is_cuda else "reference"

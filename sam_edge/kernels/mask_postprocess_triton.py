@@ -147,6 +147,9 @@ def mask_postprocess_triton(
     def grid(meta):
         return (triton.cdiv(H * W, meta["BLOCK"]), B * C)
 
+    if B * C == 0:
+        return masks.view(torch.bool), torch.zeros(B, C, device=device), torch.zeros(B, C, 4, dtype=torch.long, device=device)
+
     # Scales in fp32 as PyTorch computes them (input size / output size).
     _mask_postprocess_kernel[grid](
         low, masks, counts, boxes,

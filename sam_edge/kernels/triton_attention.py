@@ -308,6 +308,8 @@ def _launch(
     elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
         raise ValueError(f"out must be a {q.dtype} tensor of shape {tuple(q.shape)} with a unit last stride")
     scale = D**-0.5 if scale is None else float(scale)
+    if out.numel() == 0:
+        return out
 
     if rel_h_table.dim() != 2 or rel_w_table.dim() != 2 or rel_h_table.shape[1] != D or rel_w_table.shape[1] != D:
         raise ValueError(

@@ -27,9 +27,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def triton_installed() -> bool:
+    """Whether Triton can be imported, checked without importing it."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a stub or None in sys.modules
+        return False
+
+
 def triton_unavailable_reason(t: torch.Tensor) -> Optional[str]:
     """Why the Triton kernels cannot run on tensor `t`, or None when they can."""
-    if importlib.util.find_spec("triton") is None:
+    if not triton_installed():
         return "Triton is not installed (pip install triton)"
     if t.is_cuda or interpreting():
         return None
