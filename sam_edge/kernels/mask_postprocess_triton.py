@@ -60,7 +60,9 @@ def _upsampled(plane, stride_y, Y, X, scale1_y, scale1_x, LH, LW):
     return (1.0 - wy) * ((1.0 - wx) * v00 + wx * v01) + wy * ((1.0 - wx) * v10 + wx * v11)
 
 
-@triton.autotune(configs=_CONFIGS, key=["H", "W"], reset_to_zero=["COUNTS"], restore_value=["BOXES"])
+# Tuned per power-of-two class of output pixels, not per image size, so a
+# stream of photos of different sizes does not re-tune on every new size.
+@triton.autotune(configs=_CONFIGS, key=["size_class"], reset_to_zero=["COUNTS"], restore_value=["BOXES"])
 @triton.jit
 def _mask_postprocess_kernel(
     LOW, MASKS, COUNTS, BOXES,
@@ -68,6 +70,7 @@ def _mask_postprocess_kernel(
     C, LH, LW, crop_h, crop_w, H, W,
     scale1_y, scale1_x, scale2_y, scale2_x,
     threshold, threshold_high, threshold_low,
+    size_class,  # autotuning key only
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -142,7 +145,10 @@ def mask_postprocess_triton(
     else:
         masks = out
     counts = torch.zeros(B * C, 2, dtype=torch.int32, device=device)
-    boxes = torch.tensor([W, H, -1, -1], dtype=torch.int32, device=device).repeat(B * C, 1)
+    # Sentinels [W, H, -1, -1] filled on the device (a host tensor would synchronise).
+    boxes = torch.full((B * C, 4), -1, dtype=torch.int32, device=device)
+    boxes[:, 0] = W
+    boxes[:, 1] = H
 
     def grid(meta):
         return (triton.cdiv(H * W, meta["BLOCK"]), B * C)
@@ -157,6 +163,7 @@ def mask_postprocess_triton(
         C, LH, LW, h, w, H, W,
         LH / image_size, LW / image_size, h / H, w / W,
         float(mask_threshold), float(mask_threshold + stability_offset), float(mask_threshold - stability_offset),
+        (B * C * H * W).bit_length(),
     )
     counts = counts.view(B, C, 2)
     stability = counts[..., 0] / counts[..., 1]

@@ -50,15 +50,14 @@ unavailable_reason = triton_unavailable_reason
 # The first config is the interpreter's and the default: with 8 warps a 64-query
 # block holds its bias factors and accumulators without spilling (ptxas, sm_90,
 # fp16/bf16, head dims 64 and 80, windowed and global); the rest let the
-# autotuner trade occupancy for block size per shape.
+# autotuner trade occupancy for block size per shape. Few configs: each costs
+# a compile (seconds) on first use of a shape.
 _ATTENTION_CONFIGS = autotune_configs(
     [
         triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=2),
         triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2),
         triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 16}, num_warps=2, num_stages=2),
     ]
 )
 
