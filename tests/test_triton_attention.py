@@ -258,6 +258,25 @@ def test_unavailable_reasons_are_explicit(monkeypatch):
     assert "not installed" in triton_support.triton_unavailable_reason(cpu)
 
 
+def test_inputs_that_need_grad_fall_back(monkeypatch):
+    """The kernels are forward-only: auto picks the reference, forcing Triton explains why not."""
+    monkeypatch.delenv("SAM_EDGE_ATTENTION_BACKEND", raising=False)
+    q = torch.zeros(1, 1, 4, 64, device=DEVICE, requires_grad=True)
+    assert resolve_backend(q, "auto") == "reference"
+    with pytest.raises(RuntimeError, match="forward-only"):
+        resolve_backend(q, "triton")
+    with torch.no_grad():
+        assert resolve_backend(q, "triton") == "triton"
+
+
+def test_kernel_status_reports_the_active_path():
+    status = triton_support.kernel_status("cpu")
+    assert status["device"] == "cpu"
+    # On CPU tensors the kernels run only in the interpreter.
+    assert (status["triton"] == "available") == triton_support.interpreting(), status
+    assert status["interpreter"] == triton_support.interpreting()
+
+
 def test_rejects_bad_inputs():
     q = torch.zeros(1, 1, 4, 64, dtype=torch.float64, device=DEVICE)
     with pytest.raises(TypeError, match="float64"):

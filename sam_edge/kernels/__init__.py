@@ -1,4 +1,11 @@
-"""Fused operations of sam-edge, each with a plain reference implementation."""
+"""Fused operations of sam-edge, each with a plain reference implementation.
+
+Backends are picked per call with ``backend="auto"``: the Triton kernels for
+CUDA tensors when Triton is installed (and the input needs no grad), else the
+torch references. Environment overrides: SAM_EDGE_ATTENTION_BACKEND for the
+attention ops, SAM_EDGE_MASK_BACKEND for mask post-processing.
+:func:`kernel_status` says which path is active.
+"""
 
 from .mask_postprocess import (
     MASK_BACKEND_ENV,
@@ -22,7 +29,7 @@ from .windowed_attention import (
     windowed_rel_pos_attention,
     windowed_rel_pos_attention_reference,
 )
-from .triton_support import triton_unavailable_reason
+from .triton_support import kernel_status, triton_unavailable_reason
 
 
 # The Triton kernels are imported on their first call, so the package imports
@@ -59,5 +66,6 @@ __all__ = [
     "register_fused_backend",
     "windowed_rel_pos_attention",
     "windowed_rel_pos_attention_reference",
+    "kernel_status",
     "triton_unavailable_reason",
 ]

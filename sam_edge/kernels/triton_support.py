@@ -39,12 +39,33 @@ def triton_unavailable_reason(t: torch.Tensor) -> Optional[str]:
     """Why the Triton kernels cannot run on tensor `t`, or None when they can."""
     if not triton_installed():
         return "Triton is not installed (pip install triton)"
+    if t.requires_grad and torch.is_grad_enabled():
+        return (
+            "the Triton kernels are forward-only and the input requires grad "
+            "(run under torch.inference_mode() / torch.no_grad(), or use the reference)"
+        )
     if t.is_cuda or interpreting():
         return None
     return (
         f"Triton kernels need CUDA tensors; got a {t.device.type} tensor "
         "(set TRITON_INTERPRET=1 before the first kernel call to run them in the slow CPU interpreter)"
     )
+
+
+def kernel_status(device: Optional[str] = None) -> dict:
+    """Whether the Triton kernels would run on `device` (default: CUDA when present), and why not.
+
+    For ``sam-edge info``-style reports: {"device", "triton", "interpreter"}.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    probe = torch.empty(0, device=device)
+    reason = triton_unavailable_reason(probe)
+    return {
+        "device": str(probe.device),
+        "triton": "available" if reason is None else f"unavailable: {reason}",
+        "interpreter": interpreting(),
+    }
 
 
 def autotune_configs(configs: list) -> list:
