@@ -283,4 +283,12 @@ def test_rejects_bad_inputs():
         rel_pos_attention_triton(q, q, q, q[0, 0, :3], q[0, 0, :3], (2, 2), (2, 2))
     q = torch.zeros(1, 1, 4, 64, device=DEVICE)
     with pytest.raises(ValueError, match="columns"):
-        rel_pos_attention_triton(q, q, q, torch.zeros(3, 32), torch.zeros(3, 32), (2, 2), (2, 2))
+        rel_pos_attention_triton(q, q, q, torch.zeros(3, 32, device=DEVICE), torch.zeros(3, 32, device=DEVICE), (2, 2), (2, 2))
+    table = torch.zeros(3, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="token counts"):
+        rel_pos_attention_triton(q, q, q, table, table, (2, 3), (2, 3))
+    with pytest.raises(ValueError, match="token counts"):
+        windowed_rel_pos_attention_triton(q, q[:, :, :3], q[:, :, :3], table, table, (2, 2), 2)
+    if DEVICE == "cuda":
+        with pytest.raises(ValueError, match="rel_pos_h is on cpu"):
+            rel_pos_attention_triton(q, q, q, table.cpu(), table, (2, 2), (2, 2))

@@ -300,6 +300,14 @@ def _launch(
 ) -> torch.Tensor:
     _check_inputs(q, k, v)
     B, heads, _, D = q.shape
+    if q.shape[2] != q_grid[0] * q_grid[1] or k.shape[2] != k_grid[0] * k_grid[1]:
+        raise ValueError(
+            f"token counts {q.shape[2]} (q) and {k.shape[2]} (k, v) do not match grids "
+            f"{tuple(q_grid)} and {tuple(k_grid)}"
+        )
+    for name, t in (("rel_pos_h", rel_h_table), ("rel_pos_w", rel_w_table), ("pad_k", pad_k), ("pad_v", pad_v)):
+        if t is not None and t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
     # The kernel indexes the head dim with unit stride.
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if out is None:
