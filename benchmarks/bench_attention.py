@@ -66,15 +66,16 @@ def main(argv=None) -> int:
     if args.cpu_interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel is defined
 
-    import _common  # noqa: E402  (sets up sys.path for a checkout)
+    import gpu_common  # noqa: E402  (sets up sys.path for a checkout)
     import torch
     import torch.nn.functional as F
 
     if not args.cpu_interpret and not torch.cuda.is_available():
-        print(_common.NO_CUDA_MESSAGE.format(script="bench_attention"), file=sys.stderr)
+        print(gpu_common.NO_CUDA_MESSAGE.format(script="bench_attention"), file=sys.stderr)
         return 0
 
     from sam_edge.kernels import (
+        available_backends,
         register_backend,
         rel_pos_attention,
         rel_pos_attention_reference,
@@ -89,19 +90,20 @@ def main(argv=None) -> int:
         bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, heads, N, k.shape[2])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
-    register_backend("sdpa", sdpa_with_bias)
+    if "sdpa" not in available_backends():  # main may already register the same math
+        register_backend("sdpa", sdpa_with_bias)
 
     if args.cpu_interpret:
         device, device_name = "cpu", "cpu-triton-interpreter"
         sizes = {"tiny": (2, 64), "tiny_h": (2, 80)}
         dtypes, grid, window, repeats = ["fp32"], 8, 4, 2
-        timer = lambda fn: _common.time_cpu(fn, repeats)  # noqa: E731
+        timer = lambda fn: gpu_common.time_cpu(fn, repeats)  # noqa: E731
     else:
         device, device_name = "cuda", torch.cuda.get_device_name()
         sizes = {name: SIZES[name] for name in args.sizes}
         dtypes, grid, window = args.dtypes, args.grid, args.window
-        timer = lambda fn: _common.time_cuda(fn, args.repeats)  # noqa: E731
-    peaks = _common.device_peaks(device_name) if device == "cuda" else None
+        timer = lambda fn: gpu_common.time_cuda(fn, args.repeats)  # noqa: E731
+    peaks = gpu_common.device_peaks(device_name) if device == "cuda" else None
 
     rows = []
     gen = torch.Generator(device=device).manual_seed(0)
@@ -184,19 +186,19 @@ def main(argv=None) -> int:
         "rel_l2_vs_reference",
     ]
     print(f"device: {device_name}  batch: {args.batch}  grid: {grid}x{grid}  window: {window}")
-    _common.print_table(rows, columns)
+    gpu_common.print_table(rows, columns)
     if peaks is None and device == "cuda" and not (args.peak_tflops and args.peak_tbps):
         print(f"(no datasheet peaks known for {device_name!r}: pass --peak-tflops/--peak-tbps for floors)")
 
     if not args.cpu_interpret or args.json:
         payload = {
             "benchmark": "rel_pos_attention",
-            "environment": _common.environment(device_name),
+            "environment": gpu_common.environment(device_name),
             "peaks": {"tflops": args.peak_tflops, "tbps": args.peak_tbps, "datasheet": peaks},
             "settings": {"batch": args.batch, "grid": grid, "window": window, "repeats": args.repeats},
             "rows": rows,
         }
-        print("wrote", _common.write_results("attention", device_name, payload, args.json))
+        print("wrote", gpu_common.write_results("attention", device_name, payload, args.json))
     return 0
 
 

@@ -55,11 +55,11 @@ def main(argv=None) -> int:
     if args.cpu_interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel is defined
 
-    import _common  # noqa: E402  (sets up sys.path for a checkout)
+    import gpu_common  # noqa: E402  (sets up sys.path for a checkout)
     import torch
 
     if not args.cpu_interpret and not torch.cuda.is_available():
-        print(_common.NO_CUDA_MESSAGE.format(script="bench_mask_postprocess"), file=sys.stderr)
+        print(gpu_common.NO_CUDA_MESSAGE.format(script="bench_mask_postprocess"), file=sys.stderr)
         return 0
 
     from sam_edge.kernels import mask_postprocess, mask_postprocess_reference, upscale_mask_logits
@@ -68,13 +68,13 @@ def main(argv=None) -> int:
         device, device_name = "cpu", "cpu-triton-interpreter"
         cases = {"tiny": (1, 2, (48, 64), (30, 40))}
         image_size, low_res, repeats = 64, 16, 2
-        timer = lambda fn: _common.time_cpu(fn, repeats)  # noqa: E731
+        timer = lambda fn: gpu_common.time_cpu(fn, repeats)  # noqa: E731
     else:
         device, device_name = "cuda", torch.cuda.get_device_name()
         cases = {name: CASES[name] for name in args.cases}
         image_size, low_res = 1024, 256
-        timer = lambda fn: _common.time_cuda(fn, args.repeats)  # noqa: E731
-    peaks = _common.device_peaks(device_name) if device == "cuda" else None
+        timer = lambda fn: gpu_common.time_cuda(fn, args.repeats)  # noqa: E731
+    peaks = gpu_common.device_peaks(device_name) if device == "cuda" else None
     peak_tbps = args.peak_tbps or (peaks["tbps"] if peaks else None)
 
     rows = []
@@ -126,16 +126,16 @@ def main(argv=None) -> int:
         "speedup_vs_reference", "byte_floor_ms", "fraction_of_floor", "differing_pixels", "boxes_equal",
     ]
     print(f"device: {device_name}")
-    _common.print_table(rows, columns)
+    gpu_common.print_table(rows, columns)
     if not args.cpu_interpret or args.json:
         payload = {
             "benchmark": "mask_postprocess",
-            "environment": _common.environment(device_name),
+            "environment": gpu_common.environment(device_name),
             "peaks": {"tbps": args.peak_tbps, "datasheet": peaks},
             "settings": {"repeats": args.repeats, "image_size": image_size, "low_res": low_res},
             "rows": rows,
         }
-        print("wrote", _common.write_results("mask_postprocess", device_name, payload, args.json))
+        print("wrote", gpu_common.write_results("mask_postprocess", device_name, payload, args.json))
     return 0
 
 

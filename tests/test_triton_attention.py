@@ -232,10 +232,14 @@ def test_empty_batch():
     assert windowed_rel_pos_attention_triton(q, q, q, table, table, (5, 5), 5).shape == q.shape
 
 
-def test_auto_dispatch():
+def test_auto_dispatch(monkeypatch):
+    """auto runs Triton on CUDA tensors, and never the slow interpreter on CPU ones."""
+    monkeypatch.delenv("SAM_EDGE_ATTENTION_BACKEND", raising=False)
     q = torch.zeros(1, 1, 4, 64, device=DEVICE)
-    expected = "triton" if q.is_cuda else "reference"
-    assert resolve_backend(q, "auto") == expected
+    if q.is_cuda:
+        assert resolve_backend(q, "auto") == "triton"
+    else:
+        assert resolve_backend(q, "auto") in set(available_backends(q)) - {"triton"}
     assert available_backends(q)["triton"] is None
 
 
@@ -262,7 +266,7 @@ def test_inputs_that_need_grad_fall_back(monkeypatch):
     """The kernels are forward-only: auto picks the reference, forcing Triton explains why not."""
     monkeypatch.delenv("SAM_EDGE_ATTENTION_BACKEND", raising=False)
     q = torch.zeros(1, 1, 4, 64, device=DEVICE, requires_grad=True)
-    assert resolve_backend(q, "auto") == "reference"
+    assert resolve_backend(q, "auto") != "triton"
     with pytest.raises(RuntimeError, match="forward-only"):
         resolve_backend(q, "triton")
     with torch.no_grad():

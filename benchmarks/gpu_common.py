@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: timing, device peaks, result files."""
+"""GPU benchmark helpers for the Triton kernels: CUDA-event timing, datasheet peaks, result files."""
 
 from __future__ import annotations
 
