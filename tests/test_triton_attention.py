@@ -128,7 +128,8 @@ def cases(shapes, bf16_shapes):
 def test_rel_pos_attention_matches_float64(grid, head_dim, dtype):
     """Global blocks (a whole grid) and pre-partitioned windows (5x5, 7x7, 14x14 as a batch)."""
     h, w = grid
-    B, heads = (3, 2) if h * w <= 49 else (2, 2)
+    # batch x heads > 1 everywhere; fewer programs on the largest grids keep the interpreter quick.
+    B, heads = (3, 2) if h * w <= 49 else (2, 2) if h * w <= 150 else (1, 2)
     q, k, v, rph, rpw = make_inputs(B, heads, h * w, head_dim, 2 * h - 1, 2 * w - 1, dtype, seed=h * 100 + w)
     ref = attention_f64(q, k, v, rph, rpw, grid, grid)
     torch_out = rel_pos_attention_reference(q, k, v, rph, rpw, grid, grid)
