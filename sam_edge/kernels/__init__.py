@@ -1,5 +1,20 @@
-"""Fused operations of sam-edge, each with a plain reference implementation."""
+"""Fused operations of sam-edge, each with a plain reference implementation.
 
+Backends are picked per call with ``backend="auto"``: the Triton kernels for
+CUDA tensors when Triton is installed (and the input needs no grad), else the
+torch references. Environment overrides: SAM_EDGE_ATTENTION_BACKEND for the
+attention ops, SAM_EDGE_MASK_BACKEND for mask post-processing.
+:func:`kernel_status` says which path is active.
+"""
+
+from .mask_postprocess import (
+    MASK_BACKEND_ENV,
+    available_mask_backends,
+    mask_postprocess,
+    mask_postprocess_reference,
+    resolve_mask_backend,
+    upscale_mask_logits,
+)
 from .rel_pos_attention import (
     BACKEND_ENV,
     available_backends,
@@ -15,8 +30,33 @@ from .windowed_attention import (
     windowed_rel_pos_attention,
     windowed_rel_pos_attention_reference,
 )
+from .triton_support import kernel_status, triton_unavailable_reason
+
+
+# The Triton kernels are imported on their first call, so the package imports
+# without Triton and "auto" falls back to the references (see triton_support).
+def _rel_pos_attention_triton(*args, **kwargs):
+    from .triton_attention import rel_pos_attention_triton
+
+    return rel_pos_attention_triton(*args, **kwargs)
+
+
+def _windowed_rel_pos_attention_triton(*args, **kwargs):
+    from .triton_attention import windowed_rel_pos_attention_triton
+
+    return windowed_rel_pos_attention_triton(*args, **kwargs)
+
+
+register_backend("triton", _rel_pos_attention_triton, triton_unavailable_reason)
+register_fused_backend("triton", _windowed_rel_pos_attention_triton)
 
 __all__ = [
+    "MASK_BACKEND_ENV",
+    "available_mask_backends",
+    "mask_postprocess",
+    "mask_postprocess_reference",
+    "resolve_mask_backend",
+    "upscale_mask_logits",
     "BACKEND_ENV",
     "available_backends",
     "get_rel_pos",
@@ -28,4 +68,6 @@ __all__ = [
     "register_fused_backend",
     "windowed_rel_pos_attention",
     "windowed_rel_pos_attention_reference",
+    "kernel_status",
+    "triton_unavailable_reason",
 ]
