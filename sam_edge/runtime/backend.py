@@ -47,4 +47,8 @@ class Backend(Protocol):
         (B, C, m, m) and IoU predictions (B, C), C = 3 if multimask_output else 1."""
 
     def postprocess_masks(self, low_res: Any, input_size: Tuple[int, int], original_size: Tuple[int, int]) -> Any:
-        """(B, C, m, m) low-res logits -> (B, C, H, W) logits at the original size."""
+        """(B, C, m, m) low-res logits -> (B, C, H, W) logits at the original size.
+
+        A backend may also offer binary_masks(low_res, input_size, original_size)
+        -> (B, C, H, W) bool, a fused resize + threshold the predictor then uses
+        when logits are not asked for."""

@@ -286,7 +286,10 @@ class SamPredictor:
 
     def _predict(self, coords, labels, boxes, mask_input, multimask_output, return_logits):
         low_res, scores = self.backend.decode(self.features, coords, labels, boxes, mask_input, multimask_output)
-        masks = self.backend.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.backend.mask_threshold
+        if not return_logits and hasattr(self.backend, "binary_masks"):
+            masks = self.backend.binary_masks(low_res, self.input_size, self.original_size)
+        else:
+            masks = self.backend.postprocess_masks(low_res, self.input_size, self.original_size)
+            if not return_logits:
+                masks = masks > self.backend.mask_threshold
         return masks, scores, low_res

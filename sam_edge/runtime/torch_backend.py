@@ -48,6 +48,23 @@ class TorchBackend:
         return self.model.mask_decoder(features, prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
 
     @torch.no_grad()
+    def binary_masks(
+        self, low_res: torch.Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int]
+    ) -> torch.Tensor:
+        """(B, C, m, m) low-res logits -> (B, C, H, W) bool masks.
+
+        On CUDA the fused kernel resizes and thresholds in one pass, without a
+        full-resolution float mask; elsewhere the official resize-then-threshold.
+        """
+        from ..kernels.mask_postprocess import mask_postprocess, resolve_mask_backend
+
+        if low_res.is_cuda and resolve_mask_backend(low_res) != "reference":
+            return mask_postprocess(
+                low_res, input_size, original_size, mask_threshold=self.mask_threshold, image_size=self.image_size
+            )[0]
+        return self.postprocess_masks(low_res, input_size, original_size) > self.mask_threshold
+
+    @torch.no_grad()
     def postprocess_masks(
         self, low_res: torch.Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int]
     ) -> torch.Tensor:
