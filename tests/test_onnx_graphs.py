@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sam_edge
-from _onnx_helpers import build_test_bundle, mask_iou, official_sam, reduced_config, rel_l2, save_official_checkpoint
+from _onnx_helpers import build_test_bundle, mask_iou, reduced_config, rel_l2, save_official_checkpoint
 
 REL_L2 = 1e-3
 MASK_IOU = 0.99
