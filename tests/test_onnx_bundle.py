@@ -149,7 +149,8 @@ def test_runtime_runs_without_torch(bundle, tmp_path):
     np.save(tmp_path / "image.npy", image)
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     result = subprocess.run(
-        [sys.executable, "-c", RUNTIME_WITHOUT_TORCH, str(bundle[1]), str(tmp_path / "image.npy"), str(tmp_path / "out.npz")],
+        [sys.executable, "-c", RUNTIME_WITHOUT_TORCH, str(bundle[1]), str(tmp_path / "image.npy"),
+         str(tmp_path / "out.npz")],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr

@@ -217,7 +217,11 @@ def quantize_static_int8(
         [],
         ["MatMul", "Conv"],
         # Only the inputs get a QuantizeLinear; outputs stay float for the bias add.
-        {"ActivationSymmetric": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"]},
+        {
+            "ActivationSymmetric": False,
+            "WeightSymmetric": True,
+            "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"],
+        },
     )
     quantizer.quantize_model()
     onnx.save_model(quantizer.model.model, dst)
@@ -250,7 +254,8 @@ def fp32_island_nodes(model) -> List[str]:
             consumers.setdefault(name, []).append(node)
     keep = set()
     for node in model.graph.node:
-        if node.op_type in ("LayerNormalization", "Softmax") or "/neck/neck.1/" in node.name or "/neck/neck.3/" in node.name:
+        in_neck_norm = "/neck/neck.1/" in node.name or "/neck/neck.3/" in node.name
+        if node.op_type in ("LayerNormalization", "Softmax") or in_neck_norm:
             keep.add(node.name)
     frontier = [n for n in model.graph.node if n.op_type == "Einsum"]
     while frontier:  # Einsum -> ... -> Add(scores, bias) -> Softmax
