@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sam_edge
-from _onnx_helpers import build_test_bundle, mask_iou, official_sam, reduced_config, rel_l2, save_official_checkpoint
+from _onnx_helpers import build_test_bundle, mask_iou, reduced_config, rel_l2, save_official_checkpoint
 
 REL_L2 = 1e-3
 MASK_IOU = 0.99
@@ -44,7 +44,8 @@ def _official_onnx_model(reference, feed, orig_im_size):
     from segment_anything.utils.onnx import SamOnnxModel
 
     model = SamOnnxModel(reference, return_single_mask=False).eval()
-    args = [torch.from_numpy(feed[k]) for k in ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")]
+    names = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+    args = [torch.from_numpy(feed[k]) for k in names]
     return [t.numpy() for t in model(*args, torch.tensor(orig_im_size, dtype=torch.float32))]
 
 
@@ -77,7 +78,8 @@ def test_fast_decoder_dynamic_prompts_and_points(built, batch, points):
     assert rel_l2(low_res, ref_low_res) <= REL_L2
     np.testing.assert_allclose(iou, ref_iou, atol=1e-3, rtol=0)
     # One prompt of the batch alone gives the same answer as inside the batch.
-    single = {k: (v[2:3] if k in ("point_coords", "point_labels", "mask_input") and batch > 2 else v) for k, v in feed.items()}
+    per_prompt = ("point_coords", "point_labels", "mask_input")
+    single = {k: (v[2:3] if k in per_prompt else v) for k, v in feed.items()}
     if batch > 2:
         iou_one, low_one = _session(bundle / "decoder.onnx").run(None, single)
         assert rel_l2(low_one[0], low_res[2]) <= 1e-5

@@ -111,3 +111,19 @@ def test_set_image_batch_matches_one_at_a_time(reduced):
         assert rel_l2(low_batched, low_single) <= 1e-5
     with pytest.raises(ValueError, match="image index"):
         batched.select_image(3)
+
+
+def test_set_image_batch_with_the_torch_backend(tmp_path):
+    """The same batching through the torch model: pixel-mean padding is zero after normalisation."""
+    from _onnx_helpers import save_official_checkpoint
+
+    config = reduced_config()
+    save_official_checkpoint(config, 12, tmp_path / "ck.pth")
+    model = sam_edge.build_sam_from_config(config, tmp_path / "ck.pth")
+    images = [photos()["portrait"], photos()["landscape"]]
+    batched, single = sam_edge.SamPredictor(model), sam_edge.SamPredictor(model)
+    batched.set_image_batch(images)
+    for i, image in enumerate(images):
+        batched.select_image(i)
+        single.set_image(image)
+        assert rel_l2(batched.get_image_embedding().numpy(), single.get_image_embedding().numpy()) <= 1e-5

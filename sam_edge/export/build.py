@@ -242,7 +242,8 @@ def add_build_arguments(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default=None, help="official .pth checkpoint (omit: seeded random weights)")
     parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="encoder precision (int8: static QDQ; int8-dynamic: weight-only)")
+                        help="encoder precision (int8: static QDQ, calibrated; "
+                        "int8-dynamic: int8 weights, activations quantized per call)")
     parser.add_argument("--output", required=True, help="bundle directory to create")
     parser.add_argument("--calib-images", default=None,
                         help="directory of calibration images for int8 (default: the photos bundled with scikit-image)")

@@ -37,7 +37,7 @@ float32.
 """
 
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -99,8 +99,9 @@ def quantizable_nodes(model) -> List:
     return chosen
 
 
-def _augmented_session(model, tensors: Sequence[str]):
-    """A session over `model` whose outputs are just `tensors` (plus nothing else)."""
+def _augmented_session(model, tensors: Sequence[str], scratch: str):
+    """A session over `model` whose outputs are just `tensors`. Saved under `scratch`
+    with its weights in a side file, so ViT-H (> 2 GiB) works too."""
     import onnx
     import onnxruntime as ort
 
@@ -109,14 +110,17 @@ def _augmented_session(model, tensors: Sequence[str]):
     del augmented.graph.output[:]
     for name in tensors:
         augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    return ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    path = os.path.join(scratch, "augmented.onnx")
+    onnx.save_model(augmented, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="augmented.onnx.data", size_threshold=1024)
+    del augmented
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
 def collect_ranges(
     model,
     tensors: Sequence[str],
-    inputs: Iterable[np.ndarray],
+    inputs: Union[Sequence[np.ndarray], Callable[[], Iterable[np.ndarray]]],
     method: str = "minmax",
     percentile: float = DEFAULT_PERCENTILE,
     progress: bool = True,
@@ -128,13 +132,23 @@ def collect_ranges(
     max |x|, a second with fixed-range histograms of |x|; the range is
     symmetric at the `percentile` of |x| (clipped to the observed min / max).
     Each run returns at most `tensors_per_run` tensors (more runs, less memory).
+    `inputs` are encoder inputs (1, 3, S, S), or a function returning a fresh
+    iterator of them (so only one is prepared at a time, per pass).
     """
-    from tqdm import tqdm
+    import tempfile
 
     if method not in ("minmax", "percentile"):
         raise ValueError(f"calibration method must be 'minmax' or 'percentile'; got {method!r}")
-    inputs = list(inputs)
-    session = _augmented_session(model, tensors)
+    if not callable(inputs):
+        inputs = list(inputs)
+    with tempfile.TemporaryDirectory(prefix="sam-edge-calibration-") as scratch:
+        session = _augmented_session(model, tensors, scratch)
+        return _collect(session, tensors, inputs, method, percentile, progress, tensors_per_run)
+
+
+def _collect(session, tensors, inputs, method, percentile, progress, tensors_per_run):
+    from tqdm import tqdm
+
     input_name = session.get_inputs()[0].name
     low = {t: np.inf for t in tensors}
     high = {t: -np.inf for t in tensors}
@@ -144,7 +158,8 @@ def collect_ranges(
         for chunk in chunks:
             yield from zip(chunk, session.run(chunk, {input_name: x}))
 
-    for x in tqdm(inputs, desc="calibrate (min/max)", unit="image", disable=not progress):
+    fresh = inputs if callable(inputs) else (lambda: iter(inputs))
+    for x in tqdm(fresh(), desc="calibrate (min/max)", unit="image", disable=not progress):
         for name, value in activations(x):
             low[name] = min(low[name], float(value.min()))
             high[name] = max(high[name], float(value.max()))
@@ -152,7 +167,7 @@ def collect_ranges(
         return {t: (low[t], high[t]) for t in tensors}
     edges = {t: np.linspace(0.0, max(abs(low[t]), abs(high[t]), 1e-12), HISTOGRAM_BINS + 1) for t in tensors}
     counts = {t: np.zeros(HISTOGRAM_BINS, np.int64) for t in tensors}
-    for x in tqdm(inputs, desc="calibrate (histogram)", unit="image", disable=not progress):
+    for x in tqdm(fresh(), desc="calibrate (histogram)", unit="image", disable=not progress):
         for name, value in activations(x):
             counts[name] += np.histogram(np.abs(value), bins=edges[name])[0]
     ranges = {}
@@ -183,7 +198,8 @@ def quantize_static_int8(
     nodes = quantizable_nodes(model)
     tensors = sorted({node.input[0] for node in nodes})
     ranges = collect_ranges(
-        model, tensors, (encoder_input(image, image_size) for image in images), method=method, progress=not quiet,
+        model, tensors, lambda: (encoder_input(image, image_size) for image in images), method=method,
+        progress=not quiet,
         tensors_per_run=tensors_per_run or TENSORS_PER_RUN,
     )
     tensors_range = TensorsData(
@@ -201,7 +217,11 @@ def quantize_static_int8(
         [],
         ["MatMul", "Conv"],
         # Only the inputs get a QuantizeLinear; outputs stay float for the bias add.
-        {"ActivationSymmetric": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"]},
+        {
+            "ActivationSymmetric": False,
+            "WeightSymmetric": True,
+            "OpTypesToExcludeOutputQuantization": ["MatMul", "Conv"],
+        },
     )
     quantizer.quantize_model()
     onnx.save_model(quantizer.model.model, dst)
@@ -234,7 +254,8 @@ def fp32_island_nodes(model) -> List[str]:
             consumers.setdefault(name, []).append(node)
     keep = set()
     for node in model.graph.node:
-        if node.op_type in ("LayerNormalization", "Softmax") or "/neck/neck.1/" in node.name or "/neck/neck.3/" in node.name:
+        in_neck_norm = "/neck/neck.1/" in node.name or "/neck/neck.3/" in node.name
+        if node.op_type in ("LayerNormalization", "Softmax") or in_neck_norm:
             keep.add(node.name)
     frontier = [n for n in model.graph.node if n.op_type == "Einsum"]
     while frontier:  # Einsum -> ... -> Add(scores, bias) -> Softmax

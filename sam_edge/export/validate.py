@@ -9,7 +9,6 @@ and exits non-zero when a precision's tolerance is exceeded.
 
 import argparse
 import json
-import sys
 from typing import Any, Dict, List, Optional
 
 import numpy as np

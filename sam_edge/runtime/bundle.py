@@ -113,7 +113,9 @@ def load(
 
         return load_tensorrt_engine(bundle_dir, manifest)
     if manifest["backend"] != "onnxruntime":
-        raise BundleError(f"bundle {bundle_dir} is for backend {manifest['backend']!r}; load() runs onnxruntime bundles")
+        raise BundleError(
+            f"bundle {bundle_dir} is for backend {manifest['backend']!r}; load() runs onnxruntime bundles"
+        )
     from .onnxruntime_backend import OnnxRuntimeBackend
 
     graphs = manifest["graphs"]

@@ -75,7 +75,8 @@ def mask_postprocess(
     """As mask_postprocess_reference, through sam_edge._C.mask_postprocess when it exists."""
     compiled = _compiled_mask_postprocess()
     if compiled is not None:
-        return compiled(np.ascontiguousarray(low_res, dtype=np.float32), image_size, tuple(input_size), tuple(original_size))
+        low_res = np.ascontiguousarray(low_res, dtype=np.float32)
+        return compiled(low_res, image_size, tuple(input_size), tuple(original_size))
     return mask_postprocess_reference(low_res, image_size, input_size, original_size)
 
 
