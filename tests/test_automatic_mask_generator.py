@@ -127,3 +127,18 @@ def test_bad_parameters(synthetic):
         sam_edge.SamAutomaticMaskGenerator(model, points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1)
     with pytest.raises(ValueError, match="3 colour channels"):
         sam_edge.SamAutomaticMaskGenerator(model).generate(np.zeros((10, 10), np.uint8))
+
+
+def test_onnxruntime_bundle(tmp_path):
+    """The generator over an ONNX Runtime engine (no torch on the inference path)
+    agrees with the official generator on the same weights."""
+    from _onnx_helpers import build_test_bundle, reduced_config
+    from segment_anything import SamAutomaticMaskGenerator as RefGenerator
+
+    reference, _, bundle = build_test_bundle(tmp_path, reduced_config(), seed=4)
+    params = dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_mode="coco_rle")
+    image = real_photos()["portrait"]
+    generator = sam_edge.SamAutomaticMaskGenerator(sam_edge.load(str(bundle)), **params)
+    ours = generator.generate(image)
+    compare_records(ours, RefGenerator(reference, **params).generate(image))
+    assert {"embed", "decode", "postprocess", "nms", "encode_output"} <= set(generator.last_timings)

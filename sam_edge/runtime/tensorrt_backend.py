@@ -24,6 +24,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .prompt_layout import decoder_prompt_feed
+
 PIXEL_MEAN = np.array((123.675, 116.28, 103.53), dtype=np.float32)
 PIXEL_STD = np.array((58.395, 57.12, 57.375), dtype=np.float32)
 #: Array libraries for device results, in the order "auto" tries them.
@@ -665,31 +667,7 @@ class TensorRTBackend:
         points, then box corners (labels 2, 3); a padding point (label -1) when there is no box."""
         arrays = [None if a is None else self._host_input(a) for a in (point_coords, point_labels, boxes, mask_input)]
         point_coords, point_labels, boxes, mask_input = arrays
-        sizes = [a.shape[0] for a in (point_coords, boxes, mask_input) if a is not None]
-        batch = sizes[0] if sizes else 1
-        coords = [np.zeros((batch, 0, 2), np.float32)]
-        labels = [np.zeros((batch, 0), np.float32)]
-        if point_coords is not None:
-            coords.append(np.asarray(point_coords, np.float32))
-            labels.append(np.asarray(point_labels, np.float32))
-            if boxes is None:
-                coords.append(np.zeros((batch, 1, 2), np.float32))
-                labels.append(-np.ones((batch, 1), np.float32))
-        if boxes is not None:
-            coords.append(np.asarray(boxes, np.float32).reshape(batch, 2, 2))
-            labels.append(np.tile(np.array([[2.0, 3.0]], np.float32), (batch, 1)))
-        m = self.mask_input_size
-        if mask_input is None:
-            masks, has_mask = np.zeros((1, 1, m, m), np.float32), np.zeros(1, np.float32)
-        else:
-            masks = np.asarray(mask_input, np.float32)
-            has_mask = np.ones(masks.shape[0], np.float32)
-        return {
-            "point_coords": np.concatenate(coords, axis=1),
-            "point_labels": np.concatenate(labels, axis=1),
-            "mask_input": masks,
-            "has_mask_input": has_mask,
-        }
+        return decoder_prompt_feed(point_coords, point_labels, boxes, mask_input, self.mask_input_size)
 
     def _embedding_address(self, features: Any) -> int:
         if self.arrays.is_device_array(features) and not isinstance(features, np.ndarray):
