@@ -4,7 +4,7 @@ implementations, measured in the same process on the same inputs.
 References: segment_anything.utils.amg (RLE, boxes, stability, small regions
 via cv2), Sam.postprocess_masks (torch F.interpolate), pycocotools and
 torchvision.ops.batched_nms. Prints a table and writes JSON to
-benchmarks/results/<device>-<date>.json.
+benchmarks/results/<device>-<date>-postprocess.json.
 
     python benchmarks/bench_postprocess.py            # ~1-2 minutes on 2 cores
     python benchmarks/bench_postprocess.py --quick    # smaller inputs, a smoke test
@@ -263,7 +263,7 @@ def main():
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc)
-    path = out_dir / f"{device}-{stamp:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    path = out_dir / f"{device}-{stamp:%Y-%m-%d}-postprocess{'-quick' if args.quick else ''}.json"
     payload = {
         "benchmark": "bench_postprocess",
         "date_utc": stamp.isoformat(timespec="seconds"),

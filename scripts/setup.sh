@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-$PY -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 $PY -m pip install -q setuptools wheel "pybind11>=2.12"
 # --no-build-isolation: build the _C extension against the pybind11 just installed.
