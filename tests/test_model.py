@@ -77,3 +77,13 @@ def test_encoder_with_triton_attention_matches_reference(small_checkpoint, small
     x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert rel_l2(ours.image_encoder(x), ref.image_encoder(x)) <= 1e-4
+
+
+def test_encoder_compiles_as_one_graph(small_config):
+    """The attention ops dispatch in Python but must not break torch.compile's graph."""
+    model = build_sam_from_config(small_config)
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model.image_encoder(x)
+        compiled = torch.compile(model.image_encoder, fullgraph=True)
+        assert rel_l2(compiled(x), expected) <= 1e-5
