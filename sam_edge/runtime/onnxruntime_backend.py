@@ -62,23 +62,12 @@ def mask_postprocess_reference(
     return np.matmul(np.matmul(rows, x), cols.T)
 
 
-def _compiled_mask_postprocess():
-    """The compiled op from sam_edge._C when it is built, else None."""
-    try:
-        from .. import _C  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(_C, "mask_postprocess", None)
-
-
 def mask_postprocess(
     low_res: np.ndarray, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
 ) -> np.ndarray:
-    """As mask_postprocess_reference, through sam_edge._C.mask_postprocess when it exists."""
-    compiled = _compiled_mask_postprocess()
-    if compiled is not None:
-        low_res = np.ascontiguousarray(low_res, dtype=np.float32)
-        return compiled(low_res, image_size, tuple(input_size), tuple(original_size))
+    """The runtime's logits resize: mask_postprocess_reference (two small matrix
+    products per mask). Binary masks take the fused compiled path instead, see
+    OnnxRuntimeBackend.binary_masks."""
     return mask_postprocess_reference(low_res, image_size, input_size, original_size)
 
 
@@ -172,6 +161,19 @@ class OnnxRuntimeBackend:
         iou, low_res = self.decoder.run(None, feed)
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return low_res[:, chosen], iou[:, chosen]
+
+    def binary_masks(
+        self, low_res: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int]
+    ) -> np.ndarray:
+        """(B, C, m, m) low-res logits -> (B, C, H, W) bool masks in one pass
+        (sam_edge.postprocess: compiled when _C is built), with no
+        full-resolution float logits."""
+        from .. import postprocess
+
+        masks, _, _ = postprocess.upsample_threshold_stability(
+            low_res, input_size, original_size, self.mask_threshold, frame_size=self.image_size
+        )
+        return masks
 
     def postprocess_masks(
         self, low_res: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int]

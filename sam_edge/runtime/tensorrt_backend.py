@@ -765,7 +765,7 @@ class TensorRTBackend:
         h, w = (int(v) for v in input_size)
         out_h, out_w = (int(v) for v in original_size)
         if self._postprocess_kernel is None or isinstance(low_res, np.ndarray):
-            from .onnxruntime_backend import mask_postprocess  # numpy (or sam_edge._C on the host); no onnxruntime needed
+            from .onnxruntime_backend import mask_postprocess  # numpy on the host; no onnxruntime needed
 
             return mask_postprocess(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
         self.arrays.take_over()
