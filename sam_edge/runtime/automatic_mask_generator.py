@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import postprocess as pp
-from .predictor import SamPredictor
+from .predictor import SamPredictor, validate_image
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -174,8 +174,6 @@ class SamAutomaticMaskGenerator:
         bbox (XYWH), predicted_iou, point_coords ([[x, y]]), stability_score,
         crop_box (XYWH), as the official generator.
         """
-        from .predictor import validate_image
-
         image = validate_image(image)
         self._timings = defaultdict(float)
         data = self._generate_masks(image)

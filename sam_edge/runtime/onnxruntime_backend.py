@@ -62,15 +62,6 @@ def mask_postprocess_reference(
     return np.matmul(np.matmul(rows, x), cols.T)
 
 
-def mask_postprocess(
-    low_res: np.ndarray, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
-) -> np.ndarray:
-    """The runtime's logits resize: mask_postprocess_reference (two small matrix
-    products per mask). Binary masks take the fused compiled path instead, see
-    OnnxRuntimeBackend.binary_masks."""
-    return mask_postprocess_reference(low_res, image_size, input_size, original_size)
-
-
 class OnnxRuntimeBackend:
     """Backend over ONNX Runtime sessions for an encoder and a "fast" decoder graph.
 
@@ -179,4 +170,4 @@ class OnnxRuntimeBackend:
         self, low_res: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int]
     ) -> np.ndarray:
         """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size."""
-        return mask_postprocess(low_res, self.image_size, tuple(input_size), tuple(original_size))
+        return mask_postprocess_reference(low_res, self.image_size, tuple(input_size), tuple(original_size))

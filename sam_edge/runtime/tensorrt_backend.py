@@ -765,9 +765,9 @@ class TensorRTBackend:
         h, w = (int(v) for v in input_size)
         out_h, out_w = (int(v) for v in original_size)
         if self._postprocess_kernel is None or isinstance(low_res, np.ndarray):
-            from .onnxruntime_backend import mask_postprocess  # numpy on the host; no onnxruntime needed
+            from .onnxruntime_backend import mask_postprocess_reference  # numpy on the host; no onnxruntime needed
 
-            return mask_postprocess(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
+            return mask_postprocess_reference(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
         self.arrays.take_over()
         b, c, m1, m2 = (int(v) for v in low_res.shape)
         n = b * c
