@@ -3,6 +3,7 @@
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
@@ -76,10 +77,39 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.upscale_channels_last(src.reshape(b, h, w, c))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        _, H, W, c_out = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, H * W, c_out).transpose(1, 2)).reshape(b, -1, H, W)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def upscale_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """self.output_upscaling on a channels-last (B, h, w, C) grid -> (B, 4h, 4w, C / 8).
+
+        The same math as the official channels-first modules, written as
+        matmuls: each 2x2, stride-2 ConvTranspose is a product with its weight
+        laid out as (C_in, 2 * 2 * C_out) followed by a pixel shuffle, and
+        LayerNorm2d is a LayerNorm over the last axis. Exported, this is MatMul
+        and LayerNormalization (fast everywhere) instead of ConvTranspose and a
+        channel-axis ReduceMean (slow on ONNX Runtime's CPU), with no transposes
+        of the (B, C, H, W) grid.
+        """
+        deconv1, norm, act1, deconv2, act2 = self.output_upscaling
+        x = _conv_transpose_2x2(x, deconv1)
+        x = act1(F.layer_norm(x, (deconv1.out_channels,), norm.weight, norm.bias, norm.eps))
+        return act2(_conv_transpose_2x2(x, deconv2))
+
+
+def _conv_transpose_2x2(x: torch.Tensor, deconv: nn.ConvTranspose2d) -> torch.Tensor:
+    """nn.ConvTranspose2d(kernel_size=2, stride=2) on channels-last (B, h, w, C_in) -> (B, 2h, 2w, C_out).
+
+    With stride == kernel the output pixels (2i + a, 2j + b) are fed by input pixel
+    (i, j) alone: out[2i + a, 2j + b, o] = sum_c x[i, j, c] * weight[c, o, a, b] + bias[o].
+    """
+    _, h, w, _ = x.shape
+    c_in, c_out = deconv.in_channels, deconv.out_channels
+    weight = deconv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)  # columns ordered (a, b, o)
+    y = (x @ weight).reshape(-1, h, w, 2, 2, c_out).permute(0, 1, 3, 2, 4, 5)
+    return y.reshape(-1, 2 * h, 2 * w, c_out) + deconv.bias

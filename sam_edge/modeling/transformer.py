@@ -2,7 +2,7 @@
 tokens attend to each other."""
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -11,11 +11,25 @@ from .common import MLPBlock
 
 
 class Attention(nn.Module):
-    """Multi-head attention whose projections may shrink the width by `downsample_rate`."""
+    """Multi-head attention whose projections may shrink the width by `downsample_rate`.
 
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+    `long_side` says which side is the 4096 image tokens: "keys" (token -> image),
+    "queries" (image -> token) or None (token self-attention). The long side is
+    then never split into heads: the short side is spread over a block-diagonal
+    (heads * n, C) matrix instead, so every product runs on (B, N, C) layouts
+    with no transposes of image-sized tensors (the official split costs four per
+    attention). Zeros outside each head's block leave the sums unchanged, and
+    the short side is at most a few tokens, so the extra products are tiny.
+    """
+
+    def __init__(
+        self, embedding_dim: int, num_heads: int, downsample_rate: int = 1, long_side: Optional[str] = None
+    ) -> None:
         super().__init__()
+        if long_side not in (None, "keys", "queries"):
+            raise ValueError(f"long_side must be None, 'keys' or 'queries'; got {long_side!r}")
         self.num_heads = num_heads
+        self.long_side = long_side
         internal_dim = embedding_dim // downsample_rate
         self.q_proj = nn.Linear(embedding_dim, internal_dim)
         self.k_proj = nn.Linear(embedding_dim, internal_dim)
@@ -26,12 +40,35 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
+    def _head_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(heads, C) in x's dtype: 1 where channel c belongs to head h."""
+        c = x.shape[-1]
+        head_of_channel = torch.arange(c, device=x.device) // (c // self.num_heads)
+        return (head_of_channel == torch.arange(self.num_heads, device=x.device)[:, None]).to(x.dtype)
+
+    def _block_diagonal(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n, C) -> (B, heads * n, C): row (h, i) is x[:, i] with only head h's channels kept."""
+        b, n, c = x.shape
+        return (x.unsqueeze(1) * self._head_mask(x)[:, None, :]).reshape(b, self.num_heads * n, c)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        out = attn.softmax(dim=-1) @ v
-        b, h, n, d = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        """q (B, Nq, E), k and v (B, Nk, E) -> (B, Nq, E)."""
+        q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
+        b, nq, c = q.shape
+        scale = 1.0 / math.sqrt(c // self.num_heads)
+        if self.long_side == "keys":  # few queries: rows (h, i) of q against all keys
+            attn = ((self._block_diagonal(q) @ k.transpose(1, 2)) * scale).softmax(dim=-1)
+            out = (attn @ v).reshape(b, self.num_heads, nq, c)
+            out = (out * self._head_mask(q)[:, None, :]).sum(1)
+        elif self.long_side == "queries":  # few keys: columns (h, j) of k for all queries
+            nk = k.shape[1]
+            attn = ((q @ self._block_diagonal(k).transpose(1, 2)) * scale).reshape(b, nq, self.num_heads, nk)
+            out = attn.softmax(dim=-1).reshape(b, nq, self.num_heads * nk) @ self._block_diagonal(v)
+        else:
+            q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            out = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
+            out = out.transpose(1, 2).reshape(b, nq, c)
+        return self.out_proj(out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -43,12 +80,12 @@ class TwoWayAttentionBlock(nn.Module):
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate)
+        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate, long_side="keys")
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.mlp = MLPBlock(embedding_dim, mlp_dim, nn.ReLU)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate)
+        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate, long_side="queries")
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
@@ -76,7 +113,9 @@ class TwoWayTransformer(nn.Module):
             TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate, i == 0)
             for i in range(depth)
         )
-        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, attention_downsample_rate, long_side="keys"
+        )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
