@@ -176,14 +176,14 @@ def bench_bundle(bundle: str, threads: int, repeat: int, prompts: int):
     return encoder, decoder_one, decoder_many, rss.added_mb
 
 
-def ensure_bundle(root: str, model_type: str, precision: str, calib_images: int, tensors_per_run: int) -> str:
+def ensure_bundle(root: str, model_type: str, precision: str, calib_images: int) -> str:
     from sam_edge import get_config
     from sam_edge.export.build import build_bundle
 
     path = os.path.join(root, f"{model_type}-{precision}")
     if not os.path.exists(os.path.join(path, "manifest.json")):
         build_bundle(path, get_config(model_type), precision=precision, num_calib_images=calib_images,
-                     calib_tensors_per_run=tensors_per_run, official_decoder=False, overwrite=True)
+                     official_decoder=False, overwrite=True)
     return path
 
 
@@ -197,8 +197,6 @@ def main() -> int:
     parser.add_argument("--calib-images", type=int, default=4)
     parser.add_argument("--bundles", default=os.path.join(tempfile.gettempdir(), "sam-edge-bench-bundles"),
                         help="where bundles are built (and reused)")
-    parser.add_argument("--calib-tensors-per-run", type=int, default=64,
-                        help="int8 calibration: activations per run (memory vs. runs; see sam_edge.export.quantize)")
     parser.add_argument("--tag", default=None, help="results file tag (default cpu-<threads>core-<date>)")
     args = parser.parse_args()
 
@@ -218,7 +216,7 @@ def main() -> int:
     })
     for precision in [p for p in args.precisions.split(",") if p]:
         bundle = ensure_bundle(
-            os.path.abspath(args.bundles), args.model, precision, args.calib_images, args.calib_tensors_per_run
+            os.path.abspath(args.bundles), args.model, precision, args.calib_images
         )
         enc, one, many, rss = bench_bundle(bundle, args.threads, args.repeat, args.prompts)
         peak = matmul_peak_gflops(precision, args.threads)

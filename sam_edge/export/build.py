@@ -9,6 +9,7 @@ bundle. See sam_edge/runtime/bundle.py for the layout.
 import argparse
 import dataclasses
 import datetime
+import gc
 import os
 import platform
 import shutil
@@ -86,7 +87,6 @@ def build_bundle(
     backend: str = "onnxruntime",
     calib_images: Optional[str] = None,
     num_calib_images: Optional[int] = None,
-    calib_tensors_per_run: Optional[int] = None,
     overwrite: bool = False,
     official_decoder: bool = True,
     quiet: bool = False,
@@ -151,11 +151,13 @@ def build_bundle(
                 export_decoder(sam, os.path.join(staging, "decoder_official.onnx"), official=True)
                 graphs["decoder_official"] = "decoder_official.onnx"
                 bar.update()
+            del sam  # the torch weights (ViT-H: 2.5 GB) are not needed for the conversion
+            gc.collect()
             if precision != "fp32":
                 bar.set_postfix_str(steps[-1])
                 extra = _convert_encoder(
                     precision, fp32_path, os.path.join(staging, encoder_name), config, calib_images,
-                    num_calib_images, calib_tensors_per_run, quiet,
+                    num_calib_images, quiet,
                 )
                 _remove_graph(fp32_path)
                 bar.update()
@@ -212,7 +214,7 @@ def _move_into_place(staging: str, output: str) -> None:
 
 
 def _convert_encoder(
-    precision, fp32_path, out_path, config, calib_images, num_calib_images, tensors_per_run, quiet
+    precision, fp32_path, out_path, config, calib_images, num_calib_images, quiet
 ) -> Dict[str, Any]:
     from . import quantize
 
@@ -222,12 +224,7 @@ def _convert_encoder(
         return {"conversion": quantize.quantize_dynamic_int8(fp32_path, out_path)}
     images, source = quantize.calibration_images(calib_images, num_calib_images)
     _say(f"int8 calibration on {len(images)} images from {source}", quiet)
-    per_run = {} if tensors_per_run is None else {"tensors_per_run": tensors_per_run}
-    return {
-        "conversion": quantize.quantize_static_int8(
-            fp32_path, out_path, images, config.image_size, quiet=quiet, **per_run
-        )
-    }
+    return {"conversion": quantize.quantize_static_int8(fp32_path, out_path, images, config.image_size, quiet=quiet)}
 
 
 def add_build_arguments(subparsers) -> argparse.ArgumentParser:
@@ -248,8 +245,6 @@ def add_build_arguments(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--calib-images", default=None,
                         help="directory of calibration images for int8 (default: the photos bundled with scikit-image)")
     parser.add_argument("--num-calib-images", type=int, default=None, help="use at most this many calibration images")
-    parser.add_argument("--calib-tensors-per-run", type=int, default=None,
-                        help="int8 calibration: activations fetched per run; lower bounds memory, higher is faster")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     from .tensorrt_build import add_tensorrt_build_arguments
@@ -274,7 +269,6 @@ def run_build(args: argparse.Namespace) -> int:
         backend=args.backend,
         calib_images=args.calib_images,
         num_calib_images=args.num_calib_images,
-        calib_tensors_per_run=args.calib_tensors_per_run,
         overwrite=args.overwrite,
         quiet=args.quiet,
     )

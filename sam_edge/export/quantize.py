@@ -19,14 +19,17 @@ Conv. We keep in float:
 Calibration with bounded memory
 -------------------------------
 ONNX Runtime's stock calibrators add every tensor of every quantized node as a
-graph output and keep them for all images (for ViT-B, gigabytes per image).
-Here the augmented graph outputs only the activations that get a
-QuantizeLinear (the inputs of the chosen nodes), one image is run at a time,
-and only a running min / max per tensor is kept; each run returns at most
-TENSORS_PER_RUN of them. Memory is bounded by that many activations whatever
-the depth and the number of images (the graph is run once per chunk). Percentile
-clipping is then a second pass with fixed-range histograms (2048 bins per
-tensor). Ranges go straight to ONNX Runtime's QDQ quantizer.
+graph output and keep them for all images: for ViT-B that is gigabytes per
+image, and it was killed at 24 GB. Here the statistics are computed *inside*
+the graph: for every activation that gets a QuantizeLinear, the augmented graph
+adds ReduceMin, ReduceMax and (for percentile calibration) a TopK of |x| with
+just enough values to find the percentile over all images. One run per image
+returns a few scalars and short vectors per tensor, so calibration needs no
+more memory than inference, whatever the depth, and each image is run once.
+The augmented graph shares the fp32 graph's weight file (ViT-H) instead of
+copying it, and the weights are loaded into Python only after the
+calibration session is gone. Ranges go straight to ONNX Runtime's QDQ
+quantizer.
 
 Weights are int8 symmetric per output channel; activations uint8 (the fast
 u8 x s8 path of ONNX Runtime on x86).
@@ -47,10 +50,7 @@ DEFAULT_CALIBRATION_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: Percentile of |activation| kept by percentile calibration (the rest is clipped).
 DEFAULT_PERCENTILE = 99.999
-HISTOGRAM_BINS = 2048
-#: Calibration tensors returned per session run: bounds memory to about this many
-#: activations (ViT-H at 1024 px: ~16 x 84 MB at most) for any depth.
-TENSORS_PER_RUN = 16
+
 
 
 def calibration_images(directory: Optional[str] = None, limit: Optional[int] = None) -> Tuple[List[np.ndarray], str]:
@@ -88,7 +88,8 @@ def encoder_input(image: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def quantizable_nodes(model) -> List:
-    """The encoder nodes we quantize: MatMuls against a weight, and the patch-embedding Conv."""
+    """The encoder nodes we quantize: MatMuls against a weight (the linear
+    layers), and the patch-embedding Conv."""
     weights = {t.name for t in model.graph.initializer}
     chosen = []
     for node in model.graph.node:
@@ -99,83 +100,218 @@ def quantizable_nodes(model) -> List:
     return chosen
 
 
-def _augmented_session(model, tensors: Sequence[str], scratch: str):
-    """A session over `model` whose outputs are just `tensors`. Saved under `scratch`
-    with its weights in a side file, so ViT-H (> 2 GiB) works too."""
+def rel_pos_nodes(model) -> List:
+    """The nodes that compute the rel-pos terms from q: MatMuls (or Einsums, in
+    older exports) whose second input is computed from weights alone (the
+    gathered, transposed rel-pos table) rather than being a weight itself."""
+    static = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type == "Constant" or (node.input and all(i in static for i in node.input if i)):
+            static.update(node.output)
+    weights = {t.name for t in model.graph.initializer}
+    return [
+        n for n in model.graph.node
+        if n.op_type == "Einsum" or (n.op_type == "MatMul" and n.input[1] in static and n.input[1] not in weights)
+    ]
+
+
+def _statistics_graph(model, tensors: Sequence[str], keep_fraction: Optional[float]):
+    """`model` with its outputs replaced by per-tensor statistics computed in the graph.
+
+    For each tensor t: `t/min`, `t/max` (scalars), `t/size` (int64 scalar) and,
+    when keep_fraction is given, `t/top` = the ceil(keep_fraction * size) + 1
+    largest |t| (capped at size). Nothing of the size of an activation leaves
+    the graph, so ONNX Runtime frees every activation as it would in inference.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    del graph.output[:]
+    flat_shape = "calibration/flat_shape"
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), flat_shape))
+    if keep_fraction is not None:
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(keep_fraction, np.float64), "calibration/keep"))
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(1.0, np.float64), "calibration/one"))
+    graph_inputs = {i.name for i in graph.input}
+    statistics: Dict[str, list] = {}
+    for i, name in enumerate(tensors):
+        p = f"calibration/{i}/"
+        nodes = [
+            helper.make_node("Reshape", [name, flat_shape], [p + "flat"]),
+            helper.make_node("ReduceMin", [p + "flat"], [name + "/min"], keepdims=0),
+            helper.make_node("ReduceMax", [p + "flat"], [name + "/max"], keepdims=0),
+            helper.make_node("Size", [p + "flat"], [name + "/size"]),
+        ]
+        outputs = [
+            helper.make_tensor_value_info(name + "/min", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info(name + "/max", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info(name + "/size", TensorProto.INT64, []),
+        ]
+        if keep_fraction is not None:
+            nodes += [
+                helper.make_node("Abs", [p + "flat"], [p + "abs"]),
+                helper.make_node("Cast", [name + "/size"], [p + "n"], to=TensorProto.DOUBLE),
+                helper.make_node("Mul", [p + "n", "calibration/keep"], [p + "kept"]),
+                helper.make_node("Ceil", [p + "kept"], [p + "ceil"]),
+                helper.make_node("Add", [p + "ceil", "calibration/one"], [p + "k_float"]),
+                helper.make_node("Min", [p + "k_float", p + "n"], [p + "k_capped"]),
+                helper.make_node("Cast", [p + "k_capped"], [p + "k_scalar"], to=TensorProto.INT64),
+                helper.make_node("Reshape", [p + "k_scalar", flat_shape], [p + "k"]),
+                helper.make_node("TopK", [p + "abs", p + "k"], [name + "/top", p + "top_index"], largest=1, sorted=0),
+            ]
+            outputs.append(helper.make_tensor_value_info(name + "/top", TensorProto.FLOAT, [None]))
+        statistics[name] = nodes
+        graph.output.extend(outputs)
+    # Each tensor's statistics go right after its producer: ONNX Runtime runs nodes
+    # in this order, so the activation dies as early as in inference. Appended at
+    # the end they would keep every calibrated activation alive to the last node
+    # (ViT-H: +6 GB).
+    ordered = [node for name in tensors if name in graph_inputs for node in statistics[name]]
+    for node in graph.node:
+        ordered.append(node)
+        for out in node.output:
+            ordered.extend(statistics.get(out, []))
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
+
+
+def _release_freed_memory() -> None:
+    """Make glibc hand large freed blocks back to the OS (when the C library is glibc).
+
+    glibc raises its mmap threshold each time a large block is freed, so later
+    blocks of up to 32 MB come from the heap and stay in RSS once freed: running
+    the encoder without ONNX Runtime's arena then grows RSS by gigabytes of freed
+    activations (ViT-B calibration: 4.3 GB peak with the default, 3.2 GB with a
+    fixed 128 KiB threshold). Fixing the threshold affects this process only.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return  # not glibc (musl, macOS): nothing to tune
+    M_MMAP_THRESHOLD = -3
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+
+
+def _calibration_session(src: str, tensors: Sequence[str], keep_fraction: Optional[float], scratch: str):
+    """A session over the statistics graph of the ONNX file `src` (see _statistics_graph).
+
+    The graph is read without its external weights and written next to `src`,
+    so it points at the same weight file (ViT-H's 2.5 GB are neither copied
+    nor held in Python); weights stored inside `src` are small enough to copy.
+    """
     import onnx
     import onnxruntime as ort
 
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    del augmented.graph.output[:]
-    for name in tensors:
-        augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    path = os.path.join(scratch, "augmented.onnx")
-    onnx.save_model(augmented, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="augmented.onnx.data", size_threshold=1024)
-    del augmented
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    model = onnx.load(src, load_external_data=False)
+    external = any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+    )
+    _statistics_graph(model, tensors, keep_fraction)
+    directory = os.path.dirname(os.path.abspath(src)) if external else scratch
+    path = os.path.join(directory, f".calibration-{os.getpid()}-{os.path.basename(scratch)}.onnx")
+    onnx.save_model(model, path)
+    del model
+    _release_freed_memory()
+    options = ort.SessionOptions()
+    # Memory over speed for a graph run once per image: no packed copies of the
+    # weights, and activations freed when they die rather than kept in an arena
+    # sized for the largest moment of any run.
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # run the nodes in our order
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    finally:
+        os.remove(path)  # the session has read it
 
 
 def collect_ranges(
-    model,
+    src: str,
     tensors: Sequence[str],
     inputs: Union[Sequence[np.ndarray], Callable[[], Iterable[np.ndarray]]],
     method: str = "minmax",
     percentile: float = DEFAULT_PERCENTILE,
     progress: bool = True,
-    tensors_per_run: int = TENSORS_PER_RUN,
+    num_inputs: Optional[int] = None,
 ) -> Dict[str, Tuple[float, float]]:
-    """{tensor: (low, high)} over the calibration inputs, one image at a time.
+    """{tensor: (low, high)} of the float tensors `tensors` of the ONNX file `src`
+    over the calibration inputs, one image and one run at a time.
 
-    method "minmax": running min / max. "percentile": a first pass for the
-    max |x|, a second with fixed-range histograms of |x|; the range is
-    symmetric at the `percentile` of |x| (clipped to the observed min / max).
-    Each run returns at most `tensors_per_run` tensors (more runs, less memory).
-    `inputs` are encoder inputs (1, 3, S, S), or a function returning a fresh
-    iterator of them (so only one is prepared at a time, per pass).
+    method "minmax": the min and max over all inputs. "percentile": symmetric
+    at the `percentile` of |x| over all inputs (exact: the in-graph TopK keeps
+    enough of each image's largest values), clipped to the observed min / max.
+    `inputs` are encoder inputs (1, 3, S, S), or a function returning an
+    iterator of them (so only one is prepared at a time); pass `num_inputs`
+    with a function when percentile calibration needs the count up front.
     """
     import tempfile
 
-    if method not in ("minmax", "percentile"):
-        raise ValueError(f"calibration method must be 'minmax' or 'percentile'; got {method!r}")
-    if not callable(inputs):
-        inputs = list(inputs)
-    with tempfile.TemporaryDirectory(prefix="sam-edge-calibration-") as scratch:
-        session = _augmented_session(model, tensors, scratch)
-        return _collect(session, tensors, inputs, method, percentile, progress, tensors_per_run)
-
-
-def _collect(session, tensors, inputs, method, percentile, progress, tensors_per_run):
     from tqdm import tqdm
 
-    input_name = session.get_inputs()[0].name
+    if method not in ("minmax", "percentile"):
+        raise ValueError(f"calibration method must be 'minmax' or 'percentile'; got {method!r}")
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100]; got {percentile}")
+    if callable(inputs):
+        count = num_inputs
+        fresh = inputs
+    else:
+        inputs = list(inputs)
+        count, fresh = len(inputs), (lambda: iter(inputs))
+    if method == "percentile" and not count:
+        raise ValueError("percentile calibration needs the number of inputs (num_inputs) and at least one")
+    # Over `count` same-size images, the percentile of |x| is the j-th largest value,
+    # j = floor(f * total) with f = 1 - percentile / 100; each image's ceil(f * count * size) + 1
+    # largest values contain every value above it.
+    fraction = 1.0 - percentile / 100.0
+    keep = fraction * count if method == "percentile" else None
     low = {t: np.inf for t in tensors}
     high = {t: -np.inf for t in tensors}
-    chunks = [list(tensors[i : i + tensors_per_run]) for i in range(0, len(tensors), tensors_per_run)]
-
-    def activations(x):
-        for chunk in chunks:
-            yield from zip(chunk, session.run(chunk, {input_name: x}))
-
-    fresh = inputs if callable(inputs) else (lambda: iter(inputs))
-    for x in tqdm(fresh(), desc="calibrate (min/max)", unit="image", disable=not progress):
-        for name, value in activations(x):
-            low[name] = min(low[name], float(value.min()))
-            high[name] = max(high[name], float(value.max()))
+    total = {t: 0 for t in tensors}
+    tops: Dict[str, List[np.ndarray]] = {t: [] for t in tensors}
+    with tempfile.TemporaryDirectory(prefix="sam-edge-calibration-") as scratch:
+        session = _calibration_session(src, tensors, keep, scratch)
+        input_name = session.get_inputs()[0].name
+        names = [o.name for o in session.get_outputs()]
+        for x in tqdm(fresh(), desc=f"calibrate ({method})", unit="image", total=count, disable=not progress):
+            stats = dict(zip(names, session.run(names, {input_name: x})))
+            for t in tensors:
+                low[t] = min(low[t], float(stats[t + "/min"]))
+                high[t] = max(high[t], float(stats[t + "/max"]))
+                total[t] += int(stats[t + "/size"])
+                if keep is not None:
+                    tops[t].append(stats[t + "/top"])
+        del session
     if method == "minmax":
         return {t: (low[t], high[t]) for t in tensors}
-    edges = {t: np.linspace(0.0, max(abs(low[t]), abs(high[t]), 1e-12), HISTOGRAM_BINS + 1) for t in tensors}
-    counts = {t: np.zeros(HISTOGRAM_BINS, np.int64) for t in tensors}
-    for x in tqdm(fresh(), desc="calibrate (histogram)", unit="image", disable=not progress):
-        for name, value in activations(x):
-            counts[name] += np.histogram(np.abs(value), bins=edges[name])[0]
     ranges = {}
     for t in tensors:
-        cumulative = np.cumsum(counts[t]) / max(counts[t].sum(), 1)
-        bound = float(edges[t][min(np.searchsorted(cumulative, percentile / 100.0) + 1, HISTOGRAM_BINS)])
+        largest = np.sort(np.concatenate(tops[t]))[::-1]
+        bound = float(largest[min(int(np.floor(fraction * total[t])), len(largest) - 1)])
         ranges[t] = (max(low[t], -bound), min(high[t], bound))
     return ranges
+
+
+def save_graph(model, path: str) -> None:
+    """Save an ONNX model, its weights in `path + ".data"` when they would not fit a
+    2 GiB protobuf (ViT-H)."""
+    import onnx
+
+    from .onnx_export import EXTERNAL_DATA_THRESHOLD
+
+    if sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(path) + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, path)
 
 
 def quantize_static_int8(
@@ -185,7 +321,6 @@ def quantize_static_int8(
     image_size: int,
     method: str = "percentile",
     quiet: bool = False,
-    tensors_per_run: Optional[int] = None,
 ) -> dict:
     """Static QDQ int8 of the encoder at `src` into `dst`, calibrated on `images`; returns
     a record for the manifest (what was quantized, calibration method and images)."""
@@ -194,14 +329,16 @@ def quantize_static_int8(
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-    model = onnx.load(src)
-    nodes = quantizable_nodes(model)
+    # The graph alone picks the tensors; the weights are loaded only once the
+    # calibration session has been freed (ViT-H: 2.5 GB each).
+    nodes = quantizable_nodes(onnx.load(src, load_external_data=False))
+    node_names = [node.name for node in nodes]
     tensors = sorted({node.input[0] for node in nodes})
     ranges = collect_ranges(
-        model, tensors, lambda: (encoder_input(image, image_size) for image in images), method=method,
-        progress=not quiet,
-        tensors_per_run=tensors_per_run or TENSORS_PER_RUN,
+        src, tensors, lambda: (encoder_input(image, image_size) for image in images), method=method,
+        progress=not quiet, num_inputs=len(images),
     )
+    model = onnx.load(src)
     tensors_range = TensorsData(
         CalibrationMethod.MinMax,
         {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for t, (lo, hi) in ranges.items()},
@@ -213,7 +350,7 @@ def quantize_static_int8(
         QuantType.QInt8,
         QuantType.QUInt8,
         tensors_range,
-        [node.name for node in nodes],
+        node_names,
         [],
         ["MatMul", "Conv"],
         # Only the inputs get a QuantizeLinear; outputs stay float for the bias add.
@@ -224,7 +361,9 @@ def quantize_static_int8(
         },
     )
     quantizer.quantize_model()
-    onnx.save_model(quantizer.model.model, dst)
+    quantized = quantizer.model.model
+    del quantizer, model
+    save_graph(quantized, dst)
     return {
         "method": f"static QDQ int8 ({method} calibration)",
         "quantized_nodes": len(nodes),
@@ -247,7 +386,7 @@ def quantize_dynamic_int8(src: str, dst: str) -> dict:
 
 def fp32_island_nodes(model) -> List[str]:
     """Names of the nodes kept in fp32 by convert_fp16: LayerNorm (fused, and the neck's
-    decomposed LayerNorm2d), and the rel-pos chain from each Einsum through the Softmax."""
+    decomposed LayerNorm2d), and the rel-pos chain from each rel-pos MatMul through the Softmax."""
     consumers: Dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -257,8 +396,8 @@ def fp32_island_nodes(model) -> List[str]:
         in_neck_norm = "/neck/neck.1/" in node.name or "/neck/neck.3/" in node.name
         if node.op_type in ("LayerNormalization", "Softmax") or in_neck_norm:
             keep.add(node.name)
-    frontier = [n for n in model.graph.node if n.op_type == "Einsum"]
-    while frontier:  # Einsum -> ... -> Add(scores, bias) -> Softmax
+    frontier = rel_pos_nodes(model)
+    while frontier:  # rel-pos MatMul -> ... -> Add(scores, bias) -> Softmax
         node = frontier.pop()
         if node.name in keep and node.op_type == "Softmax":
             continue

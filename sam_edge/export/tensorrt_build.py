@@ -678,7 +678,7 @@ def run_tensorrt_build(args: Any) -> Dict[str, Any]:
     scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.onnx-", dir=os.path.dirname(output))
     try:
         onnx_dir = os.path.join(scratch, "bundle")
-        extra = {k: getattr(args, k) for k in ("calib_images", "num_calib_images", "calib_tensors_per_run")
+        extra = {k: getattr(args, k) for k in ("calib_images", "num_calib_images")
                  if getattr(args, k, None) is not None}
         build_bundle(onnx_dir, get_config(params.model_type), checkpoint=getattr(args, "checkpoint", None),
                      precision=params.precision, backend="onnxruntime", official_decoder=False,

@@ -378,8 +378,10 @@ def graph_float_types(path_or_model) -> List[str]:
 def fp32_island_nodes(path_or_model) -> List[str]:
     """Names of the nodes to keep in fp32 under fp16: LayerNormalization and Softmax,
     the decomposed LayerNorm2d of the neck (ReduceMean, Pow, Sqrt and their
-    Sub / Add / Div consumers), and the rel-pos bias from each Einsum down to
-    the Softmax it feeds."""
+    Sub / Add / Div consumers), and the rel-pos bias from each rel-pos product
+    (quantize.rel_pos_nodes) down to the Softmax it feeds."""
+    from .quantize import rel_pos_nodes
+
     model = load_graph(path_or_model)
     consumers: Dict[str, list] = {}
     for node in model.graph.node:
@@ -392,7 +394,7 @@ def fp32_island_nodes(path_or_model) -> List[str]:
             if node.op_type in ("ReduceMean", "Pow", "Sqrt"):
                 for out in node.output:
                     keep.update(c.name for c in consumers.get(out, []) if c.op_type in ("Sub", "Add", "Div"))
-    frontier = [n for n in model.graph.node if n.op_type == "Einsum"]
+    frontier = rel_pos_nodes(model)
     seen = set()
     while frontier:
         node = frontier.pop()
