@@ -158,11 +158,11 @@ class DecoderForExport(nn.Module):
     ):
         sparse = self._embed_points(point_coords, point_labels)
         dense = self._embed_masks(mask_input, has_mask_input)
-        # One embedding serves all B prompts: expand (no copy) so the batch size
-        # in the graph comes from point_coords, whatever batch mask_input has.
-        batch = point_coords.shape[0]
-        image = image_embeddings.expand(batch, -1, -1, -1)
-        low_res, iou = self.mask_decoder.predict_masks(image, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        # One embedding serves all B prompts by broadcasting (predict_masks): the
+        # batch in the graph comes from point_coords, whatever batch mask_input has.
+        low_res, iou = self.mask_decoder.predict_masks(
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense
+        )
         if not self.with_orig_im_size:
             return iou, low_res
         return self._upscale(low_res, orig_im_size), iou, low_res

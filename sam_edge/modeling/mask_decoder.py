@@ -69,20 +69,21 @@ class MaskDecoder(nn.Module):
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings], dim=1)
+        # Broadcast, not expanded: with one embedding and no per-prompt mask the
+        # image side stays batch 1 into the transformer (see TwoWayTransformer).
+        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]  # the prompt encoder's expanded no-mask embedding
         src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] != B:
-            src = src.expand(B, -1, -1, -1)
-        pos_src = image_pe.expand(B, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, pos_src, tokens)
+        _, c, h, w = src.shape
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.upscale_channels_last(src.reshape(b, h, w, c))
+        upscaled = self.upscale_channels_last(src.reshape(-1, h, w, c))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         _, H, W, c_out = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, H * W, c_out).transpose(1, 2)).reshape(b, -1, H, W)
+        masks = (hyper_in @ upscaled.reshape(-1, H * W, c_out).transpose(1, 2)).reshape(B, -1, H, W)
         return masks, self.iou_prediction_head(iou_token_out)
 
     def upscale_channels_last(self, x: torch.Tensor) -> torch.Tensor:

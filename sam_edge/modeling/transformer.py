@@ -52,7 +52,11 @@ class Attention(nn.Module):
         return (x.unsqueeze(1) * self._head_mask(x)[:, None, :]).reshape(b, self.num_heads * n, c)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (B, Nq, E), k and v (B, Nk, E) -> (B, Nq, E)."""
+        """q (B, Nq, E), k and v (B, Nk, E) -> (B, Nq, E).
+
+        With a long side, the image side may have batch 1 against B prompts: the
+        products broadcast, so one image's tokens are projected once for all B.
+        """
         q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
         b, nq, c = q.shape
         scale = 1.0 / math.sqrt(c // self.num_heads)
@@ -62,8 +66,8 @@ class Attention(nn.Module):
             out = (out * self._head_mask(q)[:, None, :]).sum(1)
         elif self.long_side == "queries":  # few keys: columns (h, j) of k for all queries
             nk = k.shape[1]
-            attn = ((q @ self._block_diagonal(k).transpose(1, 2)) * scale).reshape(b, nq, self.num_heads, nk)
-            out = attn.softmax(dim=-1).reshape(b, nq, self.num_heads * nk) @ self._block_diagonal(v)
+            attn = ((q @ self._block_diagonal(k).transpose(1, 2)) * scale).reshape(-1, nq, self.num_heads, nk)
+            out = attn.softmax(dim=-1).reshape(-1, nq, self.num_heads * nk) @ self._block_diagonal(v)
         else:
             q, k, v = self._heads(q), self._heads(k), self._heads(v)
             out = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
@@ -121,8 +125,10 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe: (B, C, h, w); point_embedding: (B, N, C).
-        Returns the processed tokens (B, N, C) and image tokens (B, h*w, C)."""
+        """image_embedding, image_pe: (B or 1, C, h, w); point_embedding: (B, N, C).
+        Returns the processed tokens (B, N, C) and image tokens (B, h*w, C). An
+        image side of batch 1 is shared by all B prompts without a copy (the
+        products broadcast) until the first image->token update makes it B."""
         image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
         image_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries, keys = point_embedding, image_embedding
