@@ -39,7 +39,9 @@ def test_manifest_records_build(bundle):
     from sam_edge.runtime.bundle import sha256_file
 
     assert manifest["weights"]["checkpoint_sha256"] == sha256_file(str(checkpoint))
-    assert set(manifest["files"]) == {"encoder.onnx", "decoder.onnx", "decoder_official.onnx"}
+    assert set(manifest["files"]) == {
+        "encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_prompt.onnx", "decoder_official.onnx"
+    }
     for name, record in manifest["files"].items():
         assert record["sha256"] == sha256_file(str(path / name))
     for key in ("torch", "onnx", "onnxruntime", "sam_edge"):

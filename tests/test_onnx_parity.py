@@ -127,3 +127,32 @@ def test_set_image_batch_with_the_torch_backend(tmp_path):
         batched.select_image(i)
         single.set_image(image)
         assert rel_l2(batched.get_image_embedding().numpy(), single.get_image_embedding().numpy()) <= 1e-5
+
+
+def test_split_decoder_matches_the_whole_decoder(reduced):
+    """Prompts without mask_input go through the decoder split at the image (its image
+    part cached per embedding); the same math as decoder.onnx in a different graph, so
+    float32 rounding only: rel-L2 <= 1e-5. A new embedding, even one changed in place,
+    is never answered from the cache."""
+    _, engine = reduced
+    assert engine.decoder_prompt is not None
+    rng = np.random.default_rng(7)
+    g = engine.decoder.get_inputs()[0].shape[-1]
+    embedding = rng.standard_normal((1, 256, g, g)).astype(np.float32)
+
+    def whole(coords, labels, boxes):
+        feed = engine.decoder_inputs(embedding, coords, labels, boxes, None)
+        iou, low_res = engine.decoder.run(None, feed)
+        return low_res[:, 1:], iou[:, 1:]
+
+    for _ in range(2):  # the second round changes the embedding in place
+        for batch, points, with_box in ((1, 1, False), (1, 3, True), (5, 2, False), (4, 0, True)):
+            coords = rng.uniform(0, engine.image_size, (batch, points, 2)).astype(np.float32) if points else None
+            labels = rng.integers(0, 2, (batch, points)).astype(np.float32) if points else None
+            xy = rng.uniform(0, engine.image_size / 2, (batch, 2))
+            boxes = np.concatenate([xy, xy + rng.uniform(8, engine.image_size / 2, (batch, 2))], 1) if with_box else None
+            low_res, iou = engine.decode(embedding, coords, labels, boxes, None, True)
+            expected_low_res, expected_iou = whole(coords, labels, boxes)
+            assert rel_l2(low_res, expected_low_res) <= 1e-5
+            assert rel_l2(iou, expected_iou) <= 1e-5
+        embedding *= 1.5

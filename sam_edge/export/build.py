@@ -104,7 +104,7 @@ def build_bundle(
     from tqdm import tqdm
 
     from .. import build_sam_from_config  # via the package, whatever module defines it
-    from .onnx_export import export_decoder, export_encoder
+    from .onnx_export import export_decoder, export_encoder, export_split_decoder
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
@@ -144,8 +144,16 @@ def build_bundle(
             bar.update()
             bar.set_postfix_str(steps[1])
             export_decoder(sam, os.path.join(staging, "decoder.onnx"))
+            export_split_decoder(
+                sam, os.path.join(staging, "decoder_image.onnx"), os.path.join(staging, "decoder_prompt.onnx")
+            )
             bar.update()
-            graphs = {"encoder": encoder_name, "decoder": "decoder.onnx"}
+            graphs = {
+                "encoder": encoder_name,
+                "decoder": "decoder.onnx",
+                "decoder_image": "decoder_image.onnx",
+                "decoder_prompt": "decoder_prompt.onnx",
+            }
             if official_decoder:
                 bar.set_postfix_str(steps[2])
                 export_decoder(sam, os.path.join(staging, "decoder_official.onnx"), official=True)

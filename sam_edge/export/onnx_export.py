@@ -18,6 +18,16 @@ decoder.onnx ("fast", used by our runtime)
     resize to the image is left to the runtime (numpy), so no shape in the
     graph depends on an input value and TensorRT can build it.
 
+decoder_image.onnx + decoder_prompt.onnx (the fast decoder split at the image)
+    The part of the fast decoder that depends on the image alone, run once per
+    image: image_embeddings (1, 256, g, g) -> image_tokens (1, g*g, 256) (the
+    embedding plus the no-mask embedding, as tokens) and the first two-way
+    block's projections of them, image_k, image_v, image_q (1, g*g, 128). The
+    prompt part takes those and point_coords, point_labels as above -> the
+    fast decoder's outputs. Together they equal decoder.onnx for prompts
+    without a mask_input; the runtime uses them for those, decoder.onnx for
+    the rest (and TensorRT builds decoder.onnx).
+
 decoder_official.onnx (ONNX Runtime only)
     The inputs above plus orig_im_size (2,) float32 (H, W) -> masks
     (B, 4, H, W), iou_predictions (B, 4), low_res_masks (B, 4, m, m): the names
@@ -48,6 +58,8 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Name of the attention backend used only while tracing for export.
 EXPORT_ATTENTION_BACKEND = "onnx_export"
 
+IMAGE_SIDE_OUTPUTS = ("image_tokens", "image_k", "image_v", "image_q")
+PROMPT_DECODER_INPUTS = IMAGE_SIDE_OUTPUTS + ("point_coords", "point_labels")
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
@@ -168,6 +180,37 @@ class DecoderForExport(nn.Module):
         return self._upscale(low_res, orig_im_size), iou, low_res
 
 
+class DecoderImageForExport(nn.Module):
+    """The image-only part of the fast decoder (see module docstring): no mask input,
+    so the dense embedding is the learned no-mask embedding."""
+
+    def __init__(self, sam) -> None:
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.first_block = sam.mask_decoder.transformer.layers[0]
+
+    def forward(self, image_embeddings: torch.Tensor):
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        tokens = (image_embeddings + no_mask).flatten(2).transpose(1, 2)
+        pe = self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
+        return (tokens,) + tuple(self.first_block.image_projections(tokens, pe))
+
+
+class DecoderPromptForExport(DecoderForExport):
+    """The prompt part of the fast decoder, over DecoderImageForExport's outputs."""
+
+    def forward(self, image_tokens, image_k, image_v, image_q, point_coords, point_labels):
+        from ..modeling.transformer import ImageProjections
+
+        sparse = self._embed_points(point_coords, point_labels)
+        pe = self.prompt_encoder.get_dense_pe()
+        grid = (int(pe.shape[2]), int(pe.shape[3]))
+        low_res, iou = self.mask_decoder.predict_masks_from_tokens(
+            image_tokens, pe.flatten(2).transpose(1, 2), sparse, ImageProjections(image_k, image_v, image_q), grid
+        )
+        return iou, low_res
+
+
 def _dummy_decoder_inputs(config, batch: int = 2, points: int = 3):
     g, m = config.image_embedding_size, config.mask_input_size
     return (
@@ -265,6 +308,28 @@ def export_decoder(sam, path: str, official: bool = False, opset: int = OPSET) -
         dynamic["masks"] = {0: "num_prompts", 2: "height", 3: "width"}
     _torch_export(model, args, path, inputs, outputs, dynamic, opset)
     return path
+
+
+@torch.no_grad()
+def export_split_decoder(sam, image_path: str, prompt_path: str, opset: int = OPSET) -> Tuple[str, str]:
+    """Write the fast decoder split at the image (see module docstring): the image part
+    to `image_path`, the prompt part to `prompt_path`."""
+    config = sam.config
+    image_model = DecoderImageForExport(sam).eval()
+    embeddings, coords, labels, _, _ = _dummy_decoder_inputs(config)
+    _torch_export(image_model, (embeddings,), image_path, ("image_embeddings",), IMAGE_SIDE_OUTPUTS, {}, opset)
+    image_side = image_model(embeddings)
+    dynamic = {
+        "point_coords": {0: "num_prompts", 1: "num_points"},
+        "point_labels": {0: "num_prompts", 1: "num_points"},
+        "iou_predictions": {0: "num_prompts"},
+        "low_res_masks": {0: "num_prompts"},
+    }
+    _torch_export(
+        DecoderPromptForExport(sam).eval(), image_side + (coords, labels), prompt_path,
+        PROMPT_DECODER_INPUTS, DECODER_OUTPUTS, dynamic, opset,
+    )
+    return image_path, prompt_path
 
 
 def op_counts(path: str) -> dict:

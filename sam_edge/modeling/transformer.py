@@ -2,12 +2,21 @@
 tokens attend to each other."""
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .common import MLPBlock
+
+
+class ImageProjections(NamedTuple):
+    """A two-way block's projections of its input image tokens, each (B, N, C_internal):
+    keys and values of the token->image attention, queries of the image->token one."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    q: torch.Tensor
 
 
 class Attention(nn.Module):
@@ -57,7 +66,10 @@ class Attention(nn.Module):
         With a long side, the image side may have batch 1 against B prompts: the
         products broadcast, so one image's tokens are projected once for all B.
         """
-        q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """forward() on already projected q (B, Nq, C), k and v (B, Nk, C), C the internal width."""
         b, nq, c = q.shape
         scale = 1.0 / math.sqrt(c // self.num_heads)
         if self.long_side == "keys":  # few queries: rows (h, i) of q against all keys
@@ -92,19 +104,39 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, downsample_rate, long_side="queries")
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def image_projections(self, keys: torch.Tensor, key_pe: torch.Tensor) -> ImageProjections:
+        """The projections of this block's input image tokens (B, N, C): they depend on the
+        image alone, so for the first block they can be computed once per image."""
+        k = keys + key_pe
+        return ImageProjections(
+            self.cross_attn_token_to_image.k_proj(k),
+            self.cross_attn_token_to_image.v_proj(keys),
+            self.cross_attn_image_to_token.q_proj(k),
+        )
+
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        projections: Optional[ImageProjections] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`projections`: image_projections(keys, key_pe), when already computed."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
             q = queries + query_pe
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        image = projections if projections is not None else self.image_projections(keys, key_pe)
+        to_image = self.cross_attn_token_to_image
+        queries = self.norm2(queries + to_image.attend(to_image.q_proj(queries + query_pe), image.k, image.v))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        to_token = self.cross_attn_image_to_token
+        q_tokens = queries + query_pe
+        attn_out = to_token.attend(image.q, to_token.k_proj(q_tokens), to_token.v_proj(queries))
+        keys = self.norm4(keys + attn_out)
         return queries, keys
 
 
@@ -131,8 +163,20 @@ class TwoWayTransformer(nn.Module):
         products broadcast) until the first image->token update makes it B."""
         image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
         image_pe = image_pe.flatten(2).permute(0, 2, 1)
-        queries, keys = point_embedding, image_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
+        return self.forward_tokens(image_embedding, image_pe, point_embedding)
+
+    def forward_tokens(
+        self,
+        image_tokens: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        first_projections: Optional[ImageProjections] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """forward() on image tokens and PE already laid out as (B or 1, h*w, C).
+        `first_projections`: self.layers[0].image_projections(image_tokens, image_pe),
+        when cached for this image."""
+        queries, keys = point_embedding, image_tokens
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, point_embedding, image_pe, first_projections if i == 0 else None)
         attn_out = self.final_attn_token_to_image(queries + point_embedding, keys + image_pe, keys)
         return self.norm_final_attn(queries + attn_out), keys

@@ -4,6 +4,10 @@
                          the sha256 and size of every other file in DIR
     DIR/encoder.onnx     (+ encoder.onnx.data for weights over 2 GB)
     DIR/decoder.onnx     the "fast" decoder our runtime uses
+    DIR/decoder_image.onnx, DIR/decoder_prompt.onnx
+                         the fast decoder split at the image: the image part
+                         runs once per image, the prompt part per call
+                         (prompts without mask_input)
     DIR/decoder_official.onnx   the official-compatible decoder (ONNX Runtime only)
 
 `load` checks every file against the manifest before a session is created,
@@ -125,6 +129,11 @@ def load(
         image_size=manifest["image_size"],
         providers=providers,
         threads=threads,
+        split_decoder_paths=(
+            (os.path.join(bundle_dir, graphs["decoder_image"]), os.path.join(bundle_dir, graphs["decoder_prompt"]))
+            if "decoder_image" in graphs and "decoder_prompt" in graphs
+            else None
+        ),
     )
     engine.manifest = manifest
     engine.bundle_dir = bundle_dir
