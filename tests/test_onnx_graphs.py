@@ -98,14 +98,18 @@ def test_mask_input_shared_across_prompts(built):
 
 
 def test_encoder_graph_structure(built):
-    """Every attention is MatMul -> Add(bias) -> Softmax -> MatMul; the rel-pos
-    gather indices are constants (no Range / index arithmetic left)."""
+    """Every windowed attention is MatMul -> Add(bias) -> Softmax -> MatMul and every
+    global one ONNX Runtime's fused MultiHeadAttention; the rel-pos gather indices
+    are constants (no Range / index arithmetic left)."""
     from sam_edge.export.onnx_export import attention_pattern_count, op_counts
 
     _, bundle = built
+    config = reduced_config()
     counts = op_counts(str(bundle / "encoder.onnx"))
     softmaxes, fused = attention_pattern_count(str(bundle / "encoder.onnx"))
-    assert softmaxes == reduced_config().encoder_depth
+    assert len(config.encoder_global_attn_indexes) >= 1
+    assert counts["MultiHeadAttention"] == len(config.encoder_global_attn_indexes)
+    assert softmaxes == config.encoder_depth - len(config.encoder_global_attn_indexes)
     assert fused == softmaxes
     assert "Range" not in counts
     # Node counts as exported; recorded so a change in the graph shows up here.
@@ -137,3 +141,24 @@ def test_larger_encoders_export_at_reduced_depth(tmp_path, model):
     with torch.no_grad():
         ref = reference.image_encoder(x).numpy()
     assert rel_l2(out, ref) <= REL_L2
+
+
+def test_fused_global_attention_is_the_same_graph(tmp_path):
+    """fuse_global_attention rewrites the global blocks' attention into one op; ONNX
+    Runtime then runs the same products, so the outputs agree to float32 rounding
+    (rel-L2 <= 1e-6) on a fresh random image, and the unfused graph has no contrib op."""
+    import shutil
+
+    from sam_edge.export.onnx_export import export_encoder, fuse_global_attention, op_counts
+
+    config = reduced_config()
+    plain = str(tmp_path / "plain.onnx")
+    fused = str(tmp_path / "fused.onnx")
+    save_official_checkpoint(config, 3, tmp_path / "ck.pth")  # every parameter random, rel-pos included
+    export_encoder(sam_edge.build_sam_from_config(config, tmp_path / "ck.pth"), plain)
+    shutil.copy(plain, fused)
+    assert fuse_global_attention(fused, config) == len(config.encoder_global_attn_indexes)
+    assert "MultiHeadAttention" not in op_counts(plain)
+    x = np.random.default_rng(5).standard_normal((2, 3, config.image_size, config.image_size)).astype(np.float32)
+    expected = _session(plain).run(None, {"image": x})[0]
+    assert rel_l2(_session(fused).run(None, {"image": x})[0], expected) <= 1e-6

@@ -89,6 +89,7 @@ def build_bundle(
     num_calib_images: Optional[int] = None,
     overwrite: bool = False,
     official_decoder: bool = True,
+    fused_attention: bool = True,
     quiet: bool = False,
 ) -> Dict[str, Any]:
     """Build a bundle for `config` at `output`; returns its manifest.
@@ -100,11 +101,15 @@ def build_bundle(
         precision: one of PRECISIONS (the encoder's; the decoder is fp32).
         calib_images: directory of images for int8 calibration; the bundled photos when None.
         overwrite: replace an existing bundle at `output`.
+        fused_attention: for ONNX Runtime (fp32 and int8 encoders), run the global
+            blocks' attention as its fused com.microsoft.MultiHeadAttention
+            (onnx_export.fuse_global_attention); False keeps standard ops only
+            (what TensorRT builds from).
     """
     from tqdm import tqdm
 
     from .. import build_sam_from_config  # via the package, whatever module defines it
-    from .onnx_export import export_decoder, export_encoder, export_split_decoder
+    from .onnx_export import export_decoder, export_encoder, export_split_decoder, fuse_global_attention
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
@@ -161,12 +166,16 @@ def build_bundle(
                 bar.update()
             del sam  # the torch weights (ViT-H: 2.5 GB) are not needed for the conversion
             gc.collect()
+            if fused_attention and precision != "fp16":
+                # fp16 keeps standard ops: its fp32 islands (rel-pos -> Softmax) are
+                # found on them, and ORT's CPU fused attention is float32.
+                extra["fused_global_attention"] = fuse_global_attention(fp32_path, config)
             if precision != "fp32":
                 bar.set_postfix_str(steps[-1])
-                extra = _convert_encoder(
+                extra.update(_convert_encoder(
                     precision, fp32_path, os.path.join(staging, encoder_name), config, calib_images,
                     num_calib_images, quiet,
-                )
+                ))
                 _remove_graph(fp32_path)
                 bar.update()
 

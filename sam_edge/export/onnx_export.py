@@ -44,6 +44,7 @@ import os
 import warnings
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -330,6 +331,87 @@ def export_split_decoder(sam, image_path: str, prompt_path: str, opset: int = OP
         PROMPT_DECODER_INPUTS, DECODER_OUTPUTS, dynamic, opset,
     )
     return image_path, prompt_path
+
+
+#: The fused attention op `fuse_global_attention` writes (ONNX Runtime contrib ops).
+FUSED_ATTENTION_OP = ("com.microsoft", "MultiHeadAttention")
+
+
+def fuse_global_attention(path: str, config) -> int:
+    """Rewrite, in place, each global block's MatMul -> Add(bias) -> Softmax -> MatMul
+    of the encoder graph at `path` as ONNX Runtime's com.microsoft.MultiHeadAttention
+    with that bias as attention_bias; returns how many were rewritten.
+
+    The same math (ORT computes the same products: the tests compare the graphs);
+    ONNX Runtime's CPU kernel scales, adds the bias and normalises each head's
+    rows in one pass instead of three over the 12 x 4096 x 4096 scores.
+    Measured on ViT-B, 2 threads: int8 encoder 4.14 -> 3.78 s (median, A/B).
+    Windowed blocks stay as they are (the fused op measured slower on 25 small
+    windows). For ONNX Runtime only: TensorRT builds take the unfused graph.
+    The weights are not read (ViT-H keeps its external data file as it is).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(path, load_external_data=False)
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.dims == []}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute[0].t.dims == []:
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    global_blocks = {f"/image_encoder/blocks.{i}/attn/" for i in config.encoder_global_attn_indexes}
+    heads = config.encoder_num_heads
+    p = "fused_attention/"
+    graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), p + "to_bsd"))
+    replaced, removed = {}, set()
+    for softmax in (n for n in graph.node if n.op_type == "Softmax"):
+        if not any(softmax.name.startswith(prefix) for prefix in global_blocks):
+            continue
+        add = producer[softmax.input[0]]
+        scores = next(producer[i] for i in add.input if i in producer and producer[i].op_type == "MatMul")
+        bias = next(i for i in add.input if i != scores.output[0])
+        (out_matmul,) = consumers[softmax.output[0]]
+        scaled, k_transposed = producer[scores.input[0]], producer[scores.input[1]]
+        if (add.op_type, out_matmul.op_type, scaled.op_type, k_transposed.op_type) != ("Add", "MatMul", "Mul", "Transpose"):
+            raise ValueError(f"{softmax.name}: not the exported attention pattern; cannot fuse")
+        scale = next(float(constants[i]) for i in scaled.input if i in constants)
+        q = next(i for i in scaled.input if i not in constants)  # (B, heads, N, D)
+        k, v = k_transposed.input[0], out_matmul.input[1]
+        n = f"{p}{len(replaced)}/"
+        replaced[out_matmul.name] = [
+            helper.make_node("Transpose", [q], [n + "q_bsnh"], perm=[0, 2, 1, 3], name=n + "q_to_bsnh"),
+            helper.make_node("Reshape", [n + "q_bsnh", p + "to_bsd"], [n + "q_bsd"], name=n + "q_to_bsd"),
+            helper.make_node(
+                "MultiHeadAttention", [n + "q_bsd", k, v, "", "", bias], [n + "out_bsd"],
+                domain=FUSED_ATTENTION_OP[0], num_heads=heads, scale=scale, name=n + "attention",
+            ),
+            helper.make_node("Shape", [n + "q_bsnh"], [n + "bsnh"], name=n + "shape"),
+            helper.make_node("Reshape", [n + "out_bsd", n + "bsnh"], [n + "out_bsnh"], name=n + "out_to_bsnh"),
+            helper.make_node("Transpose", [n + "out_bsnh"], [out_matmul.output[0]], perm=[0, 2, 1, 3],
+                             name=n + "out_to_bnsh"),
+        ]
+        removed |= {scores.name, add.name, softmax.name, out_matmul.name}
+        if len(consumers[scaled.output[0]]) == 1:
+            removed.add(scaled.name)
+        if len(consumers[k_transposed.output[0]]) == 1:
+            removed.add(k_transposed.name)
+    nodes = []
+    for node in graph.node:
+        if node.name in replaced:
+            nodes.extend(replaced[node.name])
+        elif node.name not in removed:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(o.domain == FUSED_ATTENTION_OP[0] for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(FUSED_ATTENTION_OP[0], 1))
+    onnx.save_model(model, path)
+    return len(replaced)
 
 
 def op_counts(path: str) -> dict:

@@ -682,6 +682,7 @@ def run_tensorrt_build(args: Any) -> Dict[str, Any]:
                  if getattr(args, k, None) is not None}
         build_bundle(onnx_dir, get_config(params.model_type), checkpoint=getattr(args, "checkpoint", None),
                      precision=params.precision, backend="onnxruntime", official_decoder=False,
+                     fused_attention=False,  # ONNX Runtime contrib ops are not TensorRT's
                      quiet=not params.progress, **extra)
         return build_tensorrt_bundle(params, onnx_dir, output, overwrite=getattr(args, "overwrite", False))
     finally:
