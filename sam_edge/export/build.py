@@ -263,6 +263,9 @@ def add_build_arguments(subparsers) -> argparse.ArgumentParser:
                         help="directory of calibration images for int8 (default: the photos bundled with scikit-image)")
     parser.add_argument("--num-calib-images", type=int, default=None, help="use at most this many calibration images")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output")
+    parser.add_argument("--plain-attention", action="store_true",
+                        help="standard ONNX ops only: no ONNX Runtime contrib MultiHeadAttention for the global "
+                             "blocks (for ONNX Runtime builds without contrib ops; a few percent slower)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     from .tensorrt_build import add_tensorrt_build_arguments
 
@@ -287,6 +290,7 @@ def run_build(args: argparse.Namespace) -> int:
         calib_images=args.calib_images,
         num_calib_images=args.num_calib_images,
         overwrite=args.overwrite,
+        fused_attention=not args.plain_attention,
         quiet=args.quiet,
     )
     return 0
