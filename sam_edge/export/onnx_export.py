@@ -7,7 +7,8 @@ encoder.onnx
     zero-padded at the bottom/right -> image_embeddings (B, 256, g, g).
     B is dynamic. The rel-pos gather tables are folded into constants and
     every attention is MatMul -> Add(bias) -> Softmax -> MatMul, the pattern
-    ONNX Runtime and TensorRT fuse.
+    ONNX Runtime and TensorRT fuse. fuse_global_attention rewrites the global
+    blocks' as ONNX Runtime's contrib MultiHeadAttention (ORT bundles only).
 
 decoder.onnx ("fast", used by our runtime)
     image_embeddings (1, 256, g, g), point_coords (B, N, 2) float32 in the
