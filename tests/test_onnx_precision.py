@@ -44,6 +44,14 @@ def test_reduced_precision_bundle_against_fp32_reference(root, precision):
     print(f"{precision}: logits rel-L2 max {max(errors):.2e}, mask IoU mean {np.mean(ious):.4f} min {min(ious):.4f}")
     assert max(errors) <= max_rel_l2
     assert np.mean(ious) >= min_mean_iou
+    if precision == "int8":
+        # Every linear layer is quantized, those after the fused global attention
+        # included (qkv, proj, lin1, lin2 per block + patch embed).
+        graph = onnx.load(str(bundle / "encoder.onnx")).graph
+        ops = [n.op_type for n in graph.node]
+        config = reduced_config()
+        assert ops.count("MultiHeadAttention") == len(config.encoder_global_attn_indexes)
+        assert ops.count("QuantizeLinear") == 4 * config.encoder_depth + 1
 
 
 def test_int8_graph_quantizes_only_the_linear_layers(tmp_path):

@@ -166,10 +166,6 @@ def build_bundle(
                 bar.update()
             del sam  # the torch weights (ViT-H: 2.5 GB) are not needed for the conversion
             gc.collect()
-            if fused_attention and precision != "fp16":
-                # fp16 keeps standard ops: its fp32 islands (rel-pos -> Softmax) are
-                # found on them, and ORT's CPU fused attention is float32.
-                extra["fused_global_attention"] = fuse_global_attention(fp32_path, config)
             if precision != "fp32":
                 bar.set_postfix_str(steps[-1])
                 extra.update(_convert_encoder(
@@ -178,6 +174,14 @@ def build_bundle(
                 ))
                 _remove_graph(fp32_path)
                 bar.update()
+            if fused_attention and precision != "fp16":
+                # After quantization: ONNX shape inference knows no contrib op, so the
+                # quantizers would leave the layers after it (the global blocks' proj)
+                # in float. fp16 keeps standard ops: its fp32 islands (rel-pos ->
+                # Softmax) are found on them, and ORT's CPU fused attention is float32.
+                extra["fused_global_attention"] = fuse_global_attention(
+                    os.path.join(staging, encoder_name), config
+                )
 
         files = {name: file_record(os.path.join(staging, name)) for name in sorted(os.listdir(staging))}
         manifest = {

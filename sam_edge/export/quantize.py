@@ -380,11 +380,7 @@ def quantize_dynamic_int8(src: str, dst: str) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     nodes = [n.name for n in quantizable_nodes(onnx.load(src, load_external_data=False)) if n.op_type == "MatMul"]
-    quantize_dynamic(
-        src, dst, weight_type=QuantType.QInt8, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
-        # ONNX shape inference has no types for a contrib op's outputs (the fused attention).
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])
     return {"method": "dynamic int8 (int8 weights, per-call activation quantization)", "quantized_nodes": len(nodes)}
 
 
