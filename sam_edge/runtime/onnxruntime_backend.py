@@ -104,10 +104,10 @@ class OnnxRuntimeBackend:
         # (a copy of the embedding, the image part's outputs for it): one image's worth.
         self._image_side: Optional[Tuple[np.ndarray, dict]] = None
         # ORT's memory pattern plans one block for a whole run on top of what the
-        # arena already holds: the ViT-B encoder's second run allocated and
-        # faulted in 2.4 GB more (peak RSS 5.5 GB, that run 1.7x slower). Without
-        # it the arena reuses the freed 805 MB attention maps: peak 3.2 GB, steady
-        # runs no slower (benchmarks/bench_onnxruntime.py).
+        # arena already holds, so the encoder's second run faults in gigabytes
+        # more. Without it the arena reuses the freed 805 MB attention maps:
+        # bench_onnxruntime.py's encoder peak RSS added, ViT-B fp32, went from
+        # 5.3-6.1 GB (cpu-2core-*-2026-11-25) to 2.4-3.4 GB (cpu-2core-xeon-*).
         options.enable_mem_pattern = False
         self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
         self.image_size = int(image_size)
