@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "attention.h"
 #include "postprocess.h"
 
 #ifdef _OPENMP
@@ -71,6 +72,43 @@ PYBIND11_MODULE(_C, m) {
 #else
       false;
 #endif
+
+  m.def("rel_pos_attention_has_avx512", &rel_pos_attention_has_avx512,
+        "Whether rel_pos_attention runs its AVX-512 path on this CPU.");
+  m.def("rel_pos_attention_has_avx512_fp16", &rel_pos_attention_has_avx512_fp16,
+        "Whether this CPU has AVX512-FP16, which rel_pos_attention(fp16=True) needs.");
+  m.def(
+      "rel_pos_attention",
+      [](const py::array& q, const py::array& k, const py::array& v, const py::array& rel_h,
+         const py::array& rel_w, int64_t k_h, int64_t k_w, double scale, int threads, bool force_portable, bool fp16) {
+        const float* qp = typed_data<float>(q, 3, "q");
+        const float* kp = typed_data<float>(k, 3, "k");
+        const float* vp = typed_data<float>(v, 3, "v");
+        const float* hp = typed_data<float>(rel_h, 3, "rel_h");
+        const float* wp = typed_data<float>(rel_w, 3, "rel_w");
+        const int64_t bh = q.shape(0), n = q.shape(1), d = q.shape(2);
+        auto same = [](const py::array& a, std::vector<int64_t> shape) {
+          for (size_t i = 0; i < shape.size(); ++i)
+            if (a.shape(i) != shape[i]) return false;
+          return true;
+        };
+        if (!same(k, {bh, k_h * k_w, d}) || !same(v, {bh, k_h * k_w, d}) || !same(rel_h, {bh, n, k_h}) ||
+            !same(rel_w, {bh, n, k_w}))
+          throw std::invalid_argument(
+              "rel_pos_attention: expected k, v (BH, k_h*k_w, D), rel_h (BH, N, k_h), rel_w (BH, N, k_w) "
+              "for q (BH, N, D)");
+        py::array_t<float> out({bh, n, d});
+        float* op = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          rel_pos_attention_cpu(qp, kp, vp, hp, wp, op, bh, n, k_h, k_w, d, static_cast<float>(scale), threads,
+                                force_portable, fp16);
+        }
+        return out;
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("rel_h"), py::arg("rel_w"), py::arg("k_h"),
+      py::arg("k_w"), py::arg("scale"), py::arg("threads") = 0, py::arg("force_portable") = false, py::arg("fp16") = false,
+      "Fused softmax(scale q k^T + rel-pos bias) v over float32 (BH, N, D) arrays; see attention.h.");
 
   m.def(
       "rle_encode",

@@ -1,0 +1,582 @@
+// Fused global attention with SAM's decomposed rel-pos bias (see attention.h).
+//
+// The AVX-512 path is compiled with function-level target attributes and
+// chosen at run time, so the module still loads on CPUs without AVX-512; the
+// portable loop is the fallback there and the tests' second opinion.
+#include "attention.h"
+
+#include <immintrin.h>
+
+// GCC 12 warns that its own _mm512_*_ps(h) intrinsics read an uninitialised
+// "__Y" (the undefined-vector idiom of avx512fintrin.h), once per use.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define SAM_AVX512 __attribute__((target("avx512f,avx512dq,fma")))
+
+namespace sam_edge {
+namespace {
+
+// Query rows per task: the scores of one block (rows x M floats, 384 KB for
+// M = 4096) stay in L2 between the three passes over them.
+constexpr int64_t kRowBlock = 24;
+constexpr int64_t kValueChunk = 64;
+// Rows of the score buffers are padded by 32 elements: at a stride of m = 4096
+// floats (16 KB) every row of a tile falls on the same L1 sets.
+constexpr int64_t kPad = 32;
+
+int resolve_threads(int threads) {
+#ifdef _OPENMP
+  return threads < 1 ? omp_get_max_threads() : threads;
+#else
+  (void)threads;
+  return 1;
+#endif
+}
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float[], AlignedFree>;
+
+Buffer aligned_floats(int64_t n) {
+  const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  if (!p) throw std::bad_alloc();
+  return Buffer(p);
+}
+
+// ---- portable path: one query row at a time, written for clarity ----
+
+void attention_portable(const float* q, const float* k, const float* v, const float* rel_h,
+                        const float* rel_w, float* out, int64_t bh, int64_t n_q, int64_t k_h,
+                        int64_t k_w, int64_t d, float scale, int threads) {
+  const int64_t m = k_h * k_w;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> s(m);
+    std::vector<float> acc(d);
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t row = 0; row < bh * n_q; ++row) {
+      const int64_t h = row / n_q;
+      const float* qi = q + row * d;
+      const float* kh = k + h * m * d;
+      const float* vh = v + h * m * d;
+      const float* rh = rel_h + row * k_h;
+      const float* rw = rel_w + row * k_w;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < m; ++j) {
+        float dot = 0.f;
+        for (int64_t c = 0; c < d; ++c) dot += qi[c] * kh[j * d + c];
+        s[j] = scale * dot + rh[j / k_w] + rw[j % k_w];
+        mx = std::max(mx, s[j]);
+      }
+      float sum = 0.f;
+      for (int64_t j = 0; j < m; ++j) {
+        s[j] = std::exp(s[j] - mx);
+        sum += s[j];
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t j = 0; j < m; ++j)
+        for (int64_t c = 0; c < d; ++c) acc[c] += s[j] * vh[j * d + c];
+      for (int64_t c = 0; c < d; ++c) out[row * d + c] = acc[c] / sum;
+    }
+  }
+}
+
+// ---- AVX-512 path ----
+
+SAM_AVX512 inline __m512 exp_avx512(__m512 x) {
+  // exp(x) = 2^n exp(r), r = x - n ln2 in [-ln2/2, ln2/2] (Cody-Waite split of
+  // ln2), exp(r) by its degree-6 Taylor polynomial: truncation <= 1.2e-7.
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720.f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// k is repacked into panels of 64 keys: panel p holds k[64p : 64p + 64] transposed,
+// (d, 64) contiguous, so the 16 KB a score tile reads stays in L1 (a plain
+// transpose puts its rows 4 * m bytes apart, on the same few cache sets).
+constexpr int64_t kPanel = 64;
+
+struct Head {
+  const float* kt;     // (m / 64, d, 64) panels, the last one zero-padded
+  const float* v;      // (m, d)
+  int64_t m, d, k_h, k_w;
+  int64_t ls;          // row stride of the score buffer: m + kPad
+  float scale;
+};
+
+// Scores of R query rows against NC*16 keys starting at j0, plus the bias,
+// written to s (row stride m); rmax keeps each row's running maximum.
+template <int R, int NC>
+SAM_AVX512 inline void score_tile(const Head& h, const float* q, const float* __restrict rh,
+                                  const float* __restrict rw, int64_t j0, float* __restrict s,
+                                  __m512* __restrict rmax) {
+  __m512 acc[R][NC];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NC; ++n) acc[r][n] = _mm512_setzero_ps();
+  const float* kt = h.kt + (j0 / kPanel) * h.d * kPanel;
+  for (int64_t c = 0; c < h.d; ++c) {
+    __m512 b[NC];
+#pragma GCC unroll 4
+    for (int n = 0; n < NC; ++n) b[n] = _mm512_load_ps(kt + c * kPanel + 16 * n);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(q[r * h.d + c]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NC; ++n) acc[r][n] = _mm512_fmadd_ps(a, b[n], acc[r][n]);
+    }
+  }
+  // In locals: the stores to s would otherwise make the compiler reload h's fields.
+  const __m512 scale = _mm512_set1_ps(h.scale);
+  const int64_t k_h = h.k_h, k_w = h.k_w, ls = h.ls;
+  int64_t rows[NC], cols[NC];
+  int64_t row = j0 / k_w, col = j0 % k_w;  // k_w % 16 == 0: 16 keys share a key row
+  for (int n = 0; n < NC; ++n, col += 16) {
+    if (col == k_w) ++row, col = 0;
+    rows[n] = row, cols[n] = col;
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    __m512 mx = rmax[r];
+#pragma GCC unroll 4
+    for (int n = 0; n < NC; ++n) {
+      const __m512 bias = _mm512_add_ps(_mm512_set1_ps(rh[r * k_h + rows[n]]), _mm512_loadu_ps(rw + r * k_w + cols[n]));
+      const __m512 x = _mm512_fmadd_ps(acc[r][n], scale, bias);
+      _mm512_storeu_ps(s + r * ls + j0 + 16 * n, x);
+      mx = _mm512_max_ps(mx, x);
+    }
+    rmax[r] = mx;
+  }
+}
+
+// Scores of `rows` query rows against NC*16 keys from j0: the k panel stays
+// in L1 across the row groups.
+template <int NC>
+SAM_AVX512 inline void score_columns(const Head& h, const float* q, const float* rh, const float* rw,
+                                     int64_t rows, int64_t j0, float* s, __m512* rmax) {
+  constexpr int R = 6;  // 6 rows x 4 vectors: 24 accumulators of the 32 registers
+  int64_t r0 = 0;
+  for (; r0 + R <= rows; r0 += R)
+    score_tile<R, NC>(h, q + r0 * h.d, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls, rmax + r0);
+  for (; r0 < rows; ++r0)
+    score_tile<1, NC>(h, q + r0 * h.d, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls, rmax + r0);
+}
+
+// out[r] += sum_{j in [j0, j1)} p[r, j] v[j] for R rows, NV*16 = d.
+template <int R, int NV>
+SAM_AVX512 inline void value_rows(const Head& h, const float* p, int64_t j0, int64_t j1, float* out) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_loadu_ps(out + r * NV * 16 + 16 * n);
+  const float* v = h.v;
+  for (int64_t j = j0; j < j1; ++j) {
+    __m512 b[NV];
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) b[n] = _mm512_loadu_ps(v + j * NV * 16 + 16 * n);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(p[r * h.ls + j]);
+#pragma GCC unroll 8
+      for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_fmadd_ps(a, b[n], acc[r][n]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) _mm512_storeu_ps(out + r * NV * 16 + 16 * n, acc[r][n]);
+}
+
+// One block of `rows` query rows of one head, scores in s (rows x m).
+template <int NV, int R_VALUE>
+SAM_AVX512 void attention_block(const Head& h, const float* q, const float* rh, const float* rw,
+                                int64_t rows, float* s, float* out) {
+  __m512 rmax[kRowBlock];
+  for (int64_t r = 0; r < rows; ++r) rmax[r] = _mm512_set1_ps(-INFINITY);
+  int64_t j0 = 0;
+  for (; j0 + 64 <= h.m; j0 += 64) score_columns<4>(h, q, rh, rw, rows, j0, s, rmax);
+  switch ((h.m - j0) / 16) {
+    case 3: score_columns<3>(h, q, rh, rw, rows, j0, s, rmax); break;
+    case 2: score_columns<2>(h, q, rh, rw, rows, j0, s, rmax); break;
+    case 1: score_columns<1>(h, q, rh, rw, rows, j0, s, rmax); break;
+    default: break;
+  }
+
+  float inv[kRowBlock];
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * h.ls;
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(rmax[r]));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < h.m; j += 16) {
+      const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(sr + j), mx));
+      _mm512_storeu_ps(sr + j, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    inv[r] = 1.f / _mm512_reduce_add_ps(sum);
+  }
+
+  // Values in chunks of kValueChunk keys (16 KB for d = 64), each chunk used
+  // by every row of the block while it is in L1.
+  for (int64_t r = 0; r < rows * h.d; ++r) out[r] = 0.f;
+  for (int64_t j0 = 0; j0 < h.m; j0 += kValueChunk) {
+    const int64_t j1 = std::min(h.m, j0 + kValueChunk);
+    int64_t r0 = 0;
+    for (; r0 + R_VALUE <= rows; r0 += R_VALUE) value_rows<R_VALUE, NV>(h, s + r0 * h.ls, j0, j1, out + r0 * h.d);
+    for (; r0 < rows; ++r0) value_rows<1, NV>(h, s + r0 * h.ls, j0, j1, out + r0 * h.d);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512 w = _mm512_set1_ps(inv[r]);
+    for (int64_t c = 0; c < h.d; c += 16)
+      _mm512_storeu_ps(out + r * h.d + c, _mm512_mul_ps(_mm512_loadu_ps(out + r * h.d + c), w));
+  }
+}
+
+template <int NV, int R_VALUE>
+SAM_AVX512 void attention_avx512(const float* q, const float* k, const float* v, const float* rel_h,
+                                 const float* rel_w, float* out, int64_t bh, int64_t n_q, int64_t k_h,
+                                 int64_t k_w, float scale, int threads) {
+  const int64_t d = NV * 16, m = k_h * k_w;
+  const int64_t panels = (m + kPanel - 1) / kPanel, head_floats = panels * d * kPanel;
+  Buffer kt = aligned_floats(bh * head_floats);
+  const int64_t blocks = (n_q + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < bh * panels; ++t) {
+      const int64_t hh = t / panels, j0 = (t % panels) * kPanel;
+      const float* src = k + hh * m * d;
+      float* dst = kt.get() + hh * head_floats + (j0 / kPanel) * d * kPanel;
+      for (int64_t j = 0; j < kPanel; ++j)
+        for (int64_t c = 0; c < d; ++c) dst[c * kPanel + j] = j0 + j < m ? src[(j0 + j) * d + c] : 0.f;
+    }
+    Buffer s = aligned_floats(kRowBlock * (m + kPad));
+    // Blocks in head order: both threads work on one head's k and v at a time.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < bh * blocks; ++t) {
+      const int64_t hh = t / blocks, i0 = (t % blocks) * kRowBlock;
+      const int64_t rows = std::min(kRowBlock, n_q - i0);
+      const Head h{kt.get() + hh * head_floats, v + hh * m * d, m, d, k_h, k_w, m + kPad, scale};
+      const int64_t row = hh * n_q + i0;
+      attention_block<NV, R_VALUE>(h, q + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s.get(),
+                                   out + row * d);
+    }
+  }
+}
+
+
+// ---- AVX-512 FP16 path (head_dim 64): products and partial sums in fp16 ----
+//
+// Sapphire Rapids and later issue two 32-lane fp16 FMAs a cycle, twice the
+// fp32 rate. Scores accumulate over the 64 channels in fp16, are converted to
+// fp32 for the scale, bias and softmax, and the probabilities go back to fp16
+// for the product with v, whose partial sums are flushed to fp32 every
+// kValueChunk keys. For int8 bundles, whose q, k, v come from int8 layers.
+
+#define SAM_AVX512_FP16 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512fp16,fma")))
+
+struct HeadFp16 {
+  const _Float16* kt;  // (m_pad / 64, 64, 64) panels: channel-major, 64 keys each, zero past m
+  const _Float16* v;   // (m_pad, 64), zero past m
+  int64_t m, m_pad, k_h, k_w;  // m_pad: m rounded up to whole panels of 64 keys
+  int64_t ls;          // row stride of the score and probability buffers: m_pad + kPad
+  float scale;
+  const int32_t* group_row;  // aligned grids: key row and column of key 16g, per group g of 16 keys
+  const int32_t* group_col;
+  const int32_t* key_row;    // small grids: key row and column of every key (m_pad of each)
+  const int32_t* key_col;
+  const uint16_t* group_valid;  // small grids: lanes of group g that are keys (< m)
+};
+
+// acc += b * broadcast(*p), the broadcast folded into the FMA's memory operand
+// (a separate vpbroadcastw would take the second FMA port's shuffle slot).
+SAM_AVX512_FP16 inline __m512h fma_broadcast(__m512h acc, __m512h b, const _Float16* p) {
+  asm("vfmadd231ph %2%{1to32%}, %1, %0" : "+v"(acc) : "v"(b), "m"(*p));
+  return acc;
+}
+
+SAM_AVX512_FP16 inline __m512 low_to_fp32(__m512h x) { return _mm512_cvtxph_ps(_mm512_castph512_ph256(x)); }
+SAM_AVX512_FP16 inline __m512 high_to_fp32(__m512h x) {
+  return _mm512_cvtxph_ps(_mm256_castsi256_ph(_mm512_extracti64x4_epi64(_mm512_castph_si512(x), 1)));
+}
+
+// Scores of R rows against the 64 keys of the panel at j0, plus the bias.
+// noinline, like value_rows_fp16: inlined into the block loop, GCC 12 spilled
+// the 24 accumulators around the inline-asm FMAs (half the speed).
+template <int R, bool SMALL>
+SAM_AVX512_FP16 __attribute__((noinline)) void score_tile_fp16(const HeadFp16& h, const _Float16* q,
+                                                               const float* __restrict rh, const float* __restrict rw,
+                                                               int64_t j0, float* __restrict s,
+                                                               __m512* __restrict rmax) {
+  __m512h acc[R][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ph();
+  const _Float16* kt = h.kt + (j0 / 64) * 64 * 64;
+  for (int64_t c = 0; c < 64; ++c) {
+    const __m512h b0 = _mm512_load_ph(kt + c * 64), b1 = _mm512_load_ph(kt + c * 64 + 32);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = fma_broadcast(acc[r][0], b0, q + r * 64 + c);
+      acc[r][1] = fma_broadcast(acc[r][1], b1, q + r * 64 + c);
+    }
+  }
+  // Everything the epilogue reads, in locals: s could alias h, rh, rw or rmax
+  // as far as the compiler knows, and it reloaded them around every store.
+  const __m512 scale = _mm512_set1_ps(h.scale);
+  const int64_t k_h = h.k_h, k_w = h.k_w, ls = h.ls;
+  float* __restrict out = s + j0;
+  if constexpr (SMALL) {
+    // k_h, k_w <= 16 (windowed blocks): a row's bias terms fit one register
+    // each, and a permute spreads them over the keys; keys past m get -inf.
+    const int32_t* kr = h.key_row + j0;
+    const int32_t* kc = h.key_col + j0;
+    const uint16_t* valid = h.group_valid + j0 / 16;
+    const __mmask16 h_lanes = static_cast<__mmask16>((1u << k_h) - 1), w_lanes = static_cast<__mmask16>((1u << k_w) - 1);
+    const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      const __m512 rhv = _mm512_maskz_loadu_ps(h_lanes, rh + r * k_h);
+      const __m512 rwv = _mm512_maskz_loadu_ps(w_lanes, rw + r * k_w);
+      const __m512 dot[4] = {low_to_fp32(acc[r][0]), high_to_fp32(acc[r][0]), low_to_fp32(acc[r][1]),
+                             high_to_fp32(acc[r][1])};
+      __m512 mx = rmax[r];
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) {
+        const __m512 bias = _mm512_add_ps(_mm512_permutexvar_ps(_mm512_loadu_si512(kr + 16 * g), rhv),
+                                          _mm512_permutexvar_ps(_mm512_loadu_si512(kc + 16 * g), rwv));
+        const __m512 x = _mm512_mask_mov_ps(minus_inf, valid[g], _mm512_fmadd_ps(dot[g], scale, bias));
+        _mm512_storeu_ps(out + r * ls + 16 * g, x);
+        mx = _mm512_max_ps(mx, x);
+      }
+      rmax[r] = mx;
+    }
+    return;
+  }
+  // Aligned grids: m % 64 == 0 and each group of 16 keys lies in one key row.
+  const int64_t row0 = h.group_row[j0 / 16], row1 = h.group_row[j0 / 16 + 1], row2 = h.group_row[j0 / 16 + 2],
+                row3 = h.group_row[j0 / 16 + 3];
+  const int64_t col0 = h.group_col[j0 / 16], col1 = h.group_col[j0 / 16 + 1], col2 = h.group_col[j0 / 16 + 2],
+                col3 = h.group_col[j0 / 16 + 3];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    const float* __restrict rhr = rh + r * k_h;
+    const float* __restrict rwr = rw + r * k_w;
+    const __m512 x0 = _mm512_fmadd_ps(low_to_fp32(acc[r][0]), scale,
+                                      _mm512_add_ps(_mm512_set1_ps(rhr[row0]), _mm512_loadu_ps(rwr + col0)));
+    const __m512 x1 = _mm512_fmadd_ps(high_to_fp32(acc[r][0]), scale,
+                                      _mm512_add_ps(_mm512_set1_ps(rhr[row1]), _mm512_loadu_ps(rwr + col1)));
+    const __m512 x2 = _mm512_fmadd_ps(low_to_fp32(acc[r][1]), scale,
+                                      _mm512_add_ps(_mm512_set1_ps(rhr[row2]), _mm512_loadu_ps(rwr + col2)));
+    const __m512 x3 = _mm512_fmadd_ps(high_to_fp32(acc[r][1]), scale,
+                                      _mm512_add_ps(_mm512_set1_ps(rhr[row3]), _mm512_loadu_ps(rwr + col3)));
+    _mm512_storeu_ps(out + r * ls, x0);
+    _mm512_storeu_ps(out + r * ls + 16, x1);
+    _mm512_storeu_ps(out + r * ls + 32, x2);
+    _mm512_storeu_ps(out + r * ls + 48, x3);
+    rmax[r] = _mm512_max_ps(rmax[r], _mm512_max_ps(_mm512_max_ps(x0, x1), _mm512_max_ps(x2, x3)));
+  }
+}
+
+// acc32[r] += sum_{j in [j0, j1)} p[r, j] v[j] for R rows of 64 channels.
+template <int R>
+SAM_AVX512_FP16 __attribute__((noinline)) void value_rows_fp16(const HeadFp16& h, const _Float16* p, int64_t j0, int64_t j1,
+                                            float* out) {
+  __m512h acc[R][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ph();
+  for (int64_t j = j0; j < j1; ++j) {
+    const __m512h b0 = _mm512_load_ph(h.v + j * 64), b1 = _mm512_load_ph(h.v + j * 64 + 32);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = fma_broadcast(acc[r][0], b0, p + r * h.ls + j);
+      acc[r][1] = fma_broadcast(acc[r][1], b1, p + r * h.ls + j);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    float* o = out + r * 64;
+    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), low_to_fp32(acc[r][0])));
+    _mm512_storeu_ps(o + 16, _mm512_add_ps(_mm512_loadu_ps(o + 16), high_to_fp32(acc[r][0])));
+    _mm512_storeu_ps(o + 32, _mm512_add_ps(_mm512_loadu_ps(o + 32), low_to_fp32(acc[r][1])));
+    _mm512_storeu_ps(o + 48, _mm512_add_ps(_mm512_loadu_ps(o + 48), high_to_fp32(acc[r][1])));
+  }
+}
+
+template <bool SMALL>
+SAM_AVX512_FP16 void attention_block_fp16(const HeadFp16& h, const _Float16* q, const float* rh,
+                                          const float* rw, int64_t rows, float* s, _Float16* p, float* out) {
+  constexpr int R = 12;  // 12 rows x 2 vectors of 32 lanes: 24 accumulators
+  __m512 rmax[kRowBlock];
+  for (int64_t r = 0; r < rows; ++r) rmax[r] = _mm512_set1_ps(-INFINITY);
+  for (int64_t j0 = 0; j0 < h.m_pad; j0 += 64) {
+    int64_t r0 = 0;
+    for (; r0 + R <= rows; r0 += R)
+      score_tile_fp16<R, SMALL>(h, q + r0 * 64, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls, rmax + r0);
+    for (; r0 < rows; ++r0)
+      score_tile_fp16<1, SMALL>(h, q + r0 * 64, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls, rmax + r0);
+  }
+  float inv[kRowBlock];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* sr = s + r * h.ls;
+    _Float16* pr = p + r * h.ls;
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(rmax[r]));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < h.m_pad; j += 16) {
+      // Keys past m have score -inf: exp_avx512 clamps it to e^-87, zero in fp16.
+      const __m256h e = _mm512_cvtxps_ph(exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(sr + j), mx)));
+      _mm256_storeu_ph(pr + j, e);
+      sum = _mm512_add_ps(sum, _mm512_cvtxph_ps(e));  // the sum of what is multiplied
+    }
+    inv[r] = 1.f / _mm512_reduce_add_ps(sum);
+  }
+  for (int64_t r = 0; r < rows * 64; ++r) out[r] = 0.f;
+  for (int64_t j0 = 0; j0 < h.m_pad; j0 += kValueChunk) {
+    const int64_t j1 = std::min(h.m_pad, j0 + kValueChunk);
+    int64_t r0 = 0;
+    for (; r0 + R <= rows; r0 += R) value_rows_fp16<R>(h, p + r0 * h.ls, j0, j1, out + r0 * 64);
+    for (; r0 < rows; ++r0) value_rows_fp16<1>(h, p + r0 * h.ls, j0, j1, out + r0 * 64);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512 w = _mm512_set1_ps(inv[r]);
+    for (int64_t c = 0; c < 64; c += 16)
+      _mm512_storeu_ps(out + r * 64 + c, _mm512_mul_ps(_mm512_loadu_ps(out + r * 64 + c), w));
+  }
+}
+
+struct AlignedFreeHalf {
+  void operator()(_Float16* p) const { std::free(p); }
+};
+
+std::unique_ptr<_Float16[], AlignedFreeHalf> aligned_halves(int64_t n) {
+  const size_t bytes = ((static_cast<size_t>(n) * sizeof(_Float16) + 63) / 64) * 64;
+  _Float16* p = static_cast<_Float16*>(std::aligned_alloc(64, bytes));
+  if (!p) throw std::bad_alloc();
+  return std::unique_ptr<_Float16[], AlignedFreeHalf>(p);
+}
+
+template <bool SMALL>
+SAM_AVX512_FP16 void attention_avx512_fp16(const float* q, const float* k, const float* v, const float* rel_h,
+                                           const float* rel_w, float* out, int64_t bh, int64_t n_q,
+                                           int64_t k_h, int64_t k_w, float scale, int threads) {
+  constexpr int64_t d = 64;
+  const int64_t m = k_h * k_w, panels = (m + 63) / 64, m_pad = panels * 64, head_k = m_pad * d;
+  auto kt = aligned_halves(bh * head_k);
+  auto vh = aligned_halves(bh * m_pad * d);
+  auto qh = aligned_halves(bh * n_q * d);
+  const int64_t blocks = (n_q + kRowBlock - 1) / kRowBlock;
+  // Index tables, so that the score loop divides nothing.
+  std::vector<int32_t> group_row(m_pad / 16), group_col(m_pad / 16), key_row(m_pad, 0), key_col(m_pad, 0);
+  std::vector<uint16_t> group_valid(m_pad / 16);
+  for (int64_t g = 0; g < m_pad / 16; ++g) {
+    group_row[g] = static_cast<int32_t>((16 * g) / k_w), group_col[g] = static_cast<int32_t>((16 * g) % k_w);
+    const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, m - 16 * g));
+    group_valid[g] = static_cast<uint16_t>((1u << lanes) - 1);
+  }
+  for (int64_t j = 0; j < m; ++j) key_row[j] = static_cast<int32_t>(j / k_w), key_col[j] = static_cast<int32_t>(j % k_w);
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < bh * panels; ++t) {
+      const int64_t hh = t / panels, j0 = (t % panels) * 64;
+      const float* src = k + hh * m * d;
+      _Float16* dst = kt.get() + hh * head_k + (j0 / 64) * 64 * d;
+      for (int64_t j = 0; j < 64; ++j)
+        for (int64_t c = 0; c < d; ++c) dst[c * 64 + j] = j0 + j < m ? (_Float16)src[(j0 + j) * d + c] : (_Float16)0.f;
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < bh * m_pad; ++t) {
+      const int64_t hh = t / m_pad, j = t % m_pad;
+      _Float16* dst = vh.get() + t * d;
+      for (int64_t c = 0; c < d; c += 16)
+        _mm256_storeu_ph(dst + c, j < m ? _mm512_cvtxps_ph(_mm512_loadu_ps(v + (hh * m + j) * d + c))
+                                        : _mm256_castsi256_ph(_mm256_setzero_si256()));
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < bh * n_q * d; i += 16)
+      _mm256_storeu_ph(qh.get() + i, _mm512_cvtxps_ph(_mm512_loadu_ps(q + i)));
+    Buffer s = aligned_floats(kRowBlock * (m_pad + kPad));
+    auto p = aligned_halves(kRowBlock * (m_pad + kPad));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < bh * blocks; ++t) {
+      const int64_t hh = t / blocks, i0 = (t % blocks) * kRowBlock;
+      const int64_t rows = std::min(kRowBlock, n_q - i0);
+      const HeadFp16 h{kt.get() + hh * head_k, vh.get() + hh * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale,
+                       group_row.data(), group_col.data(), key_row.data(), key_col.data(), group_valid.data()};
+      const int64_t row = hh * n_q + i0;
+      attention_block_fp16<SMALL>(h, qh.get() + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s.get(),
+                                  p.get(), out + row * d);
+    }
+  }
+}
+
+}  // namespace
+
+bool rel_pos_attention_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("fma");
+}
+
+bool rel_pos_attention_has_avx512_fp16() {
+  __builtin_cpu_init();
+  return rel_pos_attention_has_avx512() && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512fp16");
+}
+
+void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const float* rel_h,
+                           const float* rel_w, float* out, int64_t batch_heads, int64_t n_q,
+                           int64_t k_h, int64_t k_w, int64_t head_dim, float scale, int threads,
+                           bool force_portable, bool fp16) {
+  if (batch_heads < 1 || n_q < 1 || k_h < 1 || k_w < 1 || head_dim < 1)
+    throw std::invalid_argument("rel_pos_attention: every size must be >= 1");
+  const int nt = resolve_threads(threads);
+  const bool fast = !force_portable && rel_pos_attention_has_avx512() && k_w % 16 == 0 &&
+                    (head_dim == 64 || head_dim == 80);
+  if (fp16) {
+    // Two grid kinds: rows of whole 16-key groups (global blocks, 64 x 64) and
+    // grids of at most 16 x 16 keys (windowed blocks, 14 x 14).
+    const bool aligned = k_w % 16 == 0 && (k_h * k_w) % 64 == 0, small = k_h <= 16 && k_w <= 16;
+    if (force_portable || head_dim != 64 || !(aligned || small) || !rel_pos_attention_has_avx512_fp16())
+      throw std::invalid_argument(
+          "rel_pos_attention: fp16 compute needs a CPU with AVX512-FP16, head_dim 64, and a key grid with "
+          "k_w % 16 == 0 and k_h * k_w % 64 == 0, or k_h, k_w <= 16");
+    if (aligned)
+      attention_avx512_fp16<false>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, nt);
+    else
+      attention_avx512_fp16<true>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, nt);
+  } else if (!fast) {
+    attention_portable(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, head_dim, scale, nt);
+  } else if (head_dim == 64) {  // ViT-B and ViT-L
+    attention_avx512<4, 6>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, nt);
+  } else {  // 80: ViT-H
+    attention_avx512<5, 4>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, nt);
+  }
+}
+
+}  // namespace sam_edge
