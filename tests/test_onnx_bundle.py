@@ -40,7 +40,8 @@ def test_manifest_records_build(bundle):
 
     assert manifest["weights"]["checkpoint_sha256"] == sha256_file(str(checkpoint))
     assert set(manifest["files"]) == {
-        "encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_prompt.onnx", "decoder_official.onnx"
+        "encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_prompt.onnx", "decoder_official.onnx",
+        "encoder_segment_0.onnx", "encoder_segment_1.onnx",  # the split at the one global block
     }
     for name, record in manifest["files"].items():
         assert record["sha256"] == sha256_file(str(path / name))

@@ -90,6 +90,7 @@ def build_bundle(
     overwrite: bool = False,
     official_decoder: bool = True,
     fused_attention: bool = True,
+    split_encoder: bool = True,
     quiet: bool = False,
 ) -> Dict[str, Any]:
     """Build a bundle for `config` at `output`; returns its manifest.
@@ -105,6 +106,10 @@ def build_bundle(
             blocks' attention as its fused com.microsoft.MultiHeadAttention
             (onnx_export.fuse_global_attention); False keeps standard ops only
             (what TensorRT builds from).
+        split_encoder: for ONNX Runtime (fp32 and int8 encoders), also write the
+            encoder cut at its global attentions (split_encoder.py), which the
+            runtime runs with sam-edge's fused attention kernel where the CPU
+            has AVX-512; encoder.onnx stays whole for everything else.
     """
     from tqdm import tqdm
 
@@ -140,6 +145,9 @@ def build_bundle(
         steps = ["export encoder", "export decoder"] + (["export official decoder"] if official_decoder else [])
         if precision != "fp32":
             steps.append(f"convert encoder to {precision}")
+        split = split_encoder and backend == "onnxruntime" and precision != "fp16"
+        if split:
+            steps.append("split encoder at global attention")
         extra: Dict[str, Any] = {}
         with tqdm(total=len(steps), desc="build", unit="step", disable=quiet) as bar:
             encoder_name = "encoder.onnx"
@@ -173,6 +181,22 @@ def build_bundle(
                     num_calib_images, quiet,
                 ))
                 _remove_graph(fp32_path)
+                bar.update()
+            if split:
+                from .split_encoder import split_at_global_attention
+
+                bar.set_postfix_str("split encoder at global attention")
+                # int8 bundles' q, k, v come out of int8 layers: fp16 products cost them
+                # nothing measurable (docs/onnx.md); fp32 bundles keep fp32. The fp16
+                # path also runs the windowed blocks' attention (head_dim 64: ViT-B, ViT-L).
+                compute = "fp32" if precision == "fp32" else "fp16"
+                head_dim = config.encoder_embed_dim // config.encoder_num_heads
+                plan = split_at_global_attention(
+                    os.path.join(staging, encoder_name), staging, config,
+                    windowed=compute == "fp16" and head_dim == 64,
+                )
+                plan["compute"] = compute
+                extra["encoder_split"] = plan
                 bar.update()
             if fused_attention and precision != "fp16":
                 # After quantization: ONNX shape inference knows no contrib op, so the
@@ -270,6 +294,9 @@ def add_build_arguments(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--plain-attention", action="store_true",
                         help="standard ONNX ops only: no ONNX Runtime contrib MultiHeadAttention for the global "
                              "blocks (for ONNX Runtime builds without contrib ops; ViT-B measured 6-14%% slower)")
+    parser.add_argument("--no-split-encoder", action="store_true",
+                        help="do not write the encoder segments that the runtime runs with sam-edge's fused "
+                             "global attention (smaller bundle; the single-graph encoder is slower)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     from .tensorrt_build import add_tensorrt_build_arguments
 
@@ -295,6 +322,7 @@ def run_build(args: argparse.Namespace) -> int:
         num_calib_images=args.num_calib_images,
         overwrite=args.overwrite,
         fused_attention=not args.plain_attention,
+        split_encoder=not args.no_split_encoder,
         quiet=args.quiet,
     )
     return 0

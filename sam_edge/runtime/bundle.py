@@ -96,7 +96,11 @@ def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) ->
 
 
 def load(
-    bundle_dir: str, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, verify: bool = True
+    bundle_dir: str,
+    providers: Optional[Sequence[str]] = None,
+    threads: Optional[int] = None,
+    verify: bool = True,
+    native_attention: Optional[bool] = None,
 ):
     """An engine for `sam_edge.SamPredictor` from a bundle built by `sam-edge build`.
 
@@ -105,6 +109,11 @@ def load(
         providers: ONNX Runtime execution providers (CPU when None).
         threads: intra-op threads per session (ONNX Runtime's default when None).
         verify: check sizes and sha256 of every file first (default; seconds for ViT-H).
+        native_attention: run the encoder as the bundle's segments with sam-edge's
+            fused global attention (sam_edge._C on an AVX-512 CPU). None: when the
+            bundle has them and this machine can (the default); False: never, the
+            single encoder graph; True: always, or a BundleError saying why not.
+            The engine's `encoder_mode` says which runs.
     Returns:
         an OnnxRuntimeBackend, with the manifest as `.manifest`.
     """
@@ -123,6 +132,26 @@ def load(
     from .onnxruntime_backend import OnnxRuntimeBackend
 
     graphs = manifest["graphs"]
+    encoder_split = None
+    split = manifest.get("encoder_split")
+    if native_attention is not False:
+        from .global_attention import fast_compute, kernel_status
+
+        if split is None:
+            if native_attention:
+                raise BundleError(f"bundle {bundle_dir} has no encoder segments (built with --no-split-encoder, "
+                                  "fp16, or by an older sam-edge); rebuild it, or pass native_attention=None")
+        else:
+            preferred = split.get("compute", "fp32")
+            computes = [fast_compute(a["head_dim"], a["k_size"], preferred) for a in split["attention"]]
+            if providers and list(providers)[0] != "CPUExecutionProvider":
+                computes = [None]  # the kernel is a CPU kernel
+            if None in computes and native_attention:
+                raise BundleError(f"sam-edge's attention kernel cannot run this bundle's cuts here "
+                                  f"({kernel_status()}; head_dim, k_size per cut: "
+                                  f"{sorted({(a['head_dim'], tuple(a['k_size'])) for a in split['attention']})})")
+            if None not in computes:
+                encoder_split = {"dir": bundle_dir, "plan": split, "compute": computes}
     engine = OnnxRuntimeBackend(
         os.path.join(bundle_dir, graphs["encoder"]),
         os.path.join(bundle_dir, graphs["decoder"]),
@@ -134,6 +163,7 @@ def load(
             if "decoder_image" in graphs and "decoder_prompt" in graphs
             else None
         ),
+        encoder_split=encoder_split,
     )
     engine.manifest = manifest
     engine.bundle_dir = bundle_dir

@@ -74,6 +74,10 @@ class OnnxRuntimeBackend:
             image (sam_edge.export.onnx_export.export_split_decoder), or None. With
             them, prompts without mask_input run only the prompt part; the image
             part runs once per embedding and is kept with it.
+        encoder_split: {"dir", "plan", "compute"}: run the encoder as the bundle's
+            segments with sam-edge's fused global attention between them
+            (segmented_encoder.SegmentedEncoder) instead of encoder_path; None
+            for the single graph. `encoder_mode` says which runs.
     """
 
     name = "onnxruntime"
@@ -88,6 +92,7 @@ class OnnxRuntimeBackend:
         providers: Optional[Sequence[str]] = None,
         threads: Optional[int] = None,
         split_decoder_paths: Optional[Tuple[str, str]] = None,
+        encoder_split: Optional[dict] = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -109,7 +114,18 @@ class OnnxRuntimeBackend:
         # bench_onnxruntime.py's encoder peak RSS added, ViT-B fp32, went from
         # 5.3-6.1 GB (cpu-2core-*-2026-11-25) to 2.4-3.4 GB (cpu-2core-xeon-*).
         options.enable_mem_pattern = False
-        self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
+        if encoder_split is not None:
+            from .segmented_encoder import SegmentedEncoder
+
+            self.encoder = SegmentedEncoder(
+                encoder_split["dir"], encoder_split["plan"], options, providers, encoder_split["compute"], threads
+            )
+            kinds = ", ".join(sorted(set(encoder_split["compute"])))
+            cuts = len(encoder_split["plan"]["attention"])
+            self.encoder_mode = f"segments + sam-edge attention kernel ({cuts} cuts, {kinds})"
+        else:
+            self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
+            self.encoder_mode = "single ONNX Runtime graph"
         self.image_size = int(image_size)
         mask_input = {i.name: i for i in self.decoder.get_inputs()}["mask_input"]
         self.mask_input_size = int(mask_input.shape[-1])

@@ -1,0 +1,83 @@
+"""The encoder as ONNX Runtime segments with sam-edge's fused global attention
+between them (the split is made at build time: sam_edge.export.split_encoder).
+
+    segment 0 -> attention 0 -> segment 1 -> ... -> segment n
+
+Imports numpy and onnxruntime only. Each tensor is dropped as soon as no later
+step reads it, so the run holds no more than the single-graph session does.
+"""
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .global_attention import ATTENTION_INPUTS, rel_pos_attention
+
+
+class SegmentedEncoder:
+    """Runs a bundle's encoder segments and attentions in order.
+
+    Arguments:
+        bundle_dir: the bundle directory (segment files are relative to it).
+        plan: the manifest's "encoder_split" (split_encoder.split_at_global_attention).
+        options: onnxruntime.SessionOptions for every segment.
+        providers: ONNX Runtime execution providers.
+        compute: the kernel's precision per attention of the plan, "fp32" or "fp16"
+            (global_attention.fast_compute).
+        threads: the kernel's threads (all when None).
+    """
+
+    def __init__(
+        self, bundle_dir: str, plan: dict, options, providers: Sequence[str], compute: Sequence[str],
+        threads: Optional[int] = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.plan = plan
+        self.compute = list(compute)
+        if len(self.compute) != len(plan["attention"]):
+            raise ValueError(f"compute: one precision per attention ({len(plan['attention'])}); got {compute}")
+        self.threads = threads
+        self.sessions = [
+            ort.InferenceSession(os.path.join(bundle_dir, segment["file"]), options, providers=list(providers))
+            for segment in plan["segments"]
+        ]
+        # Step 2k is segment k, step 2k + 1 attention k; a tensor is dropped after its last reader.
+        last_read: Dict[str, int] = {}
+        for k, segment in enumerate(plan["segments"]):
+            for name in segment["inputs"]:
+                last_read[name] = 2 * k
+        for k, attention in enumerate(plan["attention"]):
+            for name in ATTENTION_INPUTS:
+                last_read[attention[name]] = max(last_read.get(attention[name], -1), 2 * k + 1)
+        self._drop_after: Dict[int, List[str]] = {}
+        for name, step in last_read.items():
+            if name != plan["output"]:
+                self._drop_after.setdefault(step, []).append(name)
+
+    def get_providers(self) -> List[str]:
+        return self.sessions[0].get_providers()
+
+    def run(self, output_names, feeds: dict) -> List[np.ndarray]:
+        """InferenceSession.run's call: {"image": (B, 3, S, S) normalised, padded
+        float32} -> [(B, 256, g, g) embeddings] (output_names is ignored)."""
+        values = {self.plan["input"]: feeds[self.plan["input"]]}
+        attentions = self.plan["attention"]
+        for k, (segment, session) in enumerate(zip(self.plan["segments"], self.sessions)):
+            outputs = session.run(segment["outputs"], {name: values[name] for name in segment["inputs"]})
+            values.update(zip(segment["outputs"], outputs))
+            self._drop(values, 2 * k)
+            if k < len(attentions):
+                a = attentions[k]
+                values[a["output"]] = rel_pos_attention(
+                    *(values[a[name]] for name in ATTENTION_INPUTS), scale=a["scale"], compute=self.compute[k],
+                    threads=self.threads,
+                )
+                self._drop(values, 2 * k + 1)
+        return [values[self.plan["output"]]]
+
+    def _drop(self, values: dict, step: int) -> None:
+        for name in self._drop_after.get(step, ()):
+            values.pop(name, None)
+
