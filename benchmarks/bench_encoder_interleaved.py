@@ -1,6 +1,11 @@
 """Encoder latency of bundles against each other, interleaved: an A/B of graph changes.
 
     PYTHONPATH=. python benchmarks/bench_encoder_interleaved.py BASELINE_BUNDLE BUNDLE [...] [--rounds 5]
+    PYTHONPATH=. python benchmarks/bench_encoder_interleaved.py BUNDLE --modes single,native
+
+--modes loads each bundle once per encoder mode: "single" is its one encoder
+graph, "native" its segments with sam-edge's fused global attention (see
+sam_edge.load's native_attention); the first bundle's first mode is the baseline.
 
 On a shared host the load moves by tens of percent within minutes, so two
 bundles timed one after the other can differ by more than the change being
@@ -34,17 +39,26 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pause", type=float, default=2.0, help="seconds idle before each timed run")
+    parser.add_argument("--modes", default="auto",
+                        help="comma list of encoder modes per bundle: auto (load()'s default), single, native")
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
+    modes = {"auto": None, "single": False, "native": True}
+    if any(m not in modes for m in args.modes.split(",")):
+        parser.error(f"--modes: expected a comma list of {sorted(modes)}; got {args.modes!r}")
 
     import sam_edge
 
     x = np.random.default_rng(0).uniform(0, 255, (1, 3, 1024, 1024)).astype(np.float32)
     engines = {}
     for i, bundle in enumerate(args.bundles):
-        engine = sam_edge.load(bundle, threads=args.threads)
-        fused = "fused attention" if engine.manifest.get("fused_global_attention") else "plain graph"
-        engines[f"{i}: ORT {engine.manifest['precision']}, {fused}"] = engine
+        for mode in args.modes.split(","):
+            engine = sam_edge.load(bundle, threads=args.threads, native_attention=modes[mode])
+            if engine.encoder_mode.startswith("segments"):
+                kind = engine.encoder_mode
+            else:
+                kind = "MHA-fused graph" if engine.manifest.get("fused_global_attention") else "plain graph"
+            engines[f"{i}: ORT {engine.manifest['precision']}, {kind}"] = engine
     paths = {name: (lambda e=engine: e.embed(x)) for name, engine in engines.items()}
     for fn in paths.values():  # warm-up: first-touch allocations, lazy initialisation
         fn()
@@ -67,16 +81,17 @@ def main() -> int:
         })
     model = next(iter(engines.values())).manifest["model_type"]
     print(f"{model} encoder, {args.threads} threads, {args.rounds} interleaved rounds, baseline {args.bundles[0]}")
-    print(f"{'path':<40}{'median ms':>11}{'x baseline':>12}{'range':>16}")
+    print(f"{'path':<62}{'median ms':>11}{'x baseline':>12}{'range':>16}")
     for r in rows:
-        print(f"{r['path']:<40}{r['median_ms']:>11.0f}{r['speedup_median']:>12.2f}"
+        print(f"{r['path']:<62}{r['median_ms']:>11.0f}{r['speedup_median']:>12.2f}"
               f"{r['speedup_min']:>8.2f}-{r['speedup_max']:.2f}")
     import onnxruntime
 
     path = write_results(f"encoder-interleaved-{model}", {
         "benchmark": "bench_encoder_interleaved", "model": model, "threads": args.threads,
         "rounds": args.rounds, "rows": rows,
-        "bundles": {name: e.manifest.get("fused_global_attention") for name, e in engines.items()},
+        "bundles": {name: {"fused_global_attention": e.manifest.get("fused_global_attention"),
+                           "encoder_mode": e.encoder_mode} for name, e in engines.items()},
         "baseline": args.bundles[0], "versions": {"onnxruntime": onnxruntime.__version__},
     }, tag=args.tag)
     print(f"wrote {path}")

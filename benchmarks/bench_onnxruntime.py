@@ -9,7 +9,10 @@ same precision, same threads). Writes JSON and prints a table.
     PYTHONPATH=. python benchmarks/bench_onnxruntime.py --model vit_b --precisions fp32,int8 --threads 2
 
 Bundles are built with seeded random weights (speed does not depend on the
-values) into --bundles (reused when present).
+values) into --bundles (reused when present). A bundle with encoder segments
+is timed in both encoder modes (--encoder-modes): its segments with
+sam-edge's fused global attention kernel ("+ attention kernel"), and its single
+encoder graph.
 """
 
 import argparse
@@ -156,11 +159,12 @@ def bench_reference(model_type: str, threads: int, repeat: int, prompts: int):
     return encoder, decoder_one, decoder_many, rss.added_mb
 
 
-def bench_bundle(bundle: str, threads: int, repeat: int, prompts: int):
+def bench_bundle(bundle: str, threads: int, repeat: int, prompts: int, native_attention=None):
     import sam_edge
 
     with PeakRss() as rss:
-        engine = sam_edge.load(bundle, threads=threads)
+        engine = sam_edge.load(bundle, threads=threads, native_attention=native_attention)
+        mode = engine.encoder_mode
         x = np.random.default_rng(0).uniform(0, 255, (1, 3, 1024, 1024)).astype(np.float32)
         encoder = timed(lambda: engine.embed(x), repeat)
         emb = engine.embed(x)
@@ -178,7 +182,7 @@ def bench_bundle(bundle: str, threads: int, repeat: int, prompts: int):
         if getattr(engine, "decoder_image", None) is not None:
             image_part = timed(lambda: engine.decoder_image.run(None, {"image_embeddings": emb}), repeat * 4)
     del engine
-    return encoder, decoder_one, decoder_many, image_part, rss.added_mb
+    return encoder, decoder_one, decoder_many, image_part, rss.added_mb, mode
 
 
 def ensure_bundle(root: str, model_type: str, precision: str, calib_images: int) -> str:
@@ -202,8 +206,14 @@ def main() -> int:
     parser.add_argument("--calib-images", type=int, default=4)
     parser.add_argument("--bundles", default=os.path.join(tempfile.gettempdir(), "sam-edge-bench-bundles"),
                         help="where bundles are built (and reused)")
+    parser.add_argument("--encoder-modes", default="native,single",
+                        help="for bundles with encoder segments: native (segments + sam-edge's fused global "
+                             "attention, load()'s default where it can run) and/or single (the one encoder graph)")
     parser.add_argument("--tag", default=None, help="results file tag (default cpu-<threads>core-<date>)")
     args = parser.parse_args()
+    modes = [m for m in args.encoder_modes.split(",") if m]
+    if not modes or any(m not in ("native", "single") for m in modes):
+        parser.error(f"--encoder-modes: a comma list of native, single; got {args.encoder_modes!r}")
 
     from sam_edge import get_config
 
@@ -223,15 +233,21 @@ def main() -> int:
         bundle = ensure_bundle(
             os.path.abspath(args.bundles), args.model, precision, args.calib_images
         )
-        enc, one, many, image_part, rss = bench_bundle(bundle, args.threads, args.repeat, args.prompts)
         peak = matmul_peak_gflops(precision, args.threads)
-        rows.append({
-            "path": "sam-edge onnxruntime", "precision": precision,
-            "encoder": enc, "decoder_one_prompt": one, "decoder_per_prompt_batched": _per(many, args.prompts),
-            "decoder_image_part_once_per_image": image_part,
-            "peak_rss_added_mb": rss, "matmul_peak_gflops": peak,
-            "encoder_floor_ms": flops / peak / 1e6,
-        })
+        with open(os.path.join(bundle, "manifest.json")) as f:
+            has_segments = "encoder_split" in json.load(f)
+        for mode in (modes if has_segments else ["single"]):
+            enc, one, many, image_part, rss, encoder_mode = bench_bundle(
+                bundle, args.threads, args.repeat, args.prompts, native_attention=None if mode == "native" else False
+            )
+            rows.append({
+                "path": "sam-edge onnxruntime" + (" + attention kernel" if encoder_mode.startswith("segments") else ""),
+                "precision": precision, "encoder_mode": encoder_mode,
+                "encoder": enc, "decoder_one_prompt": one, "decoder_per_prompt_batched": _per(many, args.prompts),
+                "decoder_image_part_once_per_image": image_part,
+                "peak_rss_added_mb": rss, "matmul_peak_gflops": peak,
+                "encoder_floor_ms": flops / peak / 1e6,
+            })
     ref = rows[0]
     for row in rows:
         # On a shared machine the minimum is the least disturbed run; both are reported.
@@ -285,14 +301,14 @@ def format_table(payload) -> str:
         f"{payload['model']} encoder {payload['encoder_gflops']:.0f} GFLOP, {payload['threads']} threads, "
         f"{payload['hardware']['cpu']}, load avg start {payload['hardware']['load_average_at_start'][0]:.2f} "
         f"end {payload['hardware']['load_average_at_end'][0]:.2f}",
-        f"{'path':<28}{'prec':<14}{'enc median ms':>14}{'x ref':>7}{'enc min ms':>11}{'x ref':>7}"
+        f"{'path':<45}{'prec':<14}{'enc median ms':>14}{'x ref':>7}{'enc min ms':>11}{'x ref':>7}"
         f"{'floor ms':>10}{'% floor':>9}{'dec 1 ms':>10}{'x ref':>7}{'dec/prompt@16':>15}{'RSS+ MB':>9}"
         f"{'dec image part ms':>19}",
     ]
     for r in payload["rows"]:
         image_part = r.get("decoder_image_part_once_per_image")
         lines.append(
-            f"{r['path']:<28}{r['precision']:<14}{r['encoder']['median_ms']:>14.0f}{r['encoder_speedup']:>7.2f}"
+            f"{r['path']:<45}{r['precision']:<14}{r['encoder']['median_ms']:>14.0f}{r['encoder_speedup']:>7.2f}"
             f"{r['encoder']['min_ms']:>11.0f}{r['encoder_speedup_min']:>7.2f}"
             f"{r['encoder_floor_ms']:>10.0f}{100 * r['encoder_fraction_of_floor']:>8.0f}%"
             f"{r['decoder_one_prompt']['median_ms']:>10.1f}{r['decoder_speedup']:>7.2f}"
