@@ -46,16 +46,28 @@ int resolve_threads(int threads) {
 #endif
 }
 
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
+// Per-thread scratch that outlives a call. An encoder run calls the kernel up to
+// 12 times with ~30 MB of packed k, v, q (ViT-B); fresh allocations were
+// mmap'd, page-faulted and zeroed on every call. Slots: 0-2 packed inputs (the
+// calling thread), 3-4 score and probability rows (each OpenMP thread).
+struct Scratch {
+  void* data = nullptr;
+  size_t bytes = 0;
+  ~Scratch() { std::free(data); }
 };
-using Buffer = std::unique_ptr<float[], AlignedFree>;
 
-Buffer aligned_floats(int64_t n) {
-  const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
-  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-  if (!p) throw std::bad_alloc();
-  return Buffer(p);
+template <typename T>
+T* scratch(int slot, int64_t n) {
+  thread_local Scratch slots[5];
+  Scratch& s = slots[slot];
+  const size_t bytes = ((static_cast<size_t>(n) * sizeof(T) + 63) / 64) * 64;
+  if (s.bytes < bytes) {
+    std::free(s.data);
+    s.data = std::aligned_alloc(64, bytes);
+    s.bytes = s.data ? bytes : 0;
+    if (!s.data) throw std::bad_alloc();
+  }
+  return static_cast<T*>(s.data);
 }
 
 // ---- portable path: one query row at a time, written for clarity ----
@@ -264,7 +276,7 @@ SAM_AVX512 void attention_avx512(const float* q, const float* k, const float* v,
                                  int64_t k_w, float scale, int threads) {
   const int64_t d = NV * 16, m = k_h * k_w;
   const int64_t panels = (m + kPanel - 1) / kPanel, head_floats = panels * d * kPanel;
-  Buffer kt = aligned_floats(bh * head_floats);
+  float* kt = scratch<float>(0, bh * head_floats);
   const int64_t blocks = (n_q + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel num_threads(threads)
   {
@@ -272,19 +284,19 @@ SAM_AVX512 void attention_avx512(const float* q, const float* k, const float* v,
     for (int64_t t = 0; t < bh * panels; ++t) {
       const int64_t hh = t / panels, j0 = (t % panels) * kPanel;
       const float* src = k + hh * m * d;
-      float* dst = kt.get() + hh * head_floats + (j0 / kPanel) * d * kPanel;
+      float* dst = kt + hh * head_floats + (j0 / kPanel) * d * kPanel;
       for (int64_t j = 0; j < kPanel; ++j)
         for (int64_t c = 0; c < d; ++c) dst[c * kPanel + j] = j0 + j < m ? src[(j0 + j) * d + c] : 0.f;
     }
-    Buffer s = aligned_floats(kRowBlock * (m + kPad));
+    float* s = scratch<float>(3, kRowBlock * (m + kPad));
     // Blocks in head order: both threads work on one head's k and v at a time.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < bh * blocks; ++t) {
       const int64_t hh = t / blocks, i0 = (t % blocks) * kRowBlock;
       const int64_t rows = std::min(kRowBlock, n_q - i0);
-      const Head h{kt.get() + hh * head_floats, v + hh * m * d, m, d, k_h, k_w, m + kPad, scale};
+      const Head h{kt + hh * head_floats, v + hh * m * d, m, d, k_h, k_w, m + kPad, scale};
       const int64_t row = hh * n_q + i0;
-      attention_block<NV, R_VALUE>(h, q + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s.get(),
+      attention_block<NV, R_VALUE>(h, q + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s,
                                    out + row * d);
     }
   }
@@ -438,6 +450,9 @@ SAM_AVX512_FP16 void attention_block_fp16(const HeadFp16& h, const _Float16* q, 
     int64_t r0 = 0;
     for (; r0 + R <= rows; r0 += R)
       score_tile_fp16<R, SMALL>(h, q + r0 * 64, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls, rmax + r0);
+    // Remainders (196 = 8 * 24 + 4 rows in a window): one row alone is bound by FMA latency.
+    for (; r0 + 4 <= rows; r0 += 4)
+      score_tile_fp16<4, SMALL>(h, q + r0 * 64, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls, rmax + r0);
     for (; r0 < rows; ++r0)
       score_tile_fp16<1, SMALL>(h, q + r0 * 64, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls, rmax + r0);
   }
@@ -460,6 +475,7 @@ SAM_AVX512_FP16 void attention_block_fp16(const HeadFp16& h, const _Float16* q, 
     const int64_t j1 = std::min(h.m_pad, j0 + kValueChunk);
     int64_t r0 = 0;
     for (; r0 + R <= rows; r0 += R) value_rows_fp16<R>(h, p + r0 * h.ls, j0, j1, out + r0 * 64);
+    for (; r0 + 4 <= rows; r0 += 4) value_rows_fp16<4>(h, p + r0 * h.ls, j0, j1, out + r0 * 64);
     for (; r0 < rows; ++r0) value_rows_fp16<1>(h, p + r0 * h.ls, j0, j1, out + r0 * 64);
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -469,26 +485,15 @@ SAM_AVX512_FP16 void attention_block_fp16(const HeadFp16& h, const _Float16* q, 
   }
 }
 
-struct AlignedFreeHalf {
-  void operator()(_Float16* p) const { std::free(p); }
-};
-
-std::unique_ptr<_Float16[], AlignedFreeHalf> aligned_halves(int64_t n) {
-  const size_t bytes = ((static_cast<size_t>(n) * sizeof(_Float16) + 63) / 64) * 64;
-  _Float16* p = static_cast<_Float16*>(std::aligned_alloc(64, bytes));
-  if (!p) throw std::bad_alloc();
-  return std::unique_ptr<_Float16[], AlignedFreeHalf>(p);
-}
-
 template <bool SMALL>
 SAM_AVX512_FP16 void attention_avx512_fp16(const float* q, const float* k, const float* v, const float* rel_h,
                                            const float* rel_w, float* out, int64_t bh, int64_t n_q,
                                            int64_t k_h, int64_t k_w, float scale, int threads) {
   constexpr int64_t d = 64;
   const int64_t m = k_h * k_w, panels = (m + 63) / 64, m_pad = panels * 64, head_k = m_pad * d;
-  auto kt = aligned_halves(bh * head_k);
-  auto vh = aligned_halves(bh * m_pad * d);
-  auto qh = aligned_halves(bh * n_q * d);
+  _Float16* kt = scratch<_Float16>(0, bh * head_k);
+  _Float16* vh = scratch<_Float16>(1, bh * m_pad * d);
+  _Float16* qh = scratch<_Float16>(2, bh * n_q * d);
   const int64_t blocks = (n_q + kRowBlock - 1) / kRowBlock;
   // Index tables, so that the score loop divides nothing.
   std::vector<int32_t> group_row(m_pad / 16), group_col(m_pad / 16), key_row(m_pad, 0), key_col(m_pad, 0);
@@ -505,32 +510,38 @@ SAM_AVX512_FP16 void attention_avx512_fp16(const float* q, const float* k, const
     for (int64_t t = 0; t < bh * panels; ++t) {
       const int64_t hh = t / panels, j0 = (t % panels) * 64;
       const float* src = k + hh * m * d;
-      _Float16* dst = kt.get() + hh * head_k + (j0 / 64) * 64 * d;
+      _Float16* dst = kt + hh * head_k + (j0 / 64) * 64 * d;
+      // Converted a row at a time (vector), then transposed as 16-bit moves.
+      alignas(64) _Float16 tile[64 * 64];
       for (int64_t j = 0; j < 64; ++j)
-        for (int64_t c = 0; c < d; ++c) dst[c * 64 + j] = j0 + j < m ? (_Float16)src[(j0 + j) * d + c] : (_Float16)0.f;
+        for (int64_t c = 0; c < d; c += 16)
+          _mm256_store_ph(tile + j * 64 + c, j0 + j < m ? _mm512_cvtxps_ph(_mm512_loadu_ps(src + (j0 + j) * d + c))
+                                                        : _mm256_castsi256_ph(_mm256_setzero_si256()));
+      for (int64_t c = 0; c < d; ++c)
+        for (int64_t j = 0; j < 64; ++j) dst[c * 64 + j] = tile[j * 64 + c];
     }
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < bh * m_pad; ++t) {
       const int64_t hh = t / m_pad, j = t % m_pad;
-      _Float16* dst = vh.get() + t * d;
+      _Float16* dst = vh + t * d;
       for (int64_t c = 0; c < d; c += 16)
         _mm256_storeu_ph(dst + c, j < m ? _mm512_cvtxps_ph(_mm512_loadu_ps(v + (hh * m + j) * d + c))
                                         : _mm256_castsi256_ph(_mm256_setzero_si256()));
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < bh * n_q * d; i += 16)
-      _mm256_storeu_ph(qh.get() + i, _mm512_cvtxps_ph(_mm512_loadu_ps(q + i)));
-    Buffer s = aligned_floats(kRowBlock * (m_pad + kPad));
-    auto p = aligned_halves(kRowBlock * (m_pad + kPad));
+      _mm256_storeu_ph(qh + i, _mm512_cvtxps_ph(_mm512_loadu_ps(q + i)));
+    float* s = scratch<float>(3, kRowBlock * (m_pad + kPad));
+    _Float16* p = scratch<_Float16>(4, kRowBlock * (m_pad + kPad));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < bh * blocks; ++t) {
       const int64_t hh = t / blocks, i0 = (t % blocks) * kRowBlock;
       const int64_t rows = std::min(kRowBlock, n_q - i0);
-      const HeadFp16 h{kt.get() + hh * head_k, vh.get() + hh * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale,
+      const HeadFp16 h{kt + hh * head_k, vh + hh * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale,
                        group_row.data(), group_col.data(), key_row.data(), key_col.data(), group_valid.data()};
       const int64_t row = hh * n_q + i0;
-      attention_block_fp16<SMALL>(h, qh.get() + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s.get(),
-                                  p.get(), out + row * d);
+      attention_block_fp16<SMALL>(h, qh + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s, p,
+                                  out + row * d);
     }
   }
 }
