@@ -128,6 +128,7 @@ def validate_bundle(
         "bundle": bundle_dir,
         "model_type": manifest["model_type"],
         "precision": manifest["precision"],
+        "encoder_mode": getattr(engine, "encoder_mode", "single graph"),
         "weights": manifest["weights"]["source"],
         "images": {"count": len(images), "source": source},
         "encoder": {
@@ -151,6 +152,7 @@ def format_report(report: Dict[str, Any]) -> str:
     lines = [
         f"{report['bundle']}: {report['model_type']} {report['precision']} "
         f"(weights: {report['weights']}; {report['images']['count']} images from {report['images']['source']})",
+        f"encoder mode: {report['encoder_mode']}",
         f"encoder: embedding cosine min {report['encoder']['embedding_cosine_min']:.6f}, "
         f"rel-L2 max {report['encoder']['embedding_rel_l2_max']:.2e}",
         f"{'prompt':<16}{'IoU mean':>10}{'IoU min':>10}{'logits rel-L2':>15}{'score err':>11}",

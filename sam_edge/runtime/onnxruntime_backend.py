@@ -117,8 +117,13 @@ class OnnxRuntimeBackend:
         if encoder_split is not None:
             from .segmented_encoder import SegmentedEncoder
 
+            segment_options = ort.SessionOptions()
+            if threads is not None:
+                segment_options.intra_op_num_threads = int(threads)
+            segment_options.enable_mem_pattern = False
             self.encoder = SegmentedEncoder(
-                encoder_split["dir"], encoder_split["plan"], options, providers, encoder_split["compute"], threads
+                encoder_split["dir"], encoder_split["plan"], segment_options, providers, encoder_split["compute"],
+                threads,
             )
             kinds = ", ".join(sorted(set(encoder_split["compute"])))
             cuts = len(encoder_split["plan"]["attention"])

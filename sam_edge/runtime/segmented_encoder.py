@@ -1,4 +1,4 @@
-"""The encoder as ONNX Runtime segments with sam-edge's fused global attention
+"""The encoder as ONNX Runtime segments with sam-edge's fused attention kernel
 between them (the split is made at build time: sam_edge.export.split_encoder).
 
     segment 0 -> attention 0 -> segment 1 -> ... -> segment n
@@ -14,6 +14,17 @@ import numpy as np
 
 from .global_attention import ATTENTION_INPUTS, rel_pos_attention
 
+_SHARED_ARENA = []
+
+
+def _register_shared_arena(ort) -> None:
+    """Register, once per process, a CPU arena allocator with ONNX Runtime's
+    environment, for the sessions that opt in (session.use_env_allocators)."""
+    if not _SHARED_ARENA:
+        memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))
+        _SHARED_ARENA.append(memory)
+
 
 class SegmentedEncoder:
     """Runs a bundle's encoder segments and attentions in order.
@@ -21,7 +32,7 @@ class SegmentedEncoder:
     Arguments:
         bundle_dir: the bundle directory (segment files are relative to it).
         plan: the manifest's "encoder_split" (split_encoder.split_at_global_attention).
-        options: onnxruntime.SessionOptions for every segment.
+        options: onnxruntime.SessionOptions for every segment (spinning is turned off in it).
         providers: ONNX Runtime execution providers.
         compute: the kernel's precision per attention of the plan, "fp32" or "fp16"
             (global_attention.fast_compute).
@@ -39,6 +50,15 @@ class SegmentedEncoder:
         if len(self.compute) != len(plan["attention"]):
             raise ValueError(f"compute: one precision per attention ({len(plan['attention'])}); got {compute}")
         self.threads = threads
+        # The kernel runs between segments on the same cores: ORT's pool threads
+        # must not spin-wait through it. Measured (ViT-B int8, 5 runs each, shared
+        # host): median 3.34 -> 2.84 s and 3.18 -> 3.04 s without spinning.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # One CPU arena for all segments: each session's own arena kept its
+        # segment's peak, 13 of them (ViT-B int8: 2.9 GB RSS after a run, vs
+        # 2.2 GB for the single graph).
+        _register_shared_arena(ort)
+        options.add_session_config_entry("session.use_env_allocators", "1")
         self.sessions = [
             ort.InferenceSession(os.path.join(bundle_dir, segment["file"]), options, providers=list(providers))
             for segment in plan["segments"]
