@@ -1,0 +1,151 @@
+"""sam-edge's CPU attention kernel (sam_edge._C.rel_pos_attention) against the
+same attention in ONNX Runtime, at ViT-B's two shapes. Writes JSON and prints a table.
+
+    PYTHONPATH=. python benchmarks/bench_cpu_attention.py [--threads 2] [--repeat 5] [--tag cpu-2core-xeon]
+
+Shapes: a global block (12 heads x 4096 queries x 4096 keys, head dim 64, a
+64 x 64 key grid) and a windowed block (25 windows x 12 heads, 196 x 196, a
+14 x 14 grid). Paths:
+  ort_mha     com.microsoft.MultiHeadAttention with the bias built in the graph
+              from rel_h and rel_w (what the single-graph ORT bundle runs for a
+              global block; windowed blocks run the plain MatMul/Softmax graph
+              there, timed as ort_plain)
+  ort_plain   MatMul -> Add(bias) -> Softmax -> MatMul, the exported form
+  kernel_fp32, kernel_fp16   sam-edge's kernel (fp16 needs AVX512-FP16)
+Each path's error against float64 (numpy) on the same inputs is reported too.
+Speed-ups are against ort_plain, measured in the same process.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import hardware, summarize, time_call, write_results  # noqa: E402
+
+SHAPES = {"global": (1, 12, 64, 64, 64), "windowed": (25, 12, 14, 14, 64)}  # batch, heads, k_h, k_w, D
+
+
+def _inputs(batch, heads, k_h, k_w, d, seed=0):
+    rng = np.random.default_rng(seed)
+    n = k_h * k_w
+    q = rng.standard_normal((batch, heads, n, d), dtype=np.float32)
+    k = rng.standard_normal((batch, heads, n, d), dtype=np.float32)
+    v = rng.standard_normal((batch, heads, n, d), dtype=np.float32)
+    rel_h = rng.standard_normal((batch, heads, k_h, k_w, k_h), dtype=np.float32)
+    rel_w = rng.standard_normal((batch, heads, k_h, k_w, k_w), dtype=np.float32)
+    return q, k, v, rel_h, rel_w
+
+
+def _ort_session(batch, heads, k_h, k_w, d, scale, fused, threads):
+    """A graph taking q, k, v, rel_h, rel_w: the bias built as the export builds it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = k_h * k_w
+
+    def value(name, shape):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    inits = [
+        numpy_helper.from_array(np.array([-1], np.int64), "last"),
+        numpy_helper.from_array(np.array([-2], np.int64), "second_last"),
+        numpy_helper.from_array(np.array([batch, heads, n, n], np.int64), "bias_shape"),
+        numpy_helper.from_array(np.array(scale, np.float32), "scale"),
+        numpy_helper.from_array(np.array([batch, n, heads * d], np.int64), "bsd"),
+        numpy_helper.from_array(np.array([batch, n, heads, d], np.int64), "bsnh"),
+    ]
+    nodes = [
+        helper.make_node("Unsqueeze", ["rel_h", "last"], ["rh"]),
+        helper.make_node("Unsqueeze", ["rel_w", "second_last"], ["rw"]),
+        helper.make_node("Add", ["rh", "rw"], ["bias6"]),
+        helper.make_node("Reshape", ["bias6", "bias_shape"], ["bias"]),
+    ]
+    if fused:
+        nodes += [
+            helper.make_node("Transpose", ["q"], ["q_t"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", ["q_t", "bsd"], ["q_bsd"]),
+            helper.make_node("MultiHeadAttention", ["q_bsd", "k", "v", "", "", "bias"], ["o_bsd"],
+                             domain="com.microsoft", num_heads=heads, scale=scale),
+            helper.make_node("Reshape", ["o_bsd", "bsnh"], ["o_t"]),
+            helper.make_node("Transpose", ["o_t"], ["out"], perm=[0, 2, 1, 3]),
+        ]
+    else:
+        nodes += [
+            helper.make_node("Mul", ["q", "scale"], ["qs"]),
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+            helper.make_node("MatMul", ["qs", "kt"], ["scores"]),
+            helper.make_node("Add", ["scores", "bias"], ["biased"]),
+            helper.make_node("Softmax", ["biased"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "v"], ["out"]),
+        ]
+    graph = helper.make_graph(
+        nodes, "attention",
+        [value("q", [batch, heads, n, d]), value("k", [batch, heads, n, d]), value("v", [batch, heads, n, d]),
+         value("rel_h", [batch, heads, k_h, k_w, k_h]), value("rel_w", [batch, heads, k_h, k_w, k_w])],
+        [value("out", [batch, heads, n, d])], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_mem_pattern = False
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args()
+
+    from sam_edge.runtime.global_attention import kernel_status, rel_pos_attention, rel_pos_attention_reference
+
+    status = kernel_status()
+    rows = []
+    for shape_name, (batch, heads, k_h, k_w, d) in SHAPES.items():
+        q, k, v, rel_h, rel_w = _inputs(batch, heads, k_h, k_w, d)
+        scale = d ** -0.5
+        # float64 reference on the first 2 (window x head)s: enough for the error, bounded memory.
+        sub = [a[:1, :2] for a in (q, k, v, rel_h, rel_w)]
+        ref = rel_pos_attention_reference(*sub, scale)
+        feeds = {"q": q, "k": k, "v": v, "rel_h": rel_h, "rel_w": rel_w}
+        paths = {"ort_plain": _ort_session(batch, heads, k_h, k_w, d, scale, False, args.threads)}
+        if shape_name == "global":
+            paths["ort_mha"] = _ort_session(batch, heads, k_h, k_w, d, scale, True, args.threads)
+        calls = {name: (lambda s=s: s.run(None, feeds)[0]) for name, s in paths.items()}
+        if status["avx512"] and k_w % 16 == 0:
+            calls["kernel_fp32"] = lambda: rel_pos_attention(q, k, v, rel_h, rel_w, scale, "fp32", args.threads)
+        if status["avx512_fp16"]:
+            calls["kernel_fp16"] = lambda: rel_pos_attention(q, k, v, rel_h, rel_w, scale, "fp16", args.threads)
+        results = {}
+        for name, fn in calls.items():
+            out = fn()
+            err = float(np.linalg.norm(out[:1, :2] - ref) / np.linalg.norm(ref))
+            results[name] = (summarize(time_call(fn, args.repeat)), err)
+        base = results["ort_plain"][0]["median_ms"]
+        for name, (stats, err) in results.items():
+            rows.append({"shape": shape_name, "path": name, **stats, "speedup_vs_ort_plain": base / stats["median_ms"],
+                         "rel_l2_vs_float64": err})
+    print(f"{'shape':<10}{'path':<14}{'median ms':>11}{'min ms':>9}{'x ort_plain':>13}{'rel-L2 vs f64':>15}")
+    for r in rows:
+        print(f"{r['shape']:<10}{r['path']:<14}{r['median_ms']:>11.1f}{r['min_ms']:>9.1f}"
+              f"{r['speedup_vs_ort_plain']:>13.2f}{r['rel_l2_vs_float64']:>15.2e}")
+    import onnxruntime
+
+    path = write_results("cpu-attention", {
+        "benchmark": "bench_cpu_attention", "threads": args.threads, "repeat": args.repeat,
+        "shapes": {k: dict(zip(("batch", "heads", "k_h", "k_w", "head_dim"), v)) for k, v in SHAPES.items()},
+        "kernel": status, "rows": rows, "hardware": hardware(),
+        "versions": {"onnxruntime": onnxruntime.__version__},
+    }, tag=args.tag)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
