@@ -37,11 +37,12 @@ class SegmentedEncoder:
         compute: the kernel's precision per attention of the plan, "fp32" or "fp16"
             (global_attention.fast_compute).
         threads: the kernel's threads (all when None).
+        shared_arena: one ONNX Runtime CPU arena for all segments (default).
     """
 
     def __init__(
         self, bundle_dir: str, plan: dict, options, providers: Sequence[str], compute: Sequence[str],
-        threads: Optional[int] = None,
+        threads: Optional[int] = None, shared_arena: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -51,14 +52,15 @@ class SegmentedEncoder:
             raise ValueError(f"compute: one precision per attention ({len(plan['attention'])}); got {compute}")
         self.threads = threads
         # The kernel runs between segments on the same cores: ORT's pool threads
-        # must not spin-wait through it. Measured (ViT-B int8, 5 runs each, shared
-        # host): median 3.34 -> 2.84 s and 3.18 -> 3.04 s without spinning.
+        # must not spin-wait through it (an ad-hoc A/B on ViT-B int8 was faster
+        # without spinning in every pairing; the host's noise hid how much).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # One CPU arena for all segments: each session's own arena kept its
-        # segment's peak, 13 of them (ViT-B int8: 2.9 GB RSS after a run, vs
-        # 2.2 GB for the single graph).
-        _register_shared_arena(ort)
-        options.add_session_config_entry("session.use_env_allocators", "1")
+        # segment's peak, 13 of them (bench_onnxruntime.py's RSS column, ViT-B
+        # int8: 2910 MB added before, see benchmarks/results/*attention-kernel*).
+        if shared_arena:
+            _register_shared_arena(ort)
+            options.add_session_config_entry("session.use_env_allocators", "1")
         self.sessions = [
             ort.InferenceSession(os.path.join(bundle_dir, segment["file"]), options, providers=list(providers))
             for segment in plan["segments"]
