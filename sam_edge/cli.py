@@ -83,7 +83,8 @@ def load_predictor(args) -> tuple:
         from . import load  # the ONNX Runtime / TensorRT engine
 
         engine = load(args.bundle)
-        return SamPredictor(engine), f"bundle {args.bundle}"
+        mode = getattr(engine, "encoder_mode", None)
+        return SamPredictor(engine), f"bundle {args.bundle}" + (f", encoder: {mode}" if mode else "")
     try:
         import torch
     except ImportError:
