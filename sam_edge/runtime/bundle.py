@@ -110,7 +110,7 @@ def load(
         threads: intra-op threads per session (ONNX Runtime's default when None).
         verify: check sizes and sha256 of every file first (default; seconds for ViT-H).
         native_attention: run the encoder as the bundle's segments with sam-edge's
-            fused global attention (sam_edge._C on an AVX-512 CPU). None: when the
+            fused attention kernel (sam_edge._C on an AVX-512 CPU). None: when the
             bundle has them and this machine can (the default); False: never, the
             single encoder graph; True: always, or a BundleError saying why not.
             The engine's `encoder_mode` says which runs.
