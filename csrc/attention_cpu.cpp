@@ -340,7 +340,7 @@ SAM_AVX512_FP16 inline __m512 high_to_fp32(__m512h x) {
 
 // Scores of R rows against the 64 keys of the panel at j0, plus the bias.
 // noinline, like value_rows_fp16: inlined into the block loop, GCC 12 spilled
-// the 24 accumulators around the inline-asm FMAs (half the speed).
+// the 24 accumulators around the inline-asm FMAs (slower by about half in an ad-hoc probe).
 template <int R, bool SMALL>
 SAM_AVX512_FP16 __attribute__((noinline)) void score_tile_fp16(const HeadFp16& h, const _Float16* q,
                                                                const float* __restrict rh, const float* __restrict rw,

@@ -132,7 +132,7 @@ def split_at_global_attention(
     blocks = [i for i in range(config.encoder_depth) if windowed or i in glob]
     patterns = _attention_patterns(graph, config, blocks)
     if not patterns:
-        raise ValueError("the encoder has no global attention to split at")
+        raise ValueError("the encoder has no attention to split at")
     # Shapes for every segment's tensors: without them ONNX Runtime skips the
     # fusions that check shapes (Add + Gelu -> BiasGelu among them).
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -149,8 +149,8 @@ def split_at_global_attention(
     # Drop the attentions, then whatever only they needed (the scaled q, k^T,
     # the 12 x N x M bias). The five inputs stay: the kernel reads them.
     removed: Set[str] = set().union(*(p["removed"] for p in patterns))
-    keep_alive = {p[name] for p in patterns for name in ATTENTION_INPUTS} | set(graph_outputs)
-    # Each attention as a placeholder node, so that sorting and staging see it.
+    # Each attention as a placeholder node, so that sorting and staging see it
+    # (and its five inputs stay alive).
     placeholders = {
         f"sam_edge_attention_{j}": helper.make_node(
             "SamEdgeAttention", [p[name] for name in ATTENTION_INPUTS], [p["output"]], name=f"sam_edge_attention_{j}"
@@ -159,7 +159,7 @@ def split_at_global_attention(
     }
     nodes = [n for n in graph.node if n.name not in removed] + list(placeholders.values())
     while True:
-        used = {i for n in nodes for i in n.input} | keep_alive
+        used = {i for n in nodes for i in n.input} | set(graph_outputs)
         live = [n for n in nodes if any(o in used for o in n.output)]
         if len(live) == len(nodes):
             break
@@ -193,6 +193,11 @@ def split_at_global_attention(
             needed_later[stage[p[name]]].add(p[name])
     needed_later[stage[graph_outputs[0]]].add(graph_outputs[0])
 
+    def typed(name):
+        if name in value_info:
+            return value_info[name]
+        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
     plan: Dict[str, Any] = {"input": graph_inputs[0], "output": graph_outputs[0], "segments": [], "attention": []}
     init_by_name = {t.name: t for t in graph.initializer}
     for k in range(n_segments):
@@ -213,12 +218,6 @@ def split_at_global_attention(
         if k < n_segments - 1:
             outputs = sorted(set(outputs) | {patterns[k][name] for name in ATTENTION_INPUTS})
         used_inits = {i for n in seg_nodes for i in n.input if i in initializers}
-
-        def typed(name):
-            if name in value_info:
-                return value_info[name]
-            return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-
         inner = sorted(produced - set(outputs))
         seg_graph = helper.make_graph(
             seg_nodes,
