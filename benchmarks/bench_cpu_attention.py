@@ -1,4 +1,4 @@
-"""sam-edge's CPU attention kernel (sam_edge._C.rel_pos_attention) against the
+"""sam-edge's CPU attention kernel (sam_edge._C.rel_pos_attention[_qkv]) against the
 same attention in ONNX Runtime, at ViT-B's two shapes. Writes JSON and prints a table.
 
     PYTHONPATH=. python benchmarks/bench_cpu_attention.py [--threads 2] [--repeat 5] [--tag cpu-2core-xeon]
@@ -12,7 +12,13 @@ Shapes: a global block (12 heads x 4096 queries x 4096 keys, head dim 64, a
               there, timed as ort_plain)
   ort_plain   MatMul -> Add(bias) -> Softmax -> MatMul, the exported form
   kernel_fp32, kernel_fp16   sam-edge's kernel (fp16 needs AVX512-FP16)
-Each path's error against float64 (numpy) on the same inputs is reported too.
+  qkv_fp32, qkv_fp16   the kernel as the segmented encoder calls it
+              (rel_pos_attention_qkv): from the block's (1, 64, 64, 2304) qkv
+              projection, so it also splits q, k, v, partitions and pads the
+              windows (64 x 64 -> 5 x 5 windows of 14 x 14) and computes the
+              rel-pos terms that the other paths get as inputs
+Each path's error against float64 (numpy) on the same inputs is reported too
+(qkv_*: on the first 2 heads of the same inputs).
 Speed-ups are against ort_plain, measured in the same process.
 """
 
@@ -96,6 +102,35 @@ def _ort_session(batch, heads, k_h, k_w, d, scale, fused, threads):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _qkv_paths(shape_name, heads, d, scale, args):
+    """rel_pos_attention_qkv on a ViT-B block's qkv projection: {path: (stats, rel-L2)}."""
+    from sam_edge.runtime.global_attention import (
+        kernel_status,
+        rel_pos_attention_qkv,
+        rel_pos_attention_qkv_reference,
+    )
+
+    rng = np.random.default_rng(1)
+    window = 0 if shape_name == "global" else 14
+    side = window or 64
+    qkv = rng.standard_normal((1, 64, 64, 3 * heads * d), dtype=np.float32)
+    tables = [(rng.standard_normal((2 * side - 1, d), dtype=np.float32) * d ** -0.5) for _ in range(2)]
+    kv_bias = rng.standard_normal((2, heads, d), dtype=np.float32)
+    # Two heads of the same inputs for the error (float64 scores of 12 global heads: 1.6 GB).
+    two = qkv.reshape(1, 64, 64, 3, heads, d)[..., :2, :].reshape(1, 64, 64, 6 * d).copy()
+    ref = rel_pos_attention_qkv_reference(two, *tables, kv_bias[:, :2], 2, window, scale)
+    out = {}
+    computes = ["fp32"] if window == 0 else []
+    if kernel_status()["avx512_fp16"]:
+        computes.append("fp16")
+    for compute in computes:
+        got = rel_pos_attention_qkv(two, *tables, kv_bias[:, :2].copy(), 2, window, scale, compute, args.threads)
+        err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        fn = lambda c=compute: rel_pos_attention_qkv(qkv, *tables, kv_bias, heads, window, scale, c, args.threads)
+        out[f"qkv_{compute}"] = (summarize(time_call(fn, args.repeat)), err)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -127,6 +162,8 @@ def main() -> int:
             out = fn()
             err = float(np.linalg.norm(out[:1, :2] - ref) / np.linalg.norm(ref))
             results[name] = (summarize(time_call(fn, args.repeat)), err)
+        if status["avx512"]:
+            results.update(_qkv_paths(shape_name, heads, d, scale, args))
         base = results["ort_plain"][0]["median_ms"]
         for name, (stats, err) in results.items():
             rows.append({"shape": shape_name, "path": name, **stats, "speedup_vs_ort_plain": base / stats["median_ms"],

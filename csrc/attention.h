@@ -31,4 +31,20 @@ void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const
                            int64_t k_h, int64_t k_w, int64_t head_dim, float scale, int threads,
                            bool force_portable, bool fp16);
 
+// The same attention fed by the qkv Linear's output, as SAM's encoder blocks
+// compute it, with the rel-pos terms and windows handled here:
+//   qkv: (batch, height, width, 3, heads, head_dim); out: (batch, height, width, heads, head_dim)
+//   rel_pos_h: (2 * s_h - 1, head_dim), rel_pos_w: (2 * s_w - 1, head_dim), the model's tables
+//   window 0: one global attention over the grid, s = (height, width);
+//   window w > 0: attention within w x w windows of the grid padded at the bottom and right
+//   to whole windows, s = (w, w). A padded key and value are kv_bias, (2, heads, head_dim):
+//   the qkv bias, since a padded token is zero after the block's norm. kv_bias may be null
+//   when nothing is padded.
+// fp16 as above (head_dim 64, AVX512-FP16); otherwise the inputs are gathered for
+// rel_pos_attention_cpu and its result scattered back.
+void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const float* rel_pos_w,
+                               const float* kv_bias, float* out, int64_t batch, int64_t height, int64_t width,
+                               int64_t heads, int64_t head_dim, int64_t window, float scale, int threads,
+                               bool force_portable, bool fp16);
+
 }  // namespace sam_edge

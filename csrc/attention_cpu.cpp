@@ -49,7 +49,11 @@ int resolve_threads(int threads) {
 // Per-thread scratch that outlives a call. An encoder run calls the kernel up to
 // 12 times with ~30 MB of packed k, v, q (ViT-B); fresh allocations were
 // mmap'd, page-faulted and zeroed on every call. Slots: 0-2 packed inputs (the
-// calling thread), 3-4 score and probability rows (each OpenMP thread).
+// calling thread), 3-4 score and probability rows (each OpenMP thread), 5-7
+// a task's rel-pos terms and output rows (each OpenMP thread), 8-13 the
+// gathered inputs and output of rel_pos_attention_qkv_cpu's generic path.
+constexpr int kScratchSlots = 14;
+
 struct Scratch {
   void* data = nullptr;
   size_t bytes = 0;
@@ -58,7 +62,7 @@ struct Scratch {
 
 template <typename T>
 T* scratch(int slot, int64_t n) {
-  thread_local Scratch slots[5];
+  thread_local Scratch slots[kScratchSlots];
   Scratch& s = slots[slot];
   const size_t bytes = ((static_cast<size_t>(n) * sizeof(T) + 63) / 64) * 64;
   if (s.bytes < bytes) {
@@ -546,6 +550,367 @@ SAM_AVX512_FP16 void attention_avx512_fp16(const float* q, const float* k, const
   }
 }
 
+
+// ---- from the qkv projection (rel_pos_attention_qkv_cpu) ----
+//
+// The encoder graph hands over its qkv Linear's output, (B, H, W, 3, heads, D),
+// and takes back (B, H, W, heads, D), the proj Linear's input: the split of q,
+// k and v, the per-head transposes, the window partition and its padding, the
+// rel-pos terms and the un-partition all happen here instead of in ~20 graph
+// nodes per block. A unit is one (image, window, head); a global block has one
+// window, the whole grid.
+
+struct QkvGeometry {
+  int64_t B, H, W, heads, d;
+  int64_t s_h, s_w;    // window (key grid) size: (H, W) for a global block
+  int64_t nwy, nwx;    // windows per image, down and across
+  int64_t kp_h, kp_w;  // s_h, s_w rounded up to 16 (lanes of the rel-pos tables)
+  int64_t m() const { return s_h * s_w; }
+  int64_t units() const { return B * nwy * nwx * heads; }
+  int64_t token_stride() const { return 3 * heads * d; }
+  // Key j of unit u: its token index in (B, H, W), or -1 for a padded position.
+  int64_t token(int64_t u, int64_t j) const {
+    const int64_t win = u / heads, b = win / (nwy * nwx), wy = (win / nwx) % nwy, wx = win % nwx;
+    const int64_t y = wy * s_h + j / s_w, x = wx * s_w + j % s_w;
+    return (y < H && x < W) ? (b * H + y) * W + x : -1;
+  }
+  // The window's valid (unpadded) rows and columns: its queries are that rectangle.
+  int64_t valid_h(int64_t u) const { return std::min(s_h, H - ((u / heads / nwx) % nwy) * s_h); }
+  int64_t valid_w(int64_t u) const { return std::min(s_w, W - ((u / heads) % nwx) * s_w); }
+};
+
+// table[t][c][k] = rel_pos[t - k + s - 1][c] for k < s, zero for s <= k < kp:
+// the rel-pos term of a query at window row (or column) t is then q . table[t].
+std::vector<float> rel_pos_table(const float* rel_pos, int64_t s, int64_t kp, int64_t d) {
+  std::vector<float> table(static_cast<size_t>(s * d * kp), 0.f);
+  for (int64_t t = 0; t < s; ++t)
+    for (int64_t k = 0; k < s; ++k)
+      for (int64_t c = 0; c < d; ++c) table[(t * d + c) * kp + k] = rel_pos[(t - k + s - 1) * d + c];
+  return table;
+}
+
+// out[k] = sum_c q[c] table[c][k] for k < s (table rows kp wide).
+void rel_terms_portable(const float* q, const float* table, int64_t d, int64_t kp, int64_t s, float* out) {
+  for (int64_t k = 0; k < s; ++k) out[k] = 0.f;
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t k = 0; k < s; ++k) out[k] += q[c] * table[c * kp + k];
+}
+
+template <int NV>
+SAM_AVX512 void rel_terms_avx512_n(const float* q, const float* table, int64_t d, int64_t s, float* out) {
+  __m512 acc[NV];
+#pragma GCC unroll 8
+  for (int n = 0; n < NV; ++n) acc[n] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d; ++c) {
+    const __m512 a = _mm512_set1_ps(q[c]);
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) acc[n] = _mm512_fmadd_ps(a, _mm512_loadu_ps(table + c * NV * 16 + 16 * n), acc[n]);
+  }
+#pragma GCC unroll 8
+  for (int n = 0; n < NV; ++n) {
+    const int64_t lanes = std::min<int64_t>(16, s - 16 * n);
+    if (lanes > 0) _mm512_mask_storeu_ps(out + 16 * n, static_cast<__mmask16>((1u << lanes) - 1), acc[n]);
+  }
+}
+
+SAM_AVX512 void rel_terms_avx512(const float* q, const float* table, int64_t d, int64_t kp, int64_t s, float* out) {
+  switch (kp / 16) {
+    case 1: rel_terms_avx512_n<1>(q, table, d, s, out); break;
+    case 2: rel_terms_avx512_n<2>(q, table, d, s, out); break;
+    case 3: rel_terms_avx512_n<3>(q, table, d, s, out); break;
+    case 4: rel_terms_avx512_n<4>(q, table, d, s, out); break;
+    default: rel_terms_portable(q, table, d, kp, s, out); break;
+  }
+}
+
+// The row terms of R rows that share one table row (the same window row ty):
+// out[r][k] = q[r] . table[c][k], the table's NV vectors loaded once for all R rows.
+template <int R, int NV>
+SAM_AVX512 void rel_terms_shared(const float* const* q, const float* table, int64_t d, int64_t s, float* out,
+                                 int64_t out_stride) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d; ++c) {
+    __m512 b[NV];
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) b[n] = _mm512_loadu_ps(table + c * NV * 16 + 16 * n);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(q[r][c]);
+#pragma GCC unroll 8
+      for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_fmadd_ps(a, b[n], acc[r][n]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) {
+      const int64_t lanes = std::min<int64_t>(16, s - 16 * n);
+      if (lanes > 0) _mm512_mask_storeu_ps(out + r * out_stride + 16 * n, static_cast<__mmask16>((1u << lanes) - 1), acc[r][n]);
+    }
+}
+
+template <int NV>
+SAM_AVX512 void rel_terms_shared_rows(const float* const* q, const float* table, int64_t d, int64_t s,
+                                      int64_t rows, float* out, int64_t out_stride) {
+  constexpr int R = 24 / NV > 6 ? 6 : 24 / NV;
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) rel_terms_shared<R, NV>(q + r, table, d, s, out + r * out_stride, out_stride);
+  for (; r < rows; ++r) rel_terms_shared<1, NV>(q + r, table, d, s, out + r * out_stride, out_stride);
+}
+
+// rel_terms for `rows` rows sharing table (kp lanes); false when kp > 64.
+SAM_AVX512 bool rel_terms_shared_any(const float* const* q, const float* table, int64_t d, int64_t kp, int64_t s,
+                                     int64_t rows, float* out, int64_t out_stride) {
+  switch (kp / 16) {
+    case 1: rel_terms_shared_rows<1>(q, table, d, s, rows, out, out_stride); return true;
+    case 2: rel_terms_shared_rows<2>(q, table, d, s, rows, out, out_stride); return true;
+    case 3: rel_terms_shared_rows<3>(q, table, d, s, rows, out, out_stride); return true;
+    case 4: rel_terms_shared_rows<4>(q, table, d, s, rows, out, out_stride); return true;
+    default: return false;
+  }
+}
+
+// The column terms of R rows at different columns t[r]: a per-column table
+// (rel_pos_table) would stream 16 KB per row through L1. Instead every row takes
+// its dot products with all 2s - 1 entries of the reversed tables, rev[c][j] =
+// rel_pos[2s - 2 - j][c] (kl lanes, one shared table), and its s terms are the
+// contiguous run from s - 1 - t[r]: rel[k] = q . rel_pos[t - k + s - 1].
+template <int R, int NV>
+SAM_AVX512 void rel_terms_shifted(const float* const* q, const float* rev, int64_t d, int64_t s, const int64_t* t,
+                                  float* out, int64_t out_stride) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d; ++c) {
+    __m512 b[NV];
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) b[n] = _mm512_loadu_ps(rev + c * NV * 16 + 16 * n);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(q[r][c]);
+#pragma GCC unroll 8
+      for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_fmadd_ps(a, b[n], acc[r][n]);
+    }
+  }
+  alignas(64) float all[NV * 16];
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int n = 0; n < NV; ++n) _mm512_store_ps(all + 16 * n, acc[r][n]);
+    const float* src = all + (s - 1 - t[r]);
+    float* dst = out + r * out_stride;
+    for (int64_t k = 0; k < s; k += 16) {
+      const __mmask16 lanes = static_cast<__mmask16>((1u << std::min<int64_t>(16, s - k)) - 1);
+      _mm512_mask_storeu_ps(dst + k, lanes, _mm512_maskz_loadu_ps(lanes, src + k));
+    }
+  }
+}
+
+template <int NV>
+SAM_AVX512 void rel_terms_shifted_rows(const float* const* q, const float* rev, int64_t d, int64_t s,
+                                       const int64_t* t, int64_t rows, float* out, int64_t out_stride) {
+  constexpr int R = NV <= 4 ? 6 : 2;  // R x NV accumulators and NV table vectors within the 32 registers
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) rel_terms_shifted<R, NV>(q + r, rev, d, s, t + r, out + r * out_stride, out_stride);
+  for (; r < rows; ++r) rel_terms_shifted<1, NV>(q + r, rev, d, s, t + r, out + r * out_stride, out_stride);
+}
+
+// kl = 16 * NV lanes of rev, >= 2s - 1; at most 8 vectors (s <= 64).
+SAM_AVX512 bool rel_terms_shifted_any(const float* const* q, const float* rev, int64_t d, int64_t kl, int64_t s,
+                                      const int64_t* t, int64_t rows, float* out, int64_t out_stride) {
+  switch (kl / 16) {
+    case 1: rel_terms_shifted_rows<1>(q, rev, d, s, t, rows, out, out_stride); return true;
+    case 2: rel_terms_shifted_rows<2>(q, rev, d, s, t, rows, out, out_stride); return true;
+    case 3: rel_terms_shifted_rows<3>(q, rev, d, s, t, rows, out, out_stride); return true;
+    case 4: rel_terms_shifted_rows<4>(q, rev, d, s, t, rows, out, out_stride); return true;
+    case 5: rel_terms_shifted_rows<5>(q, rev, d, s, t, rows, out, out_stride); return true;
+    case 6: rel_terms_shifted_rows<6>(q, rev, d, s, t, rows, out, out_stride); return true;
+    case 7: rel_terms_shifted_rows<7>(q, rev, d, s, t, rows, out, out_stride); return true;
+    case 8: rel_terms_shifted_rows<8>(q, rev, d, s, t, rows, out, out_stride); return true;
+    default: return false;
+  }
+}
+
+// rev[c][j] = rel_pos[2s - 2 - j][c], j < 2s - 1, zero up to kl.
+std::vector<float> reversed_table(const float* rel_pos, int64_t s, int64_t kl, int64_t d) {
+  std::vector<float> rev(static_cast<size_t>(d * kl), 0.f);
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t j = 0; j < 2 * s - 1; ++j) rev[c * kl + j] = rel_pos[(2 * s - 2 - j) * d + c];
+  return rev;
+}
+
+void rel_terms(bool avx512, const float* q, const float* table, int64_t d, int64_t kp, int64_t s, float* out) {
+  if (avx512)
+    rel_terms_avx512(q, table, d, kp, s, out);
+  else
+    rel_terms_portable(q, table, d, kp, s, out);
+}
+
+// Any precision and shape: gather the units into the (units, m, D) layout of
+// rel_pos_attention_cpu, run it, scatter the valid rows back. Padded keys and
+// values are kv_bias (the qkv bias: a padded token is zero after the norm);
+// padded queries are zero, and their rows are dropped.
+void qkv_generic(const float* qkv, const float* table_h, const float* table_w, const float* rev_w, int64_t kl_w,
+                 const float* kv_bias, float* out, const QkvGeometry& g, float scale, int threads,
+                 bool force_portable, bool fp16) {
+  const int64_t U = g.units(), m = g.m(), d = g.d, ts = g.token_stride();
+  float* q = scratch<float>(8, U * m * d);
+  float* k = scratch<float>(9, U * m * d);
+  float* v = scratch<float>(10, U * m * d);
+  float* rh = scratch<float>(11, U * m * g.s_h);
+  float* rw = scratch<float>(12, U * m * g.s_w);
+  float* o = scratch<float>(13, U * m * d);
+  const bool avx512 = !force_portable && rel_pos_attention_has_avx512();
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < U * m; ++t) {
+      const int64_t u = t / m, j = t % m, head = u % g.heads, token = g.token(u, j);
+      float* qd = q + t * d;
+      float* kd = k + t * d;
+      float* vd = v + t * d;
+      if (token >= 0) {
+        const float* src = qkv + token * ts + head * d;
+        std::copy(src, src + d, qd);
+        std::copy(src + g.heads * d, src + g.heads * d + d, kd);
+        std::copy(src + 2 * g.heads * d, src + 2 * g.heads * d + d, vd);
+      } else {
+        std::fill(qd, qd + d, 0.f);
+        std::copy(kv_bias + head * d, kv_bias + head * d + d, kd);
+        std::copy(kv_bias + (g.heads + head) * d, kv_bias + (g.heads + head) * d + d, vd);
+      }
+    }
+    // The rel-pos terms a window row at a time: its queries share table_h's row.
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < U * g.s_h; ++t) {
+      const int64_t row0 = t * g.s_w, ty = t % g.s_h;
+      for (int64_t tx = 0; tx < g.s_w; ++tx)
+        rel_terms(avx512, q + (row0 + tx) * d, table_h + ty * d * g.kp_h, d, g.kp_h, g.s_h, rh + (row0 + tx) * g.s_h);
+      bool done = false;
+      if (avx512) {
+        std::vector<const float*> rows(g.s_w);
+        std::vector<int64_t> cols(g.s_w);
+        for (int64_t tx = 0; tx < g.s_w; ++tx) rows[tx] = q + (row0 + tx) * d, cols[tx] = tx;
+        done = rel_terms_shifted_any(rows.data(), rev_w, d, kl_w, g.s_w, cols.data(), g.s_w, rw + row0 * g.s_w, g.s_w);
+      }
+      if (!done)
+        for (int64_t tx = 0; tx < g.s_w; ++tx)
+          rel_terms_portable(q + (row0 + tx) * d, table_w + tx * d * g.kp_w, d, g.kp_w, g.s_w, rw + (row0 + tx) * g.s_w);
+    }
+  }
+  rel_pos_attention_cpu(q, k, v, rh, rw, o, U, m, g.s_h, g.s_w, d, scale, threads, force_portable, fp16);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t t = 0; t < U * m; ++t) {
+    const int64_t u = t / m, token = g.token(u, t % m);
+    if (token >= 0) std::copy(o + t * d, o + t * d + d, out + (token * g.heads + u % g.heads) * d);
+  }
+}
+
+// fp16, head_dim 64: packs straight from qkv into the fp16 panels of
+// attention_block_fp16, computes each task's rel-pos terms from its fp32
+// queries, and writes its rows to their tokens. Padded queries are skipped.
+template <bool SMALL>
+SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const float* table_w, const float* rev_w,
+                              int64_t kl_w, const float* kv_bias,
+                              float* out, const QkvGeometry& g, float scale, int threads) {
+  constexpr int64_t d = 64;
+  const int64_t U = g.units(), m = g.m(), heads = g.heads, ts = g.token_stride();
+  const int64_t k_h = g.s_h, k_w = g.s_w;
+  const int64_t panels = (m + 63) / 64, m_pad = panels * 64, head_k = m_pad * d;
+  _Float16* kt = scratch<_Float16>(0, U * head_k);
+  _Float16* vh = scratch<_Float16>(1, U * m_pad * d);
+  _Float16* qh = scratch<_Float16>(2, U * m * d);
+  std::vector<int32_t> group_row(m_pad / 16), group_col(m_pad / 16), key_row(m_pad, 0), key_col(m_pad, 0);
+  std::vector<uint16_t> group_valid(m_pad / 16);
+  for (int64_t gi = 0; gi < m_pad / 16; ++gi) {
+    group_row[gi] = static_cast<int32_t>((16 * gi) / k_w), group_col[gi] = static_cast<int32_t>((16 * gi) % k_w);
+    const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, m - 16 * gi));
+    group_valid[gi] = static_cast<uint16_t>((1u << lanes) - 1);
+  }
+  for (int64_t j = 0; j < m; ++j) key_row[j] = static_cast<int32_t>(j / k_w), key_col[j] = static_cast<int32_t>(j % k_w);
+  // Tasks: kRowBlock query rows of one unit; a unit's queries are its window's
+  // valid rectangle, row-major.
+  std::vector<int64_t> task_unit, task_row;
+  for (int64_t u = 0; u < U; ++u)
+    for (int64_t i0 = 0; i0 < g.valid_h(u) * g.valid_w(u); i0 += kRowBlock) task_unit.push_back(u), task_row.push_back(i0);
+  const int64_t n_tasks = static_cast<int64_t>(task_unit.size());
+  auto key_source = [&](int64_t u, int64_t j, int which) -> const float* {  // which: 1 k, 2 v
+    const int64_t token = g.token(u, j), head = u % heads;
+    return token >= 0 ? qkv + token * ts + (which * heads + head) * d : kv_bias + ((which - 1) * heads + head) * d;
+  };
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < U * panels; ++t) {
+      const int64_t u = t / panels, j0 = (t % panels) * 64;
+      _Float16* dst = kt + u * head_k + (j0 / 64) * 64 * d;
+      alignas(64) _Float16 tile[64 * 64];
+      for (int64_t j = 0; j < 64; ++j) {
+        const float* src = j0 + j < m ? key_source(u, j0 + j, 1) : nullptr;
+        for (int64_t c = 0; c < d; c += 16)
+          _mm256_store_ph(tile + j * 64 + c, src ? _mm512_cvtxps_ph(_mm512_loadu_ps(src + c))
+                                                 : _mm256_castsi256_ph(_mm256_setzero_si256()));
+      }
+      for (int64_t c = 0; c < d; ++c)
+        for (int64_t j = 0; j < 64; ++j) dst[c * 64 + j] = tile[j * 64 + c];
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < U * m_pad; ++t) {
+      const int64_t u = t / m_pad, j = t % m_pad;
+      const float* src = j < m ? key_source(u, j, 2) : nullptr;
+      for (int64_t c = 0; c < d; c += 16)
+        _mm256_storeu_ph(vh + t * d + c, src ? _mm512_cvtxps_ph(_mm512_loadu_ps(src + c))
+                                             : _mm256_castsi256_ph(_mm256_setzero_si256()));
+    }
+    // Queries, compacted: row r of unit u is the window's valid position r.
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < U * m; ++t) {
+      const int64_t u = t / m, r = t % m, vw = g.valid_w(u);
+      if (r >= g.valid_h(u) * vw) continue;
+      const float* src = qkv + g.token(u, (r / vw) * k_w + r % vw) * ts + (u % heads) * d;
+      for (int64_t c = 0; c < d; c += 16) _mm256_storeu_ph(qh + t * d + c, _mm512_cvtxps_ph(_mm512_loadu_ps(src + c)));
+    }
+    float* s = scratch<float>(3, kRowBlock * (m_pad + kPad));
+    _Float16* p = scratch<_Float16>(4, kRowBlock * (m_pad + kPad));
+    float* rh = scratch<float>(5, kRowBlock * k_h);
+    float* rw = scratch<float>(6, kRowBlock * k_w);
+    float* o = scratch<float>(7, kRowBlock * d);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tasks; ++t) {
+      const int64_t u = task_unit[t], i0 = task_row[t], vw = g.valid_w(u), head = u % heads;
+      const int64_t rows = std::min(kRowBlock, g.valid_h(u) * vw - i0);
+      int64_t tokens[kRowBlock], cols[kRowBlock];
+      const float* q32[kRowBlock];
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t ty = (i0 + r) / vw, tx = (i0 + r) % vw;
+        tokens[r] = g.token(u, ty * k_w + tx), cols[r] = tx;
+        q32[r] = qkv + tokens[r] * ts + head * d;
+      }
+      // Row terms: the block's rows in runs that share a window row ty.
+      for (int64_t r0 = 0; r0 < rows;) {
+        const int64_t ty = (i0 + r0) / vw, run = std::min(rows - r0, (ty + 1) * vw - (i0 + r0));
+        if (!rel_terms_shared_any(q32 + r0, table_h + ty * d * g.kp_h, d, g.kp_h, k_h, run, rh + r0 * k_h, k_h))
+          for (int64_t r = r0; r < r0 + run; ++r) rel_terms_avx512(q32[r], table_h + ty * d * g.kp_h, d, g.kp_h, k_h, rh + r * k_h);
+        r0 += run;
+      }
+      if (!rel_terms_shifted_any(q32, rev_w, d, kl_w, k_w, cols, rows, rw, k_w))
+        for (int64_t r = 0; r < rows; ++r) rel_terms_avx512(q32[r], table_w + cols[r] * d * g.kp_w, d, g.kp_w, k_w, rw + r * k_w);
+      const HeadFp16 h{kt + u * head_k, vh + u * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale,
+                       group_row.data(), group_col.data(), key_row.data(), key_col.data(), group_valid.data()};
+      attention_block_fp16<SMALL>(h, qh + (u * m + i0) * d, rh, rw, rows, s, p, o);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* dst = out + (tokens[r] * heads + head) * d;
+        for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(dst + c, _mm512_loadu_ps(o + r * d + c));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 bool rel_pos_attention_has_avx512() {
@@ -588,6 +953,39 @@ void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const
   } else {  // 80: ViT-H
     attention_avx512<5, 4>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, nt);
   }
+}
+
+void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const float* rel_pos_w,
+                               const float* kv_bias, float* out, int64_t batch, int64_t height, int64_t width,
+                               int64_t heads, int64_t head_dim, int64_t window, float scale, int threads,
+                               bool force_portable, bool fp16) {
+  if (batch < 1 || height < 1 || width < 1 || heads < 1 || head_dim < 1 || window < 0)
+    throw std::invalid_argument("rel_pos_attention_qkv: every size must be >= 1 (window >= 0)");
+  QkvGeometry g{};
+  g.B = batch, g.H = height, g.W = width, g.heads = heads, g.d = head_dim;
+  g.s_h = window > 0 ? window : height, g.s_w = window > 0 ? window : width;
+  g.nwy = (height + g.s_h - 1) / g.s_h, g.nwx = (width + g.s_w - 1) / g.s_w;
+  g.kp_h = (g.s_h + 15) / 16 * 16, g.kp_w = (g.s_w + 15) / 16 * 16;
+  if (!kv_bias && (height % g.s_h != 0 || width % g.s_w != 0))
+    throw std::invalid_argument("rel_pos_attention_qkv: the windows pad the grid, so kv_bias is needed");
+  const std::vector<float> table_h = rel_pos_table(rel_pos_h, g.s_h, g.kp_h, head_dim);
+  const std::vector<float> table_w = rel_pos_table(rel_pos_w, g.s_w, g.kp_w, head_dim);
+  const int64_t kl_w = (2 * g.s_w - 1 + 15) / 16 * 16;
+  const std::vector<float> rev_w = reversed_table(rel_pos_w, g.s_w, kl_w, head_dim);
+  const int nt = resolve_threads(threads);
+  if (!fp16) {
+    qkv_generic(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt, force_portable, false);
+    return;
+  }
+  const bool aligned = g.s_w % 16 == 0 && g.m() % 64 == 0, small = g.s_h <= 16 && g.s_w <= 16;
+  if (force_portable || head_dim != 64 || !(aligned || small) || !rel_pos_attention_has_avx512_fp16())
+    throw std::invalid_argument(
+        "rel_pos_attention_qkv: fp16 compute needs a CPU with AVX512-FP16, head_dim 64, and a key grid with "
+        "k_w % 16 == 0 and k_h * k_w % 64 == 0, or k_h, k_w <= 16");
+  if (aligned)
+    qkv_fp16<false>(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt);
+  else
+    qkv_fp16<true>(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt);
 }
 
 }  // namespace sam_edge

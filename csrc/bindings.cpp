@@ -111,6 +111,46 @@ PYBIND11_MODULE(_C, m) {
       "Fused softmax(scale q k^T + rel-pos bias) v over float32 (BH, N, D) arrays; see attention.h.");
 
   m.def(
+      "rel_pos_attention_qkv",
+      [](const py::array& qkv, const py::array& rel_pos_h, const py::array& rel_pos_w, const py::object& kv_bias,
+         int64_t heads, int64_t window, double scale, int threads, bool force_portable, bool fp16) {
+        const float* xp = typed_data<float>(qkv, 4, "qkv");
+        const float* hp = typed_data<float>(rel_pos_h, 2, "rel_pos_h");
+        const float* wp = typed_data<float>(rel_pos_w, 2, "rel_pos_w");
+        const int64_t b = qkv.shape(0), height = qkv.shape(1), width = qkv.shape(2);
+        if (heads < 1 || window < 0 || qkv.shape(3) % (3 * heads) != 0)
+          throw std::invalid_argument("rel_pos_attention_qkv: qkv's last axis must be 3 * heads * head_dim");
+        const int64_t d = qkv.shape(3) / (3 * heads);
+        const int64_t s_h = window > 0 ? window : height, s_w = window > 0 ? window : width;
+        if (rel_pos_h.shape(0) != 2 * s_h - 1 || rel_pos_h.shape(1) != d || rel_pos_w.shape(0) != 2 * s_w - 1 ||
+            rel_pos_w.shape(1) != d)
+          throw std::invalid_argument("rel_pos_attention_qkv: expected rel_pos_h (2 * s_h - 1, D) and rel_pos_w "
+                                      "(2 * s_w - 1, D), s the window (or the grid when window is 0)");
+        const float* bp = nullptr;
+        py::array bias;
+        if (!kv_bias.is_none()) {
+          bias = py::array::ensure(kv_bias);
+          if (!bias) throw std::invalid_argument("rel_pos_attention_qkv: kv_bias must be an array");
+          bp = typed_data<float>(bias, 3, "kv_bias");
+          if (bias.shape(0) != 2 || bias.shape(1) != heads || bias.shape(2) != d)
+            throw std::invalid_argument("rel_pos_attention_qkv: expected kv_bias (2, heads, D)");
+        }
+        py::array_t<float> out({b, height, width, heads * d});
+        float* op = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          rel_pos_attention_qkv_cpu(xp, hp, wp, bp, op, b, height, width, heads, d, window,
+                                    static_cast<float>(scale), threads, force_portable, fp16);
+        }
+        return out;
+      },
+      py::arg("qkv"), py::arg("rel_pos_h"), py::arg("rel_pos_w"), py::arg("kv_bias"), py::arg("heads"),
+      py::arg("window"), py::arg("scale"), py::arg("threads") = 0, py::arg("force_portable") = false,
+      py::arg("fp16") = false,
+      "SAM's block attention from its qkv projection (B, H, W, 3 * heads * D) -> (B, H, W, heads * D); "
+      "see attention.h.");
+
+  m.def(
       "rle_encode",
       [](const py::array& masks) {
         const uint8_t* data = byte_data(masks, 3, "masks");

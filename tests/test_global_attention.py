@@ -1,4 +1,8 @@
-"""sam_edge._C's fused global attention (csrc/attention_cpu.cpp) against float64.
+"""sam_edge._C's fused attention (csrc/attention_cpu.cpp) against float64: the
+core op on q, k, v and bias terms, and the block-level op that the segmented
+encoder calls, from the qkv projection with the rel-pos tables and windows.
+The block-level reference is itself checked against the official package's
+Attention, window_partition and window_unpartition.
 
 Tolerances follow the flash-attention convention: the kernel's error against
 a float64 reference may be a small multiple of the error of a plain
@@ -17,6 +21,8 @@ from sam_edge.runtime.global_attention import (
     fast_compute,
     kernel_status,
     rel_pos_attention,
+    rel_pos_attention_qkv,
+    rel_pos_attention_qkv_reference,
     rel_pos_attention_reference,
 )
 
@@ -149,3 +155,146 @@ def test_fast_compute_follows_the_machine():
         assert fast_compute(80, (14, 14), "fp16") is None
     with pytest.raises(ValueError, match="compute must be one of"):
         fast_compute(64, (64, 64), "bf16")
+
+
+# ---- from the qkv projection: rel_pos_attention_qkv ----
+
+# (batch, (H, W), heads, head_dim, window)
+QKV_SHAPES = [
+    (1, (16, 16), 2, 64, 0),   # reduced global block
+    (2, (8, 16), 3, 64, 0),    # batch of 2, rows not a multiple of 24
+    (1, (20, 23), 2, 64, 7),   # windows padded at the bottom and the right
+    (1, (30, 30), 2, 64, 14),  # ViT-B's window on a grid with 3 x 3 windows
+    (1, (8, 16), 2, 80, 0),    # ViT-H head_dim
+    (2, (9, 10), 1, 24, 4),    # odd head_dim: the portable loop
+]
+_qkv_ids = [f"b{s[0]}g{s[1][0]}x{s[1][1]}h{s[2]}d{s[3]}w{s[4]}" for s in QKV_SHAPES]
+
+
+def _qkv_inputs(batch, grid, heads, d, window, seed):
+    rng = np.random.default_rng(seed)
+    s_h, s_w = (window, window) if window else grid
+    qkv = rng.standard_normal((batch, *grid, 3 * heads * d)).astype(np.float32)
+    # Tables at the scale that makes the bias matter as much as q . k.
+    rel_pos_h = (rng.standard_normal((2 * s_h - 1, d)) * d ** -0.5).astype(np.float32)
+    rel_pos_w = (rng.standard_normal((2 * s_w - 1, d)) * d ** -0.5).astype(np.float32)
+    kv_bias = rng.standard_normal((2, heads, d)).astype(np.float32)
+    return qkv, rel_pos_h, rel_pos_w, kv_bias
+
+
+def test_qkv_reference_matches_the_official_attention():
+    """The float64 reference is SAM's block attention: the official Attention
+    module (its qkv and proj Linears around ours), windows partitioned and
+    un-partitioned by the official functions, all in float64."""
+    torch = pytest.importorskip("torch")
+    image_encoder = pytest.importorskip("segment_anything.modeling.image_encoder")
+    for batch, grid, heads, d, window in [(1, (12, 12), 2, 16, 0), (2, (11, 9), 2, 8, 4)]:
+        torch.manual_seed(window)
+        dim, size = heads * d, (window, window) if window else grid
+        attn = image_encoder.Attention(dim, heads, qkv_bias=True, use_rel_pos=True, input_size=size).double()
+        with torch.no_grad():
+            attn.rel_pos_h.normal_(0, 0.5)
+            attn.rel_pos_w.normal_(0, 0.5)
+            x = torch.randn(batch, *grid, dim, dtype=torch.float64)
+            if window:
+                windows, pad = image_encoder.window_partition(x, window)
+                official = image_encoder.window_unpartition(attn(windows), window, pad, grid)
+            else:
+                official = attn(x)
+            qkv = attn.qkv(x).numpy()
+            kv_bias = attn.qkv.bias.view(3, heads, d)[1:].numpy()
+            out = rel_pos_attention_qkv_reference(qkv, attn.rel_pos_h.numpy(), attn.rel_pos_w.numpy(), kv_bias,
+                                                  heads, window, attn.scale)
+            ours = attn.proj(torch.from_numpy(out)).numpy()
+        np.testing.assert_allclose(ours, official.numpy(), rtol=0, atol=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", QKV_SHAPES, ids=_qkv_ids)
+def test_qkv_fp32_matches_float64(shape):
+    batch, grid, heads, d, window = shape
+    inputs = _qkv_inputs(batch, grid, heads, d, window, seed=sum(grid) + d + window)
+    scale = d ** -0.5
+    ref = rel_pos_attention_qkv_reference(*inputs, heads, window, scale)
+    baseline = _rel(rel_pos_attention_qkv_reference(*inputs, heads, window, scale, dtype=np.float32), ref)
+    ours = rel_pos_attention_qkv(*inputs, heads, window, scale)
+    assert ours.shape == (batch, *grid, heads * d) and ours.dtype == np.float32
+    assert _rel(ours, ref) <= 4 * baseline, (_rel(ours, ref), baseline)
+
+
+def _torch_fp16_qkv(torch, qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale):
+    """The same-precision baseline for fp16 compute: windows and rel-pos terms in
+    float32 (as the kernel computes them), both products in torch fp16, softmax in fp32."""
+    b, height, width, _ = qkv.shape
+    d = qkv.shape[-1] // (3 * heads)
+    s_h, s_w = (window, window) if window else (height, width)
+    hp, wp = -(-height // s_h) * s_h, -(-width // s_w) * s_w
+    grid = np.zeros((b, hp, wp, 3, heads, d), np.float32)
+    grid[..., 1:, :, :] = kv_bias
+    grid[:, :height, :width] = qkv.reshape(b, height, width, 3, heads, d)
+    q, k, v = grid.reshape(b, hp // s_h, s_h, wp // s_w, s_w, 3, heads, d).transpose(5, 0, 1, 3, 6, 2, 4, 7)
+    rel_h = np.einsum("...ywc,ykc->...ywk", q, rel_pos_h[np.arange(s_h)[:, None] - np.arange(s_h) + s_h - 1])
+    rel_w = np.einsum("...ywc,wkc->...ywk", q, rel_pos_w[np.arange(s_w)[:, None] - np.arange(s_w) + s_w - 1])
+    lead, m = q.shape[:-3], s_h * s_w
+    tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(a).reshape(-1, m, d)).half() for a in (q, k, v))
+    bias = torch.from_numpy((rel_h[..., :, None] + rel_w[..., None, :]).reshape(-1, m, m))
+    scores = (scale * tq @ tk.transpose(-1, -2)).float() + bias
+    out = (scores.softmax(-1).half() @ tv).float().numpy().reshape(*lead, s_h, s_w, d)
+    return out.transpose(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, heads * d)[:, :height, :width]
+
+
+@needs_kernel
+@needs_fp16
+@pytest.mark.parametrize("shape", [s for s in QKV_SHAPES if s[3] == 64], ids=lambda s: _qkv_ids[QKV_SHAPES.index(s)])
+def test_qkv_fp16_compute_within_torch_fp16_error(shape):
+    torch = pytest.importorskip("torch")
+    batch, grid, heads, d, window = shape
+    inputs = _qkv_inputs(batch, grid, heads, d, window, seed=3 + sum(grid) + window)
+    scale = d ** -0.5
+    ref = rel_pos_attention_qkv_reference(*inputs, heads, window, scale)
+    torch_fp16 = _rel(_torch_fp16_qkv(torch, *inputs, heads, window, scale), ref)
+    ours = rel_pos_attention_qkv(*inputs, heads, window, scale, compute="fp16")
+    assert _rel(ours, ref) <= 5 * torch_fp16, (_rel(ours, ref), torch_fp16)
+
+
+@needs_kernel
+@needs_avx512
+def test_qkv_avx512_path_matches_the_portable_loop():
+    from sam_edge import _C
+
+    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(1, (16, 32), 2, 64, 0, seed=13)
+    fast = _C.rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125, 0, False, False)
+    portable = _C.rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125, 0, True, False)
+    ref = rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125)
+    assert _rel(fast, ref) < 1e-6 and _rel(portable, ref) < 1e-6
+
+
+@needs_kernel
+@pytest.mark.parametrize("compute", ["fp32", "fp16"])
+def test_qkv_thread_count_does_not_change_the_result(compute):
+    if compute == "fp16" and not STATUS["avx512_fp16"]:
+        pytest.skip("this CPU has no AVX512-FP16")
+    inputs = _qkv_inputs(1, (20, 23), 3, 64, 7, seed=17)
+    one = rel_pos_attention_qkv(*inputs, 3, 7, 0.125, compute=compute, threads=1)
+    two = rel_pos_attention_qkv(*inputs, 3, 7, 0.125, compute=compute, threads=2)
+    np.testing.assert_array_equal(one, two)
+
+
+@needs_kernel
+def test_qkv_bad_inputs_are_refused():
+    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(1, (10, 10), 2, 16, 4, seed=2)
+    with pytest.raises(TypeError, match="qkv must be float32"):
+        rel_pos_attention_qkv(qkv.astype(np.float64), rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25)
+    with pytest.raises(ValueError, match="3 \\* heads \\* head_dim"):
+        rel_pos_attention_qkv(qkv[..., :-1], rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25)
+    with pytest.raises(ValueError, match="rel_pos_h"):
+        rel_pos_attention_qkv(qkv, rel_pos_h[:-1], rel_pos_w, kv_bias, 2, 4, 0.25)
+    with pytest.raises(ValueError, match="kv_bias is needed"):
+        rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, None, 2, 4, 0.25)  # 10 x 10 in 4 x 4 windows pads
+    with pytest.raises(ValueError, match="kv_bias"):
+        rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias[:, :1], 2, 4, 0.25)
+    with pytest.raises(ValueError, match="compute must be one of"):
+        rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="int8")
+    if STATUS["avx512_fp16"]:
+        with pytest.raises(ValueError, match="fp16 compute needs"):
+            rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="fp16")  # head_dim 16

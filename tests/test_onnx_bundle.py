@@ -42,6 +42,7 @@ def test_manifest_records_build(bundle):
     assert set(manifest["files"]) == {
         "encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_prompt.onnx", "decoder_official.onnx",
         "encoder_segment_0.onnx", "encoder_segment_1.onnx",  # the split at the one global block
+        "encoder_attention.npz",  # its rel-pos tables, for the kernel
     }
     for name, record in manifest["files"].items():
         assert record["sha256"] == sha256_file(str(path / name))

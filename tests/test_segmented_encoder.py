@@ -1,5 +1,6 @@
-"""The encoder split at its global attentions (export/split_encoder.py) and run
-as segments with sam-edge's kernel between them (runtime/segmented_encoder.py).
+"""The encoder split at its attentions (export/split_encoder.py) and run as
+segments with sam-edge's kernel between them (runtime/segmented_encoder.py):
+each cut runs from a block's qkv projection to its proj input.
 
 The single encoder graph of the same bundle is the reference: in fp32 the
 two compute the same math (the kernel's fp32 error is ~1e-7, test_global_attention),
@@ -46,8 +47,59 @@ def test_build_writes_segments_and_plan(bundle):
     assert plan["segments"][0]["inputs"] == ["image"]
     assert plan["segments"][-1]["outputs"] == ["image_embeddings"]
     for a in plan["attention"]:
-        assert a["heads"] == 12 and a["head_dim"] == 64 and a["k_size"] == [16, 16]
+        assert a["heads"] == 12 and a["head_dim"] == 64 and a["k_size"] == [16, 16] and a["window"] == 0
         assert a["scale"] == pytest.approx(64 ** -0.5)
+        assert a["qkv"].endswith("/attn/qkv/Add_output_0")
+    assert plan["tables"] in manifest["files"]
+
+
+def test_the_attention_leaves_the_segments(bundle):
+    """Everything between a cut block's qkv and proj Linears runs in the kernel: no
+    segment holds a cut block's Softmax, and each segment passes on only the
+    residual stream and the next qkv projection."""
+    import onnx
+
+    _, path = bundle
+    plan = json.loads((path / "manifest.json").read_text())["encoder_split"]
+    for k, segment in enumerate(plan["segments"]):
+        graph = onnx.load(str(path / segment["file"])).graph
+        for a in plan["attention"]:
+            prefix = f"/image_encoder/blocks.{a['block']}/attn/"
+            assert not [n.name for n in graph.node if n.name.startswith(prefix) and n.op_type == "Softmax"]
+        if 0 < k < len(plan["segments"]) - 1:
+            assert len(segment["inputs"]) == 2 and len(segment["outputs"]) == 2, segment
+
+
+def test_tables_are_the_checkpoint_s(bundle):
+    """encoder_attention.npz holds each cut block's rel-pos tables and the k and v
+    parts of its qkv bias, as the checkpoint has them."""
+    import torch
+
+    checkpoint, path = bundle
+    state = torch.load(str(checkpoint), map_location="cpu")
+    plan = json.loads((path / "manifest.json").read_text())["encoder_split"]
+    with np.load(path / plan["tables"]) as tables:
+        for j, a in enumerate(plan["attention"]):
+            key = f"image_encoder.blocks.{a['block']}.attn."
+            np.testing.assert_array_equal(tables[f"rel_pos_h_{j}"], state[key + "rel_pos_h"].numpy())
+            np.testing.assert_array_equal(tables[f"rel_pos_w_{j}"], state[key + "rel_pos_w"].numpy())
+            np.testing.assert_array_equal(tables[f"kv_bias_{j}"], state[key + "qkv.bias"].view(3, 12, 64)[1:].numpy())
+
+
+def test_a_plan_without_tables_runs_the_single_graph(bundle, tmp_path):
+    """Bundles split by an older sam-edge (their cuts were q, k, v and the bias
+    terms, with no tables file) still load, on their single graph."""
+    import shutil
+
+    _, path = bundle
+    copy = tmp_path / "old-plan"
+    shutil.copytree(path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["encoder_split"]["tables"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert sam_edge.load(str(copy)).encoder_mode == "single ONNX Runtime graph"
+    with pytest.raises(BundleError, match="has no encoder segments for this sam-edge"):
+        sam_edge.load(str(copy), native_attention=True)
 
 
 @needs_fast_kernel
@@ -109,6 +161,7 @@ def test_int8_bundle_cuts_every_block(int8_bundle):
     assert plan["compute"] == "fp16"
     assert [a["block"] for a in plan["attention"]] == [0, 1, 2, 3]
     assert [a["k_size"] for a in plan["attention"]] == [[14, 14], [16, 16], [14, 14], [16, 16]]
+    assert [a["window"] for a in plan["attention"]] == [14, 0, 14, 0]  # 16 x 16 grid: 2 x 2 padded windows
     assert len(plan["segments"]) == 5
 
 

@@ -9,13 +9,18 @@ the runtime runs the graph in pieces instead:
     segment 0 -> attention 0 -> segment 1 -> ... -> attention n-1 -> segment n
 
 Segment k computes everything that can be computed before attention k's
-output is known; attention k is SAM's attention with the decomposed rel-pos
-bias (a global block's, or a windowed block's over its partitioned windows),
-fed by five tensors of the graph:
+output is known. Attention k is a whole block's attention between its two
+Linears, as global_attention.rel_pos_attention_qkv computes it:
 
-    q (B, heads, N, D) unscaled queries; k, v (B, heads, M, D);
-    rel_h (B, heads, q_h, q_w, k_h), rel_w (B, heads, q_h, q_w, k_w)
-    -> out (B, heads, N, D) = softmax(scale q k^T + rel_h[.., kh] + rel_w[.., kw]) v
+    qkv (B, H, W, 3 * heads * D), the qkv Linear's output
+    -> out (B, H, W, heads * D), the proj Linear's input
+
+so the split into q, k, v, the per-head transposes, the window partition and
+padding, the rel-pos terms and the un-partition (about 20 graph nodes a block,
+a fifth of an int8 ViT-B segment's time in an ad-hoc ORT profile) leave the
+graph too. The kernel also needs each block's rel-pos tables and, for the
+windowed blocks, the k and v parts of its qkv bias (a padded token's key and
+value): they go to encoder_attention.npz beside the segments.
 
 split_at_global_attention writes the segments next to the encoder and returns
 the plan the runtime follows (sam_edge.runtime.segmented_encoder). It reads
@@ -26,7 +31,10 @@ writes it and the quantizers leave it), not the fused one.
 import os
 from typing import Any, Dict, List, Set
 
-from ..runtime.global_attention import ATTENTION_INPUTS
+from ..runtime.global_attention import QKV_INPUTS
+
+#: The file beside the segments that holds the kernel's tables.
+TABLES_FILE = "encoder_attention.npz"
 
 
 def _attention_patterns(graph, config, blocks) -> List[Dict[str, Any]]:
@@ -82,6 +90,85 @@ def _attention_patterns(graph, config, blocks) -> List[Dict[str, Any]]:
     return patterns
 
 
+_QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
+def _with_last_dim(info, name: str, last: int):
+    """A copy of value info `info`, renamed, with its last dimension `last`."""
+    import copy
+
+    out = copy.deepcopy(info)
+    out.name = name
+    dims = out.type.tensor_type.shape.dim
+    dims[len(dims) - 1].Clear()
+    dims[len(dims) - 1].dim_value = last
+    return out
+
+
+def _qkv_cuts(graph, config, blocks, value_info) -> List[Dict[str, Any]]:
+    """Each block's cut between its qkv and proj Linears, in graph order: the
+    qkv tensor, the proj input, the scale, and the kernel's tables."""
+    from onnx import numpy_helper
+
+    producer = {out: node for node in graph.node for out in node.output}
+    inits = {t.name: t for t in graph.initializer}
+    heads, dim = config.encoder_num_heads, config.encoder_embed_dim
+    head_dim = dim // heads
+
+    def shape(name):
+        info = value_info.get(name)
+        if info is None or not info.type.tensor_type.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+
+    cuts = []
+    for pattern in _attention_patterns(graph, config, blocks):
+        prefix, block = pattern["block"], pattern["index"]
+        qkv_scope, proj_scope = prefix + "qkv/", prefix + "proj/"
+        # The qkv Linear's output: its bias Add, read by the attention's first Reshape.
+        bias_adds = [n for n in graph.node if n.name.startswith(qkv_scope) and n.op_type == "Add"
+                     and any(i in inits for i in n.input)]
+        if len(bias_adds) != 1:
+            raise ValueError(f"{qkv_scope}: expected one bias Add, found {len(bias_adds)}")
+        bias_add = bias_adds[0]
+        qkv = bias_add.output[0]
+        bias = numpy_helper.to_array(inits[next(i for i in bias_add.input if i in inits)])
+        if bias.shape != (3 * dim,) or (shape(qkv) or [None])[-1] != 3 * dim or len(shape(qkv) or []) != 4:
+            raise ValueError(f"{bias_add.name}: expected the (B, H, W, {3 * dim}) qkv projection; got {shape(qkv)}")
+        # The proj Linear's input, behind whatever quantizes it for the MatMul.
+        proj = [n for n in graph.node if n.name.startswith(proj_scope) and n.op_type in ("MatMul", "MatMulInteger")]
+        if len(proj) != 1:
+            raise ValueError(f"{proj_scope}: expected one MatMul, found {len(proj)}")
+        name = proj[0].input[0]
+        while name in producer and producer[name].op_type in _QUANTIZE_OPS:
+            name = producer[name].input[0]
+        out_shape = shape(name)
+        if name not in producer or (out_shape is not None and (len(out_shape) != 4 or out_shape[-1] not in (None, dim))):
+            raise ValueError(f"{proj[0].name}: expected its input to be the (B, H, W, {dim}) attention output; "
+                             f"got {out_shape}")
+        tables = {}
+        for axis in ("h", "w"):
+            key = f"image_encoder.blocks.{block}.attn.rel_pos_{axis}"
+            if key not in inits:
+                raise ValueError(f"{prefix}: the graph has no {key} table")
+            tables[axis] = numpy_helper.to_array(inits[key]).astype("float32")
+        cuts.append({
+            **pattern,
+            "qkv": qkv,
+            "output": name,
+            # Removing the output's producer leaves the rest of the attention dead.
+            "removed": {producer[name].name},
+            # Shape inference loses the grid behind the attention's reshapes (its
+            # output and everything after it came out (?, ?, ?, ?)): the segment
+            # after the cut declares it, so that ORT's fusions see shapes again.
+            "output_info": _with_last_dim(value_info[qkv], name, dim),
+            "rel_pos_h": tables["h"],
+            "rel_pos_w": tables["w"],
+            "kv_bias": bias.reshape(3, heads, head_dim)[1:].astype("float32"),
+        })
+    return cuts
+
+
 def _topological(nodes, available: Set[str]) -> list:
     """nodes in an order where each one's inputs come first (the quantizers do
     not keep the graph sorted)."""
@@ -113,13 +200,14 @@ def split_at_global_attention(
         encoder_path: the plain encoder graph (export_encoder, or a quantizer's output).
         out_dir: where the segments go (the bundle's staging directory).
         config: the model's SamConfig.
-        windowed: cut at every block's attention, the windowed ones too (their
-            q, k, v are the (B * windows, heads, w * w, D) partitioned windows);
-            by default only at the global blocks.
+        windowed: cut at every block's attention, the windowed ones too; by
+            default only at the global blocks.
     Returns:
         the plan: {"segments": [{"file", "inputs", "outputs"}], "attention":
-        [{"q", "k", "v", "rel_h", "rel_w", "output", "scale", "heads",
-        "head_dim", "k_size", "block"}], "input", "output"}, tensor names throughout.
+        [{"qkv", "output", "scale", "heads", "head_dim", "k_size", "window",
+        "block"}], "tables", "input", "output"}, tensor names throughout;
+        attention j's rel-pos tables and padding key/value are rel_pos_h_j,
+        rel_pos_w_j and kv_bias_j in the "tables" file (numpy .npz).
     Each segment carries its own weights: the bundle's encoder.onnx stays whole
     for other runtimes, so an int8 ViT-B bundle grows by about 100 MB.
     """
@@ -130,15 +218,17 @@ def split_at_global_attention(
     graph = model.graph
     glob = set(config.encoder_global_attn_indexes)
     blocks = [i for i in range(config.encoder_depth) if windowed or i in glob]
-    patterns = _attention_patterns(graph, config, blocks)
-    if not patterns:
-        raise ValueError("the encoder has no attention to split at")
     # Shapes for every segment's tensors: without them ONNX Runtime skips the
     # fusions that check shapes (Add + Gelu -> BiasGelu among them).
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     value_info = {v.name: v for v in
                   list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     del inferred
+    patterns = _qkv_cuts(graph, config, blocks, value_info)
+    if not patterns:
+        raise ValueError("the encoder has no attention to split at")
+    for p in patterns:
+        value_info[p["output"]] = p["output_info"]
 
     initializers = {t.name for t in graph.initializer}
     graph_inputs = [i.name for i in graph.input if i.name not in initializers]
@@ -146,14 +236,14 @@ def split_at_global_attention(
     if len(graph_inputs) != 1 or len(graph_outputs) != 1:
         raise ValueError(f"expected one image input and one output; got {graph_inputs} -> {graph_outputs}")
 
-    # Drop the attentions, then whatever only they needed (the scaled q, k^T,
-    # the 12 x N x M bias). The five inputs stay: the kernel reads them.
+    # Drop the attentions, then whatever only they needed (from the split of qkv
+    # to the un-partitioned output). The qkv tensors stay: the kernel reads them.
     removed: Set[str] = set().union(*(p["removed"] for p in patterns))
     # Each attention as a placeholder node, so that sorting and staging see it
-    # (and its five inputs stay alive).
+    # (and its input stays alive).
     placeholders = {
         f"sam_edge_attention_{j}": helper.make_node(
-            "SamEdgeAttention", [p[name] for name in ATTENTION_INPUTS], [p["output"]], name=f"sam_edge_attention_{j}"
+            "SamEdgeAttention", [p[name] for name in QKV_INPUTS], [p["output"]], name=f"sam_edge_attention_{j}"
         )
         for j, p in enumerate(patterns)
     }
@@ -189,7 +279,7 @@ def split_at_global_attention(
             if i and stage.get(i, -1) >= 0 and stage[i] < node_stage[node.name]:
                 needed_later[stage[i]].add(i)
     for j, p in enumerate(patterns):
-        for name in ATTENTION_INPUTS:
+        for name in QKV_INPUTS:
             needed_later[stage[p[name]]].add(p[name])
     needed_later[stage[graph_outputs[0]]].add(graph_outputs[0])
 
@@ -216,7 +306,7 @@ def split_at_global_attention(
         inputs = sorted({i for n in seg_nodes for i in n.input if i and i not in produced and i not in initializers})
         outputs = sorted(needed_later[k] & produced) if k < n_segments - 1 else [graph_outputs[0]]
         if k < n_segments - 1:
-            outputs = sorted(set(outputs) | {patterns[k][name] for name in ATTENTION_INPUTS})
+            outputs = sorted(set(outputs) | {patterns[k][name] for name in QKV_INPUTS})
         used_inits = {i for n in seg_nodes for i in n.input if i in initializers}
         inner = sorted(produced - set(outputs))
         seg_graph = helper.make_graph(
@@ -232,15 +322,23 @@ def split_at_global_attention(
         file_name = f"{prefix}_{k}.onnx"
         onnx.save_model(seg_model, os.path.join(out_dir, file_name))
         plan["segments"].append({"file": file_name, "inputs": inputs, "outputs": outputs})
-    for p in patterns:
-        side = config.image_embedding_size if p["index"] in glob else config.window_size
+    import numpy as np
+
+    tables = {}
+    for j, p in enumerate(patterns):
+        is_global = p["index"] in glob
+        side = config.image_embedding_size if is_global else config.window_size
         plan["attention"].append({
-            **{name: p[name] for name in ATTENTION_INPUTS},
+            "qkv": p["qkv"],
             "output": p["output"],
             "scale": p["scale"],
             "block": p["index"],
             "heads": config.encoder_num_heads,
             "head_dim": config.encoder_embed_dim // config.encoder_num_heads,
             "k_size": [side, side],
+            "window": 0 if is_global else config.window_size,
         })
+        tables.update({f"rel_pos_h_{j}": p["rel_pos_h"], f"rel_pos_w_{j}": p["rel_pos_w"], f"kv_bias_{j}": p["kv_bias"]})
+    np.savez(os.path.join(out_dir, TABLES_FILE), **tables)
+    plan["tables"] = TABLES_FILE
     return plan

@@ -137,10 +137,12 @@ def load(
     if native_attention is not False:
         from .global_attention import fast_compute, kernel_status
 
-        if split is None:
+        if split is None or "tables" not in split:
+            # Bundles from before the cut moved to the qkv projection have no tables file.
             if native_attention:
-                raise BundleError(f"bundle {bundle_dir} has no encoder segments (built with --no-split-encoder, "
-                                  "fp16, or by an older sam-edge); rebuild it, or pass native_attention=None")
+                raise BundleError(f"bundle {bundle_dir} has no encoder segments for this sam-edge (built with "
+                                  "--no-split-encoder, fp16, or by an older sam-edge); rebuild it, or pass "
+                                  "native_attention=None")
         else:
             preferred = split.get("compute", "fp32")
             computes = [fast_compute(a["head_dim"], a["k_size"], preferred) for a in split["attention"]]

@@ -17,7 +17,14 @@ keeps each block of scores in cache instead of materialising the
   relative error against float64 (the benchmark, tests/test_global_attention.py),
   inside those bundles' 5e-2 bound.
 
-rel_pos_attention_reference is the same math in float64 numpy, for the tests.
+rel_pos_attention_qkv is the same attention as an encoder block feeds it: from
+its qkv Linear's output, with the model's rel-pos tables, the windows and their
+padding handled in the kernel (_C.rel_pos_attention_qkv), and the output in the
+layout the block's proj Linear reads. The ONNX Runtime segmented encoder cuts
+its graph there (sam_edge.export.split_encoder).
+
+rel_pos_attention_reference and rel_pos_attention_qkv_reference are the same
+math in float64 numpy, for the tests.
 """
 
 from typing import Optional, Sequence
@@ -26,8 +33,8 @@ import numpy as np
 
 #: Compute precisions of the kernel.
 COMPUTE = ("fp32", "fp16")
-#: The kernel's inputs, in order, as an encoder split plan names them.
-ATTENTION_INPUTS = ("q", "k", "v", "rel_h", "rel_w")
+#: The graph tensor that rel_pos_attention_qkv reads, as a split plan names it.
+QKV_INPUTS = ("qkv",)
 
 
 def _native():
@@ -131,13 +138,88 @@ def rel_pos_attention(
     return out.reshape(b, heads, n, d)
 
 
-def rel_pos_attention_reference(q, k, v, rel_h, rel_w, scale: float) -> np.ndarray:
-    """rel_pos_attention in float64 numpy, materialising the scores: for clarity."""
-    q, k, v, rel_h, rel_w = (np.asarray(a, dtype=np.float64) for a in (q, k, v, rel_h, rel_w))
+def rel_pos_attention_reference(q, k, v, rel_h, rel_w, scale: float, dtype=np.float64) -> np.ndarray:
+    """rel_pos_attention in numpy, materialising the scores: for clarity. float64
+    by default; float32 gives the tests their same-precision baseline."""
+    q, k, v, rel_h, rel_w = (np.asarray(a, dtype=dtype) for a in (q, k, v, rel_h, rel_w))
     b, heads, n, _ = q.shape
     bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, n, -1)
-    scores = scale * q @ np.swapaxes(k, -1, -2) + bias
+    scores = dtype(scale) * q @ np.swapaxes(k, -1, -2) + bias
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     p /= p.sum(axis=-1, keepdims=True)
     return p @ v
+
+
+def rel_pos_attention_qkv(
+    qkv: np.ndarray,
+    rel_pos_h: np.ndarray,
+    rel_pos_w: np.ndarray,
+    kv_bias: Optional[np.ndarray],
+    heads: int,
+    window: int,
+    scale: float,
+    compute: str = "fp32",
+    threads: Optional[int] = None,
+) -> np.ndarray:
+    """An encoder block's attention, from its qkv projection.
+
+    Arguments:
+        qkv: (B, H, W, 3 * heads * D) float32, the block's qkv Linear output
+            (q, k, v, then heads, then channels along the last axis).
+        rel_pos_h, rel_pos_w: (2 * s - 1, D) float32, the block's rel-pos tables;
+            s is the window, or the grid side for a global block.
+        kv_bias: (2, heads, D) float32, the key and value of a padded token (the
+            qkv bias's k and v parts); None when the windows tile the grid.
+        heads: attention heads.
+        window: 0 for a global block, else the window side (the grid is padded
+            at the bottom and right to whole windows, as SAM does).
+        scale: multiplies q @ k^T (D ** -0.5 in SAM).
+        compute: "fp32" or "fp16" (see the module docstring).
+        threads: OpenMP threads; all of them when None.
+    Returns:
+        (B, H, W, heads * D) float32: each token's attention output, heads then channels.
+    """
+    native = _native()
+    if native is None or not hasattr(native, "rel_pos_attention_qkv"):
+        raise RuntimeError("sam_edge._C is not built: rel_pos_attention_qkv needs it (pip install . builds it)")
+    if compute not in COMPUTE:
+        raise ValueError(f"compute must be one of {COMPUTE}; got {compute!r}")
+    qkv = _check("qkv", qkv, 4)
+    rel_pos_h, rel_pos_w = _check("rel_pos_h", rel_pos_h, 2), _check("rel_pos_w", rel_pos_w, 2)
+    if kv_bias is not None:
+        kv_bias = _check("kv_bias", kv_bias, 3)
+    return native.rel_pos_attention_qkv(
+        qkv, rel_pos_h, rel_pos_w, kv_bias, int(heads), int(window), float(scale),
+        0 if threads is None else int(threads), False, compute == "fp16",
+    )
+
+
+def rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, heads: int, window: int,
+                                    scale: float, dtype=np.float64) -> np.ndarray:
+    """rel_pos_attention_qkv in numpy (float64 by default): pad, partition,
+    attend, un-partition."""
+    qkv = np.asarray(qkv, dtype=dtype)
+    b, height, width, channels = qkv.shape
+    d = channels // (3 * heads)
+    s_h, s_w = (window, window) if window else (height, width)
+    hp, wp = -(-height // s_h) * s_h, -(-width // s_w) * s_w
+    grid = np.zeros((b, hp, wp, 3, heads, d), dtype)
+    if kv_bias is not None:
+        grid[..., 1:, :, :] = np.asarray(kv_bias, dtype=dtype)
+    grid[:, :height, :width] = qkv.reshape(b, height, width, 3, heads, d)
+    # (B, wy, s_h, wx, s_w, 3, heads, D) -> (3, B, wy, wx, heads, s_h, s_w, D)
+    windows = grid.reshape(b, hp // s_h, s_h, wp // s_w, s_w, 3, heads, d).transpose(5, 0, 1, 3, 6, 2, 4, 7)
+    q, k, v = windows
+    table_h = np.asarray(rel_pos_h, dtype)[np.arange(s_h)[:, None] - np.arange(s_h)[None, :] + s_h - 1]
+    table_w = np.asarray(rel_pos_w, dtype)[np.arange(s_w)[:, None] - np.arange(s_w)[None, :] + s_w - 1]
+    rel_h = np.einsum("...ywc,ykc->...ywk", q, table_h)
+    rel_w = np.einsum("...ywc,wkc->...ywk", q, table_w)
+    lead = q.shape[:-3]
+    out = rel_pos_attention_reference(
+        q.reshape(-1, 1, s_h * s_w, d), k.reshape(-1, 1, s_h * s_w, d), v.reshape(-1, 1, s_h * s_w, d),
+        rel_h.reshape(-1, 1, s_h, s_w, s_h), rel_w.reshape(-1, 1, s_h, s_w, s_w), scale, dtype,
+    ).reshape(*lead, s_h, s_w, d)
+    # (B, wy, wx, heads, s_h, s_w, D) -> (B, wy, s_h, wx, s_w, heads, D)
+    out = out.transpose(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, heads * d)
+    return out[:, :height, :width]

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .global_attention import ATTENTION_INPUTS, rel_pos_attention
+from .global_attention import QKV_INPUTS, rel_pos_attention_qkv
 
 _SHARED_ARENA = []
 
@@ -61,6 +61,12 @@ class SegmentedEncoder:
         if shared_arena:
             _register_shared_arena(ort)
             options.add_session_config_entry("session.use_env_allocators", "1")
+        # The kernel's tables: each cut's rel-pos tables and padding key/value.
+        with np.load(os.path.join(bundle_dir, plan["tables"]), allow_pickle=False) as tables:
+            self.tables = [
+                (tables[f"rel_pos_h_{j}"], tables[f"rel_pos_w_{j}"], tables[f"kv_bias_{j}"])
+                for j in range(len(plan["attention"]))
+            ]
         self.sessions = [
             ort.InferenceSession(os.path.join(bundle_dir, segment["file"]), options, providers=list(providers))
             for segment in plan["segments"]
@@ -71,7 +77,7 @@ class SegmentedEncoder:
             for name in segment["inputs"]:
                 last_read[name] = 2 * k
         for k, attention in enumerate(plan["attention"]):
-            for name in ATTENTION_INPUTS:
+            for name in QKV_INPUTS:
                 last_read[attention[name]] = max(last_read.get(attention[name], -1), 2 * k + 1)
         self._drop_after: Dict[int, List[str]] = {}
         for name, step in last_read.items():
@@ -92,9 +98,10 @@ class SegmentedEncoder:
             self._drop(values, 2 * k)
             if k < len(attentions):
                 a = attentions[k]
-                values[a["output"]] = rel_pos_attention(
-                    *(values[a[name]] for name in ATTENTION_INPUTS), scale=a["scale"], compute=self.compute[k],
-                    threads=self.threads,
+                rel_pos_h, rel_pos_w, kv_bias = self.tables[k]
+                values[a["output"]] = rel_pos_attention_qkv(
+                    values[a["qkv"]], rel_pos_h, rel_pos_w, kv_bias, a["heads"], a["window"], a["scale"],
+                    compute=self.compute[k], threads=self.threads,
                 )
                 self._drop(values, 2 * k + 1)
         return [values[self.plan["output"]]]
