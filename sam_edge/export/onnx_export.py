@@ -403,13 +403,22 @@ def fuse_global_attention(path: str, config) -> int:
         if len(consumers[k_transposed.output[0]]) == 1:
             removed.add(k_transposed.name)
     nodes = []
+    dropped_inputs = set()
     for node in graph.node:
         if node.name in replaced:
             nodes.extend(replaced[node.name])
         elif node.name not in removed:
             nodes.append(node)
+        if node.name in removed or node.name in replaced:
+            dropped_inputs.update(node.input)
     del graph.node[:]
     graph.node.extend(nodes)
+    # The scale constants only the removed Mul read: ONNX Runtime warned about
+    # each unused initializer at every session start.
+    used = {i for node in graph.node for i in node.input} | {i.name for i in graph.input}
+    unused = [t for t in graph.initializer if t.name in dropped_inputs and t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
     if not any(o.domain == FUSED_ATTENTION_OP[0] for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(FUSED_ATTENTION_OP[0], 1))
     onnx.save_model(model, path)
