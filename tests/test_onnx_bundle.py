@@ -43,6 +43,7 @@ def test_manifest_records_build(bundle):
         "encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_prompt.onnx", "decoder_official.onnx",
         "encoder_segment_0.onnx", "encoder_segment_1.onnx",  # the split at the one global block
         "encoder_attention.npz",  # its rel-pos tables, for the kernel
+        "encoder.onnx.data",  # the weights, which encoder.onnx and the segments share
     }
     for name, record in manifest["files"].items():
         assert record["sha256"] == sha256_file(str(path / name))
@@ -58,6 +59,21 @@ def test_tampered_file_is_refused(bundle, tmp_path):
     graph.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="decoder.onnx does not match its sha256"):
         sam_edge.load(str(path))
+
+
+def test_bundle_takes_the_umask_modes(bundle):
+    """The staging directory is private while it is written; the finished bundle
+    and every file in it get the umask's modes, as `mkdir` and `open` give them
+    (onnx writes external weights 0600), so that another user can serve it."""
+    import os
+    import stat
+
+    path = bundle[1]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}
+    assert modes == {name: 0o666 & ~umask for name in modes}, modes
 
 
 def test_truncated_file_is_refused(bundle, tmp_path):

@@ -70,6 +70,16 @@ def test_the_attention_leaves_the_segments(bundle):
             assert len(segment["inputs"]) == 2 and len(segment["outputs"]) == 2, segment
 
 
+def test_weights_are_stored_once(bundle):
+    """encoder.onnx and the segments read one weights file: the graph files
+    together hold less than a tenth of its bytes."""
+    _, path = bundle
+    plan = json.loads((path / "manifest.json").read_text())["encoder_split"]
+    data = (path / "encoder.onnx.data").stat().st_size
+    graphs = (path / "encoder.onnx").stat().st_size + sum((path / s["file"]).stat().st_size for s in plan["segments"])
+    assert data > 10 * graphs, (data, graphs)
+
+
 def test_tables_are_the_checkpoint_s(bundle):
     """encoder_attention.npz holds each cut block's rel-pos tables and the k and v
     parts of its qkv bias, as the checkpoint has them."""

@@ -248,6 +248,15 @@ def _remove_graph(path: str) -> None:
 def _move_into_place(staging: str, output: str) -> None:
     """Rename the finished staging dir to `output`; an old bundle there is moved aside first
     and deleted only after the new one is in place."""
+    # mkdtemp made the directory private (0700), and onnx writes external weights
+    # 0600: give both the mode that open() gave the manifest (the umask's), so
+    # that a bundle built by one user can be served by another.
+    file_mode = os.stat(os.path.join(staging, MANIFEST_NAME)).st_mode & 0o777
+    dir_mode = file_mode | (file_mode & 0o444) >> 2
+    for name in os.listdir(staging):
+        path = os.path.join(staging, name)
+        os.chmod(path, dir_mode if os.path.isdir(path) else file_mode)
+    os.chmod(staging, dir_mode)
     old = None
     if os.path.exists(output):
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=os.path.dirname(output))

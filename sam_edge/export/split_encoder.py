@@ -105,9 +105,10 @@ def _with_last_dim(info, name: str, last: int):
     return out
 
 
-def _qkv_cuts(graph, config, blocks, value_info) -> List[Dict[str, Any]]:
+def _qkv_cuts(graph, config, blocks, value_info, base_dir: str) -> List[Dict[str, Any]]:
     """Each block's cut between its qkv and proj Linears, in graph order: the
-    qkv tensor, the proj input, the scale, and the kernel's tables."""
+    qkv tensor, the proj input, the scale, and the kernel's tables (read from
+    the external data in base_dir)."""
     from onnx import numpy_helper
 
     producer = {out: node for node in graph.node for out in node.output}
@@ -132,7 +133,7 @@ def _qkv_cuts(graph, config, blocks, value_info) -> List[Dict[str, Any]]:
             raise ValueError(f"{qkv_scope}: expected one bias Add, found {len(bias_adds)}")
         bias_add = bias_adds[0]
         qkv = bias_add.output[0]
-        bias = numpy_helper.to_array(inits[next(i for i in bias_add.input if i in inits)])
+        bias = numpy_helper.to_array(inits[next(i for i in bias_add.input if i in inits)], base_dir)
         if bias.shape != (3 * dim,) or (shape(qkv) or [None])[-1] != 3 * dim or len(shape(qkv) or []) != 4:
             raise ValueError(f"{bias_add.name}: expected the (B, H, W, {3 * dim}) qkv projection; got {shape(qkv)}")
         # The proj Linear's input, behind whatever quantizes it for the MatMul.
@@ -151,7 +152,7 @@ def _qkv_cuts(graph, config, blocks, value_info) -> List[Dict[str, Any]]:
             key = f"image_encoder.blocks.{block}.attn.rel_pos_{axis}"
             if key not in inits:
                 raise ValueError(f"{prefix}: the graph has no {key} table")
-            tables[axis] = numpy_helper.to_array(inits[key]).astype("float32")
+            tables[axis] = numpy_helper.to_array(inits[key], base_dir).astype("float32")
         cuts.append({
             **pattern,
             "qkv": qkv,
@@ -167,6 +168,26 @@ def _qkv_cuts(graph, config, blocks, value_info) -> List[Dict[str, Any]]:
             "kv_bias": bias.reshape(3, heads, head_dim)[1:].astype("float32"),
         })
     return cuts
+
+
+def _externalize_weights(path: str) -> None:
+    """Move every initializer of 1 KB or more of the graph at `path` into
+    `path + ".data"`, unless they are there already (ViT-H's export): the
+    segments then point into that file instead of copying the weights."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    inline = [t for t in model.graph.initializer
+              if t.data_location != onnx.TensorProto.EXTERNAL and t.ByteSize() >= 1024]
+    if not inline:
+        return
+    del model
+    model = onnx.load(path)  # with any external data, into memory
+    data = path + ".data"
+    if os.path.exists(data):
+        os.remove(data)  # onnx appends to an existing data file
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=os.path.basename(data), size_threshold=1024)
 
 
 def _topological(nodes, available: Set[str]) -> list:
@@ -208,14 +229,17 @@ def split_at_global_attention(
         "block"}], "tables", "input", "output"}, tensor names throughout;
         attention j's rel-pos tables and padding key/value are rel_pos_h_j,
         rel_pos_w_j and kv_bias_j in the "tables" file (numpy .npz).
-    Each segment carries its own weights: the bundle's encoder.onnx stays whole
-    for other runtimes, so an int8 ViT-B bundle grows by about 100 MB.
+    The encoder's weights move to encoder_path + ".data" (if not there already),
+    and the segments point into that file: encoder.onnx stays whole for other
+    runtimes, and the weights are stored once.
     """
     import onnx
     from onnx import helper
 
-    model = onnx.load(encoder_path)
+    _externalize_weights(encoder_path)
+    model = onnx.load(encoder_path, load_external_data=False)
     graph = model.graph
+    base_dir = os.path.dirname(os.path.abspath(encoder_path))
     glob = set(config.encoder_global_attn_indexes)
     blocks = [i for i in range(config.encoder_depth) if windowed or i in glob]
     # Shapes for every segment's tensors: without them ONNX Runtime skips the
@@ -224,7 +248,7 @@ def split_at_global_attention(
     value_info = {v.name: v for v in
                   list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     del inferred
-    patterns = _qkv_cuts(graph, config, blocks, value_info)
+    patterns = _qkv_cuts(graph, config, blocks, value_info, base_dir)
     if not patterns:
         raise ValueError("the encoder has no attention to split at")
     for p in patterns:
