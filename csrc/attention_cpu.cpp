@@ -623,12 +623,10 @@ SAM_AVX512 void rel_terms_avx512(const float* q, const float* table, int64_t d, 
   }
 }
 
-// The row terms of R rows that share one table row (the same window row ty):
-// out[r][k] = q[r] . table[c][k], the table's NV vectors loaded once for all R rows.
+// acc[r][n] = sum_c q[r][c] table[c][16n : 16n + 16] for R rows, the table's
+// rows NV * 16 floats wide: its NV vectors are loaded once for all R rows.
 template <int R, int NV>
-SAM_AVX512 void rel_terms_shared(const float* const* q, const float* table, int64_t d, int64_t s, float* out,
-                                 int64_t out_stride) {
-  __m512 acc[R][NV];
+SAM_AVX512 inline void rel_dots(const float* const* q, const float* table, int64_t d, __m512 (&acc)[R][NV]) {
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
@@ -644,6 +642,15 @@ SAM_AVX512 void rel_terms_shared(const float* const* q, const float* table, int6
       for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_fmadd_ps(a, b[n], acc[r][n]);
     }
   }
+}
+
+// The row terms of R rows that share one table row (the same window row ty):
+// out[r][k] = q[r] . table[c][k].
+template <int R, int NV>
+SAM_AVX512 void rel_terms_shared(const float* const* q, const float* table, int64_t d, int64_t s, float* out,
+                                 int64_t out_stride) {
+  __m512 acc[R][NV];
+  rel_dots<R, NV>(q, table, d, acc);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
@@ -683,21 +690,7 @@ template <int R, int NV>
 SAM_AVX512 void rel_terms_shifted(const float* const* q, const float* rev, int64_t d, int64_t s, const int64_t* t,
                                   float* out, int64_t out_stride) {
   __m512 acc[R][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < d; ++c) {
-    __m512 b[NV];
-#pragma GCC unroll 8
-    for (int n = 0; n < NV; ++n) b[n] = _mm512_loadu_ps(rev + c * NV * 16 + 16 * n);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(q[r][c]);
-#pragma GCC unroll 8
-      for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_fmadd_ps(a, b[n], acc[r][n]);
-    }
-  }
+  rel_dots<R, NV>(q, rev, d, acc);
   alignas(64) float all[NV * 16];
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
