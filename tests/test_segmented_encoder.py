@@ -197,3 +197,77 @@ def test_int8_segments_against_the_fp32_reference(int8_bundle):
             ref = official.get_image_embedding().numpy()
         errors[engine.encoder_mode] = rel_l2(ours, ref)
     assert all(e <= 0.05 for e in errors.values()), errors
+
+
+def test_static_int8_linears_take_their_bias(int8_bundle):
+    """Every static-int8 Linear of the segments is one MatMulIntegerToFloat that adds the
+    bias: no float MatMul on dequantized weights, no bias Add after it."""
+    import onnx
+
+    _, path = int8_bundle
+    plan = json.loads((path / "manifest.json").read_text())["encoder_split"]
+    fused = 0
+    for segment in plan["segments"]:
+        model = onnx.load(str(path / segment["file"]), load_external_data=False)
+        producer = {o: n for n in model.graph.node for o in n.output}
+        for node in model.graph.node:
+            if node.op_type == "MatMul":
+                assert not any(getattr(producer.get(i), "op_type", "") == "DequantizeLinear" for i in node.input), \
+                    node.name
+            if node.op_type == "MatMulIntegerToFloat":
+                assert node.domain == "com.microsoft" and len(node.input) == 7 and node.input[6], node.name
+                fused += 1
+        if any(n.domain == "com.microsoft" for n in model.graph.node):
+            assert any(o.domain == "com.microsoft" for o in model.opset_import)
+    assert fused == 4 * 4  # depth 4: qkv, proj, lin1, lin2
+
+
+def test_quantized_linear_fusion_against_float64():
+    """The fused MatMulIntegerToFloat computes DQ(x_q) @ DQ(W_q) + bias as the QDQ graph
+    does: both within float32 rounding of the float64 math on the same quantized values."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sam_edge.export.split_encoder import _fuse_quantized_linear_bias
+
+    rng = np.random.default_rng(11)
+    k, n = 96, 80
+    w_q = rng.integers(-127, 128, size=(k, n), dtype=np.int8)
+    w_scale = rng.uniform(1e-3, 2e-2, size=n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x_scale, x_zero = np.float32(0.03), np.uint8(121)
+    inits = [
+        numpy_helper.from_array(w_q, "w_q"), numpy_helper.from_array(w_scale, "w_scale"),
+        numpy_helper.from_array(np.zeros(n, np.int8), "w_zero"), numpy_helper.from_array(bias, "bias"),
+        numpy_helper.from_array(np.array(x_scale), "x_scale"), numpy_helper.from_array(np.array(x_zero), "x_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"], name="q"),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"], name="dq_x"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], name="dq_w", axis=1),
+        helper.make_node("MatMul", ["x_dq", "w_dq"], ["y"], name="matmul"),
+        helper.make_node("Add", ["y", "bias"], ["out"], name="bias_add"),
+    ]
+    fused_nodes = _fuse_quantized_linear_bias(nodes, {t.name: t for t in inits}, {"out"})
+    assert [node.op_type for node in fused_nodes] == ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear",
+                                                      "MatMulIntegerToFloat"]
+    fused_nodes = [node for node in fused_nodes if node.op_type != "DequantizeLinear"]  # the caller's sweep
+
+    def run(graph_nodes, opsets):
+        graph = helper.make_graph(graph_nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 7, k])],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 7, n])], inits)
+        model = helper.make_model(graph, opset_imports=opsets)
+        model.ir_version = 9
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    x = rng.uniform(-3.5, 4.0, size=(2, 7, k)).astype(np.float32)
+    qdq = run(nodes, [helper.make_opsetid("", 17)])
+    fused = run(fused_nodes, [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    x_q = np.clip(np.round(x / x_scale) + int(x_zero), 0, 255)
+    exact = ((x_q - int(x_zero)) * float(x_scale)) @ (w_q.astype(np.float64) * w_scale) + bias
+    scale = np.abs(exact).max()
+    # float32 rounding of a k-term sum: well under 1e-5 of the output's range.
+    assert np.abs(qdq - exact).max() <= 1e-5 * scale
+    assert np.abs(fused - exact).max() <= 1e-5 * scale
