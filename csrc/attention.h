@@ -21,6 +21,9 @@ namespace sam_edge {
 bool rel_pos_attention_has_avx512();
 // Whether it has AVX512-FP16 (Sapphire Rapids and later), which fp16 compute needs.
 bool rel_pos_attention_has_avx512_fp16();
+// Whether it has AMX-BF16 and the OS lets this process use the tiles (on Linux
+// it asks, once), which bf16 compute needs.
+bool rel_pos_attention_has_amx_bf16();
 
 // threads < 1 means every OpenMP thread. force_portable selects the portable
 // loop even on an AVX-512 CPU (tests compare the two). fp16 computes both
@@ -40,11 +43,14 @@ void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const
 //   to whole windows, s = (w, w). A padded key and value are kv_bias, (2, heads, head_dim):
 //   the qkv bias, since a padded token is zero after the block's norm. kv_bias may be null
 //   when nothing is padded.
-// fp16 as above (head_dim 64, AVX512-FP16); otherwise the inputs are gathered for
-// rel_pos_attention_cpu and its result scattered back.
+// fp16 as above (head_dim 64, AVX512-FP16); bf16 computes both products on AMX
+// tiles from bf16 q, k, v and probabilities, with fp32 sums (head_dim 64, the same
+// grids as fp16, an AMX-BF16 CPU: otherwise it throws std::invalid_argument).
+// Otherwise the inputs are gathered for rel_pos_attention_cpu and its result
+// scattered back.
 void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const float* rel_pos_w,
                                const float* kv_bias, float* out, int64_t batch, int64_t height, int64_t width,
                                int64_t heads, int64_t head_dim, int64_t window, float scale, int threads,
-                               bool force_portable, bool fp16);
+                               bool force_portable, bool fp16, bool bf16 = false);
 
 }  // namespace sam_edge

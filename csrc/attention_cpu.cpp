@@ -20,6 +20,11 @@
 #include <string>
 #include <vector>
 
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -830,6 +835,23 @@ void qkv_generic(const float* qkv, const float* table_h, const float* table_w, c
   }
 }
 
+// A task's rel-pos terms: rh (rows, k_h) and rw (rows, k_w) for its query rows
+// i0.. of a window vw wide, q32 their fp32 queries and cols their columns.
+SAM_AVX512 void task_rel_terms(const QkvGeometry& g, const float* const* q32, const int64_t* cols, int64_t i0,
+                               int64_t rows, int64_t vw, const float* table_h, const float* table_w,
+                               const float* rev_w, int64_t kl_w, float* rh, float* rw) {
+  const int64_t d = g.d, k_h = g.s_h, k_w = g.s_w;
+  // Row terms: the rows in runs that share a window row ty.
+  for (int64_t r0 = 0; r0 < rows;) {
+    const int64_t ty = (i0 + r0) / vw, run = std::min(rows - r0, (ty + 1) * vw - (i0 + r0));
+    if (!rel_terms_shared_any(q32 + r0, table_h + ty * d * g.kp_h, d, g.kp_h, k_h, run, rh + r0 * k_h, k_h))
+      for (int64_t r = r0; r < r0 + run; ++r) rel_terms_avx512(q32[r], table_h + ty * d * g.kp_h, d, g.kp_h, k_h, rh + r * k_h);
+    r0 += run;
+  }
+  if (!rel_terms_shifted_any(q32, rev_w, d, kl_w, k_w, cols, rows, rw, k_w))
+    for (int64_t r = 0; r < rows; ++r) rel_terms_avx512(q32[r], table_w + cols[r] * d * g.kp_w, d, g.kp_w, k_w, rw + r * k_w);
+}
+
 // fp16, head_dim 64: packs straight from qkv into the fp16 panels of
 // attention_block_fp16, computes each task's rel-pos terms from its fp32
 // queries, and writes its rows to their tokens. Padded queries are skipped.
@@ -912,15 +934,7 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
         tokens[r] = g.token(u, ty * k_w + tx), cols[r] = tx;
         q32[r] = qkv + tokens[r] * ts + head * d;
       }
-      // Row terms: the block's rows in runs that share a window row ty.
-      for (int64_t r0 = 0; r0 < rows;) {
-        const int64_t ty = (i0 + r0) / vw, run = std::min(rows - r0, (ty + 1) * vw - (i0 + r0));
-        if (!rel_terms_shared_any(q32 + r0, table_h + ty * d * g.kp_h, d, g.kp_h, k_h, run, rh + r0 * k_h, k_h))
-          for (int64_t r = r0; r < r0 + run; ++r) rel_terms_avx512(q32[r], table_h + ty * d * g.kp_h, d, g.kp_h, k_h, rh + r * k_h);
-        r0 += run;
-      }
-      if (!rel_terms_shifted_any(q32, rev_w, d, kl_w, k_w, cols, rows, rw, k_w))
-        for (int64_t r = 0; r < rows; ++r) rel_terms_avx512(q32[r], table_w + cols[r] * d * g.kp_w, d, g.kp_w, k_w, rw + r * k_w);
+      task_rel_terms(g, q32, cols, i0, rows, vw, table_h, table_w, rev_w, kl_w, rh, rw);
       const HeadFp16 h{kt + u * head_k, vh + u * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale,
                        group_row.data(), group_col.data(), key_row.data(), key_col.data(), group_valid.data()};
       attention_block_fp16<SMALL>(h, qh + (u * m + i0) * d, rh, rw, rows, s, p, o);
@@ -931,6 +945,239 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
     }
   }
 }
+
+
+// ---- AMX-BF16 path (head_dim 64), from the qkv projection ----
+//
+// The tile unit of Sapphire Rapids multiplies (16 x 32) by (32 x 16) bf16
+// blocks into (16 x 16) fp32 sums, about twice the AVX512-FP16 FMA rate in an
+// ad-hoc probe here (~0.7-0.8 TFLOP/s a core). q, k, v and the probabilities
+// are rounded to bf16 (8 significant bits to fp16's 11); every sum is fp32,
+// and the bias and softmax are the fp32 ones of the other paths. A task is 16
+// query rows, one tile's height. Linux hands out the tile state only on
+// request (arch_prctl), which rel_pos_attention_has_amx_bf16 makes once.
+
+#define SAM_AMX __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")))
+
+constexpr int64_t kTileRows = 16;
+
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Every tile 16 rows of 64 bytes: (16 x 16) fp32 sums and (16 x 32) bf16 operands.
+SAM_AMX void configure_tiles() {
+  TileConfig config{};
+  config.palette = 1;
+  for (int t = 0; t < 8; ++t) config.colsb[t] = 64, config.rows[t] = 16;
+  _tile_loadconfig(&config);
+}
+
+// 32 floats (lo: 0-15, hi: 16-31) -> 32 bf16, rounded to nearest even.
+SAM_AMX inline __m512i bf16x32(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
+// 16 floats -> bf16 in the low halves of 16 dwords.
+SAM_AMX inline __m512i bf16_dwords(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
+SAM_AMX inline __m512 bf16_to_fp32(__m256i x) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16)); }
+
+// The score row's bias and scale, in place: x = scale * dot + rel_h[key row] +
+// rel_w[key column], -inf past the m keys (small grids); returns its maximum.
+template <bool SMALL>
+SAM_AMX float bias_row(const HeadFp16& h, float* __restrict s, const float* __restrict rh,
+                       const float* __restrict rw) {
+  const __m512 scale = _mm512_set1_ps(h.scale);
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  if constexpr (SMALL) {
+    const __m512 rhv = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << h.k_h) - 1), rh);
+    const __m512 rwv = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << h.k_w) - 1), rw);
+    const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < h.m_pad; j += 16) {
+      const __m512 bias = _mm512_add_ps(_mm512_permutexvar_ps(_mm512_loadu_si512(h.key_row + j), rhv),
+                                        _mm512_permutexvar_ps(_mm512_loadu_si512(h.key_col + j), rwv));
+      const __m512 x = _mm512_mask_mov_ps(minus_inf, h.group_valid[j / 16],
+                                          _mm512_fmadd_ps(_mm512_loadu_ps(s + j), scale, bias));
+      _mm512_storeu_ps(s + j, x);
+      mx = _mm512_max_ps(mx, x);
+    }
+  } else {
+    for (int64_t j = 0; j < h.m_pad; j += 16) {
+      const __m512 bias = _mm512_add_ps(_mm512_set1_ps(rh[h.group_row[j / 16]]), _mm512_loadu_ps(rw + h.group_col[j / 16]));
+      const __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(s + j), scale, bias);
+      _mm512_storeu_ps(s + j, x);
+      mx = _mm512_max_ps(mx, x);
+    }
+  }
+  return _mm512_reduce_max_ps(mx);
+}
+
+// Tile numbers are immediates: one macro per product, A in tile a, B read from
+// memory into tile b, summed into tile c.
+#define SAM_TILE_PRODUCT(c, a, b, ptr, stride) \
+  do {                                         \
+    _tile_loadd(b, ptr, stride);               \
+    _tile_dpbf16ps(c, a, b);                   \
+  } while (0)
+
+template <bool SMALL>
+SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* table_w, const float* rev_w,
+                          int64_t kl_w, const float* kv_bias, float* out, const QkvGeometry& g, float scale,
+                          int threads) {
+  constexpr int64_t d = 64;
+  const int64_t U = g.units(), m = g.m(), heads = g.heads, ts = g.token_stride();
+  const int64_t k_h = g.s_h, k_w = g.s_w;
+  const int64_t m_pad = (m + 63) / 64 * 64, groups = m_pad / 16;
+  // k: per unit and group of 16 keys, 32 channel pairs x 16 keys x 2 (a score
+  // product's B operand, 1 KB per 32 channels). v: per unit and pair of keys,
+  // 64 channels x 2 (rows of the B operand of the product with v, 256 bytes
+  // apart). q: rows of 64 channels, 16 spare rows at the end for the last tile.
+  uint16_t* kb = scratch<uint16_t>(0, U * m_pad * d);
+  uint16_t* vb = scratch<uint16_t>(1, U * m_pad * d);
+  uint16_t* qb = scratch<uint16_t>(2, (U * m + kTileRows) * d);
+  std::vector<int32_t> group_row(groups), group_col(groups), key_row(m_pad, 0), key_col(m_pad, 0);
+  std::vector<uint16_t> group_valid(groups);
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    group_row[gi] = static_cast<int32_t>((16 * gi) / k_w), group_col[gi] = static_cast<int32_t>((16 * gi) % k_w);
+    const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, m - 16 * gi));
+    group_valid[gi] = static_cast<uint16_t>((1u << lanes) - 1);
+  }
+  for (int64_t j = 0; j < m; ++j) key_row[j] = static_cast<int32_t>(j / k_w), key_col[j] = static_cast<int32_t>(j % k_w);
+  std::vector<int64_t> task_unit, task_row;
+  for (int64_t u = 0; u < U; ++u)
+    for (int64_t i0 = 0; i0 < g.valid_h(u) * g.valid_w(u); i0 += kTileRows) task_unit.push_back(u), task_row.push_back(i0);
+  const int64_t n_tasks = static_cast<int64_t>(task_unit.size());
+  auto key_source = [&](int64_t u, int64_t j, int which) -> const float* {  // which: 1 k, 2 v
+    if (j >= m) return nullptr;
+    const int64_t token = g.token(u, j), head = u % heads;
+    return token >= 0 ? qkv + token * ts + (which * heads + head) * d : kv_bias + ((which - 1) * heads + head) * d;
+  };
+  std::fill(qb + U * m * d, qb + (U * m + kTileRows) * d, uint16_t{0});
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < U * groups; ++t) {
+      const int64_t u = t / groups, gi = t % groups;
+      // Each key's 32 channel pairs as dwords, transposed: row p holds pair p of the 16 keys.
+      __m512 lo[16], hi[16];
+      for (int i = 0; i < 16; ++i) {
+        const float* src = key_source(u, 16 * gi + i, 1);
+        lo[i] = src ? _mm512_castsi512_ps(bf16x32(_mm512_loadu_ps(src), _mm512_loadu_ps(src + 16))) : _mm512_setzero_ps();
+        hi[i] = src ? _mm512_castsi512_ps(bf16x32(_mm512_loadu_ps(src + 32), _mm512_loadu_ps(src + 48))) : _mm512_setzero_ps();
+      }
+      transpose16(lo);
+      transpose16(hi);
+      uint16_t* dst = kb + (u * groups + gi) * 32 * 32;
+      for (int p = 0; p < 16; ++p) {
+        _mm512_storeu_ps(reinterpret_cast<float*>(dst + p * 32), lo[p]);
+        _mm512_storeu_ps(reinterpret_cast<float*>(dst + (16 + p) * 32), hi[p]);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < U * m_pad / 2; ++t) {
+      const int64_t u = t / (m_pad / 2), jp = t % (m_pad / 2);
+      const float* v0 = key_source(u, 2 * jp, 2);
+      const float* v1 = key_source(u, 2 * jp + 1, 2);
+      for (int64_t c = 0; c < d; c += 16) {
+        const __m512i a = v0 ? bf16_dwords(_mm512_loadu_ps(v0 + c)) : _mm512_setzero_si512();
+        const __m512i b = v1 ? bf16_dwords(_mm512_loadu_ps(v1 + c)) : _mm512_setzero_si512();
+        _mm512_storeu_si512(vb + t * 2 * d + 2 * c, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < U * m; ++t) {
+      const int64_t u = t / m, r = t % m, vw = g.valid_w(u);
+      if (r >= g.valid_h(u) * vw) continue;
+      const float* src = qkv + g.token(u, (r / vw) * k_w + r % vw) * ts + (u % heads) * d;
+      _mm512_storeu_si512(qb + t * d, bf16x32(_mm512_loadu_ps(src), _mm512_loadu_ps(src + 16)));
+      _mm512_storeu_si512(qb + t * d + 32, bf16x32(_mm512_loadu_ps(src + 32), _mm512_loadu_ps(src + 48)));
+    }
+    const int64_t ls = m_pad + kPad;
+    float* s = scratch<float>(3, kTileRows * ls);
+    uint16_t* p = scratch<uint16_t>(4, kTileRows * ls);
+    float* rh = scratch<float>(5, kTileRows * k_h);
+    float* rw = scratch<float>(6, kTileRows * k_w);
+    float* o = scratch<float>(7, kTileRows * d);
+    configure_tiles();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tasks; ++t) {
+      const int64_t u = task_unit[t], i0 = task_row[t], vw = g.valid_w(u), head = u % heads;
+      const int64_t rows = std::min(kTileRows, g.valid_h(u) * vw - i0);
+      int64_t tokens[kTileRows], cols[kTileRows];
+      const float* q32[kTileRows];
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t ty = (i0 + r) / vw, tx = (i0 + r) % vw;
+        tokens[r] = g.token(u, ty * k_w + tx), cols[r] = tx;
+        q32[r] = qkv + tokens[r] * ts + head * d;
+      }
+      task_rel_terms(g, q32, cols, i0, rows, vw, table_h, table_w, rev_w, kl_w, rh, rw);
+      const HeadFp16 h{nullptr, nullptr, m, m_pad, k_h, k_w, ls, scale,
+                       group_row.data(), group_col.data(), key_row.data(), key_col.data(), group_valid.data()};
+      // Scores: the tile's 16 query rows (A, two halves of 32 channels) against 64 keys at a time.
+      const uint16_t* qa = qb + (u * m + i0) * d;
+      const uint16_t* ku = kb + u * groups * 32 * 32;
+      _tile_loadd(4, qa, d * 2);
+      _tile_loadd(5, qa + 32, d * 2);
+      for (int64_t j0 = 0; j0 < m_pad; j0 += 64) {
+        const uint16_t* kg = ku + (j0 / 16) * 32 * 32;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        SAM_TILE_PRODUCT(0, 4, 6, kg, 64);
+        SAM_TILE_PRODUCT(0, 5, 7, kg + 512, 64);
+        SAM_TILE_PRODUCT(1, 4, 6, kg + 1024, 64);
+        SAM_TILE_PRODUCT(1, 5, 7, kg + 1536, 64);
+        SAM_TILE_PRODUCT(2, 4, 6, kg + 2048, 64);
+        SAM_TILE_PRODUCT(2, 5, 7, kg + 2560, 64);
+        SAM_TILE_PRODUCT(3, 4, 6, kg + 3072, 64);
+        SAM_TILE_PRODUCT(3, 5, 7, kg + 3584, 64);
+        _tile_stored(0, s + j0, ls * 4);
+        _tile_stored(1, s + j0 + 16, ls * 4);
+        _tile_stored(2, s + j0 + 32, ls * 4);
+        _tile_stored(3, s + j0 + 48, ls * 4);
+      }
+      float inv[kTileRows];
+      for (int64_t r = 0; r < rows; ++r) {
+        float* sr = s + r * ls;
+        uint16_t* pr = p + r * ls;
+        const __m512 mx = _mm512_set1_ps(bias_row<SMALL>(h, sr, rh + r * k_h, rw + r * k_w));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t j = 0; j < m_pad; j += 16) {
+          const __m256i e = (__m256i)_mm512_cvtneps_pbh(exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(sr + j), mx)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), e);
+          sum = _mm512_add_ps(sum, bf16_to_fp32(e));  // the sum of what is multiplied
+        }
+        inv[r] = 1.f / _mm512_reduce_add_ps(sum);
+      }
+      for (int64_t r = rows; r < kTileRows; ++r) std::fill(p + r * ls, p + r * ls + m_pad, uint16_t{0});
+      // Probabilities (A, 16 rows x 32 keys) times v (B, 32 keys x 16 channels), 64 channels in four sums.
+      const uint16_t* vu = vb + u * m_pad * d;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t j0 = 0; j0 < m_pad; j0 += 32) {
+        const uint16_t* vt = vu + j0 * d;  // key pair j0 / 2, 2 * d bf16 each
+        _tile_loadd(4, p + j0, ls * 2);
+        SAM_TILE_PRODUCT(0, 4, 6, vt, 4 * d);
+        SAM_TILE_PRODUCT(1, 4, 7, vt + 32, 4 * d);
+        SAM_TILE_PRODUCT(2, 4, 6, vt + 64, 4 * d);
+        SAM_TILE_PRODUCT(3, 4, 7, vt + 96, 4 * d);
+      }
+      _tile_stored(0, o, d * 4);
+      _tile_stored(1, o + 16, d * 4);
+      _tile_stored(2, o + 32, d * 4);
+      _tile_stored(3, o + 48, d * 4);
+      for (int64_t r = 0; r < rows; ++r) {
+        const __m512 w = _mm512_set1_ps(inv[r]);
+        float* dst = out + (tokens[r] * heads + head) * d;
+        for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(dst + c, _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), w));
+      }
+    }
+    _tile_release();
+  }
+}
+#undef SAM_TILE_PRODUCT
 
 }  // namespace
 
@@ -944,6 +1191,25 @@ bool rel_pos_attention_has_avx512_fp16() {
   __builtin_cpu_init();
   return rel_pos_attention_has_avx512() && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512fp16");
+}
+
+bool rel_pos_attention_has_amx_bf16() {
+  // Asked once: the permission is the process's, and a refusal does not change.
+  static const bool usable = [] {
+    __builtin_cpu_init();
+    if (!(rel_pos_attention_has_avx512() && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+          __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("amx-tile") &&
+          __builtin_cpu_supports("amx-bf16")))
+      return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+    constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+#else
+    return false;
+#endif
+  }();
+  return usable;
 }
 
 void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const float* rel_h,
@@ -979,7 +1245,7 @@ void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const
 void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const float* rel_pos_w,
                                const float* kv_bias, float* out, int64_t batch, int64_t height, int64_t width,
                                int64_t heads, int64_t head_dim, int64_t window, float scale, int threads,
-                               bool force_portable, bool fp16) {
+                               bool force_portable, bool fp16, bool bf16) {
   if (batch < 1 || height < 1 || width < 1 || heads < 1 || head_dim < 1 || window < 0)
     throw std::invalid_argument("rel_pos_attention_qkv: every size must be >= 1 (window >= 0)");
   QkvGeometry g{};
@@ -994,6 +1260,19 @@ void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const f
   const int64_t kl_w = (2 * g.s_w - 1 + 15) / 16 * 16;
   const std::vector<float> rev_w = reversed_table(rel_pos_w, g.s_w, kl_w, head_dim);
   const int nt = resolve_threads(threads);
+  if (fp16 && bf16) throw std::invalid_argument("rel_pos_attention_qkv: fp16 or bf16 compute, not both");
+  if (bf16) {
+    const bool aligned = g.s_w % 16 == 0 && g.m() % 64 == 0, small = g.s_h <= 16 && g.s_w <= 16;
+    if (force_portable || head_dim != 64 || !(aligned || small) || !rel_pos_attention_has_amx_bf16())
+      throw std::invalid_argument(
+          "rel_pos_attention_qkv: bf16 compute needs a CPU with AMX-BF16 that the OS lets us use, head_dim 64, "
+          "and a key grid with k_w % 16 == 0 and k_h * k_w % 64 == 0, or k_h, k_w <= 16");
+    if (aligned)
+      qkv_amx_bf16<false>(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt);
+    else
+      qkv_amx_bf16<true>(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt);
+    return;
+  }
   if (!fp16) {
     qkv_generic(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt, force_portable, false);
     return;

@@ -77,6 +77,8 @@ PYBIND11_MODULE(_C, m) {
         "Whether rel_pos_attention runs its AVX-512 path on this CPU.");
   m.def("rel_pos_attention_has_avx512_fp16", &rel_pos_attention_has_avx512_fp16,
         "Whether this CPU has AVX512-FP16, which rel_pos_attention(fp16=True) needs.");
+  m.def("rel_pos_attention_has_amx_bf16", &rel_pos_attention_has_amx_bf16,
+        "Whether this CPU has AMX-BF16 and the OS grants the tiles, which rel_pos_attention_qkv(bf16=True) needs.");
   m.def(
       "rel_pos_attention",
       [](const py::array& q, const py::array& k, const py::array& v, const py::array& rel_h,
@@ -113,7 +115,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "rel_pos_attention_qkv",
       [](const py::array& qkv, const py::array& rel_pos_h, const py::array& rel_pos_w, const py::object& kv_bias,
-         int64_t heads, int64_t window, double scale, int threads, bool force_portable, bool fp16) {
+         int64_t heads, int64_t window, double scale, int threads, bool force_portable, bool fp16, bool bf16) {
         const float* xp = typed_data<float>(qkv, 4, "qkv");
         const float* hp = typed_data<float>(rel_pos_h, 2, "rel_pos_h");
         const float* wp = typed_data<float>(rel_pos_w, 2, "rel_pos_w");
@@ -140,13 +142,13 @@ PYBIND11_MODULE(_C, m) {
         {
           py::gil_scoped_release release;
           rel_pos_attention_qkv_cpu(xp, hp, wp, bp, op, b, height, width, heads, d, window,
-                                    static_cast<float>(scale), threads, force_portable, fp16);
+                                    static_cast<float>(scale), threads, force_portable, fp16, bf16);
         }
         return out;
       },
       py::arg("qkv"), py::arg("rel_pos_h"), py::arg("rel_pos_w"), py::arg("kv_bias"), py::arg("heads"),
       py::arg("window"), py::arg("scale"), py::arg("threads") = 0, py::arg("force_portable") = false,
-      py::arg("fp16") = false,
+      py::arg("fp16") = false, py::arg("bf16") = false,
       "SAM's block attention from its qkv projection (B, H, W, 3 * heads * D) -> (B, H, W, heads * D); "
       "see attention.h.");
 

@@ -30,6 +30,7 @@ STATUS = kernel_status()
 needs_kernel = pytest.mark.skipif(not STATUS["available"], reason="sam_edge._C is not built")
 needs_avx512 = pytest.mark.skipif(not STATUS["avx512"], reason="this CPU has no AVX-512: the portable loop runs")
 needs_fp16 = pytest.mark.skipif(not STATUS["avx512_fp16"], reason="this CPU has no AVX512-FP16")
+needs_amx = pytest.mark.skipif(not STATUS["amx_bf16"], reason="this CPU has no AMX-BF16, or the OS does not grant it")
 
 # (batch, heads, (q_h, q_w), (k_h, k_w), head_dim, query scale)
 SHAPES = [
@@ -153,8 +154,14 @@ def test_fast_compute_follows_the_machine():
     if status["avx512_fp16"]:
         assert fast_compute(64, (14, 14), "fp16") == "fp16"
         assert fast_compute(80, (14, 14), "fp16") is None
+    if status["avx512"]:
+        # bf16 where AMX runs, else down to fp16, then fp32.
+        reduced = "bf16" if status["amx_bf16"] else "fp16" if status["avx512_fp16"] else "fp32"
+        assert fast_compute(64, (64, 64), "bf16") == reduced
+        assert fast_compute(64, (64, 64), "fp16") == ("fp16" if status["avx512_fp16"] else "fp32")
+        assert fast_compute(80, (64, 64), "bf16") == "fp32"
     with pytest.raises(ValueError, match="compute must be one of"):
-        fast_compute(64, (64, 64), "bf16")
+        fast_compute(64, (64, 64), "int4")
 
 
 # ---- from the qkv projection: rel_pos_attention_qkv ----
@@ -222,9 +229,9 @@ def test_qkv_fp32_matches_float64(shape):
     assert _rel(ours, ref) <= 4 * baseline, (_rel(ours, ref), baseline)
 
 
-def _torch_fp16_qkv(torch, qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale):
-    """The same-precision baseline for fp16 compute: windows and rel-pos terms in
-    float32 (as the kernel computes them), both products in torch fp16, softmax in fp32."""
+def _torch_reduced_qkv(torch, qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale, dtype):
+    """The same-precision baseline for fp16 or bf16 compute: windows and rel-pos terms
+    in float32 (as the kernel computes them), both products in torch `dtype`, softmax in fp32."""
     b, height, width, _ = qkv.shape
     d = qkv.shape[-1] // (3 * heads)
     s_h, s_w = (window, window) if window else (height, width)
@@ -236,10 +243,10 @@ def _torch_fp16_qkv(torch, qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, sc
     rel_h = np.einsum("...ywc,ykc->...ywk", q, rel_pos_h[np.arange(s_h)[:, None] - np.arange(s_h) + s_h - 1])
     rel_w = np.einsum("...ywc,wkc->...ywk", q, rel_pos_w[np.arange(s_w)[:, None] - np.arange(s_w) + s_w - 1])
     lead, m = q.shape[:-3], s_h * s_w
-    tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(a).reshape(-1, m, d)).half() for a in (q, k, v))
+    tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(a).reshape(-1, m, d)).to(dtype) for a in (q, k, v))
     bias = torch.from_numpy((rel_h[..., :, None] + rel_w[..., None, :]).reshape(-1, m, m))
     scores = (scale * tq @ tk.transpose(-1, -2)).float() + bias
-    out = (scores.softmax(-1).half() @ tv).float().numpy().reshape(*lead, s_h, s_w, d)
+    out = (scores.softmax(-1).to(dtype) @ tv).float().numpy().reshape(*lead, s_h, s_w, d)
     return out.transpose(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, heads * d)[:, :height, :width]
 
 
@@ -252,9 +259,26 @@ def test_qkv_fp16_compute_within_torch_fp16_error(shape):
     inputs = _qkv_inputs(batch, grid, heads, d, window, seed=3 + sum(grid) + window)
     scale = d ** -0.5
     ref = rel_pos_attention_qkv_reference(*inputs, heads, window, scale)
-    torch_fp16 = _rel(_torch_fp16_qkv(torch, *inputs, heads, window, scale), ref)
+    torch_fp16 = _rel(_torch_reduced_qkv(torch, *inputs, heads, window, scale, torch.float16), ref)
     ours = rel_pos_attention_qkv(*inputs, heads, window, scale, compute="fp16")
     assert _rel(ours, ref) <= 5 * torch_fp16, (_rel(ours, ref), torch_fp16)
+
+
+@needs_kernel
+@needs_amx
+@pytest.mark.parametrize("shape", [s for s in QKV_SHAPES if s[3] == 64], ids=lambda s: _qkv_ids[QKV_SHAPES.index(s)])
+def test_qkv_bf16_compute_within_torch_bf16_error(shape):
+    """AMX tiles: bf16 operands with fp32 sums, within 2x torch's own bf16 error. Its
+    sums are fp32 where torch rounds the scores to bf16, so it measured 0.64-0.69x
+    of torch's error on these shapes; 2x leaves room for other CPUs' roundings."""
+    torch = pytest.importorskip("torch")
+    batch, grid, heads, d, window = shape
+    inputs = _qkv_inputs(batch, grid, heads, d, window, seed=5 + sum(grid) + window)
+    scale = d ** -0.5
+    ref = rel_pos_attention_qkv_reference(*inputs, heads, window, scale)
+    torch_bf16 = _rel(_torch_reduced_qkv(torch, *inputs, heads, window, scale, torch.bfloat16), ref)
+    ours = rel_pos_attention_qkv(*inputs, heads, window, scale, compute="bf16")
+    assert _rel(ours, ref) <= 2 * torch_bf16, (_rel(ours, ref), torch_bf16)
 
 
 @needs_kernel
@@ -270,10 +294,12 @@ def test_qkv_avx512_path_matches_the_portable_loop():
 
 
 @needs_kernel
-@pytest.mark.parametrize("compute", ["fp32", "fp16"])
+@pytest.mark.parametrize("compute", ["fp32", "fp16", "bf16"])
 def test_qkv_thread_count_does_not_change_the_result(compute):
     if compute == "fp16" and not STATUS["avx512_fp16"]:
         pytest.skip("this CPU has no AVX512-FP16")
+    if compute == "bf16" and not STATUS["amx_bf16"]:
+        pytest.skip("this CPU has no AMX-BF16, or the OS does not grant it")
     inputs = _qkv_inputs(1, (20, 23), 3, 64, 7, seed=17)
     one = rel_pos_attention_qkv(*inputs, 3, 7, 0.125, compute=compute, threads=1)
     two = rel_pos_attention_qkv(*inputs, 3, 7, 0.125, compute=compute, threads=2)
@@ -298,3 +324,6 @@ def test_qkv_bad_inputs_are_refused():
     if STATUS["avx512_fp16"]:
         with pytest.raises(ValueError, match="fp16 compute needs"):
             rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="fp16")  # head_dim 16
+    if STATUS["amx_bf16"]:
+        with pytest.raises(ValueError, match="bf16 compute needs"):
+            rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="bf16")  # head_dim 16

@@ -17,7 +17,7 @@ import pytest
 import sam_edge
 from _onnx_helpers import build_test_bundle, photos, reduced_config, rel_l2
 from sam_edge.runtime.bundle import BundleError
-from sam_edge.runtime.global_attention import fast_compute
+from sam_edge.runtime.global_attention import fast_compute, kernel_status
 
 FAST = fast_compute(64, (16, 16), "fp32") is not None
 needs_fast_kernel = pytest.mark.skipif(
@@ -178,14 +178,19 @@ def test_int8_bundle_cuts_every_block(int8_bundle):
 @pytest.mark.skipif(fast_compute(64, (14, 14), "fp16") is None, reason="this CPU has no AVX512-FP16")
 def test_int8_segments_against_the_fp32_reference(int8_bundle):
     """The segmented int8 encoder within the int8 bound (embedding rel-L2 <= 0.05) of the
-    official fp32 model, as is its single graph: fp16 attention adds little to int8's error."""
+    official fp32 model, as is its single graph: fp16 or bf16 attention adds little to
+    int8's error."""
     import torch
 
     reference, path = int8_bundle
     image = photos()["landscape"]
     errors = {}
-    for mode in (None, False):
-        engine = sam_edge.load(str(path), native_attention=mode)
+    # The default (bf16 tiles where AMX runs, else fp16), fp16 forced, and the single graph.
+    for options in ({}, {"attention_compute": "fp16"}, {"native_attention": False}):
+        engine = sam_edge.load(str(path), **options)
+        if not options:
+            assert engine.encoder_mode.endswith("bf16)" if kernel_status()["amx_bf16"] else "fp16)"), \
+                engine.encoder_mode
         predictor = sam_edge.SamPredictor(engine)
         predictor.set_image(image)
         ours = predictor.get_image_embedding()

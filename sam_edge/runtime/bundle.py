@@ -101,6 +101,7 @@ def load(
     threads: Optional[int] = None,
     verify: bool = True,
     native_attention: Optional[bool] = None,
+    attention_compute: Optional[str] = None,
 ):
     """An engine for `sam_edge.SamPredictor` from a bundle built by `sam-edge build`.
 
@@ -114,6 +115,10 @@ def load(
             bundle has them and this machine can (the default); False: never, the
             single encoder graph; True: always, or a BundleError saying why not.
             The engine's `encoder_mode` says which runs.
+        attention_compute: the kernel's precision, "fp32", "fp16" or "bf16", where
+            it runs (else the next one down, see global_attention.fast_compute).
+            None: the bundle's; for int8 bundles (whose plan says fp16) the
+            fastest reduced precision here, bf16 on AMX, else fp16.
     Returns:
         an OnnxRuntimeBackend, with the manifest as `.manifest`.
     """
@@ -144,7 +149,11 @@ def load(
                                   "--no-split-encoder, fp16, or by an older sam-edge); rebuild it, or pass "
                                   "native_attention=None")
         else:
-            preferred = split.get("compute", "fp32")
+            preferred = attention_compute or split.get("compute", "fp32")
+            if attention_compute is None and preferred == "fp16":
+                # int8 bundles: bf16 tiles where they run (a ViT-B global block 89 vs 136 ms,
+                # 2-3e-3 vs 1-2e-3 error, both far inside int8's 5e-2).
+                preferred = "bf16"
             computes = [fast_compute(a["head_dim"], a["k_size"], preferred) for a in split["attention"]]
             if providers and list(providers)[0] != "CPUExecutionProvider":
                 computes = [None]  # the kernel is a CPU kernel

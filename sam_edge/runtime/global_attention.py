@@ -16,6 +16,11 @@ keeps each block of scores in cache instead of materialising the
   Used for int8 bundles, whose q, k, v come out of int8 layers: 2e-3 to 5e-3
   relative error against float64 (the benchmark, tests/test_global_attention.py),
   inside those bundles' 5e-2 bound.
+- "bf16" (rel_pos_attention_qkv only): both products on AMX tiles (Sapphire
+  Rapids and later, where the OS grants them), q, k, v and the probabilities
+  in bf16, every sum in fp32. A ViT-B global block 89 vs 136 ms in fp16, at
+  2e-3 to 3e-3 relative error (an ad-hoc probe; tests/test_global_attention.py
+  bounds it). int8 bundles run it where it runs, fp16 elsewhere.
 
 rel_pos_attention_qkv is the same attention as an encoder block feeds it: from
 its qkv Linear's output, with the model's rel-pos tables, the windows and their
@@ -31,8 +36,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-#: Compute precisions of the kernel.
+#: Compute precisions of the kernel: rel_pos_attention's, and rel_pos_attention_qkv's.
 COMPUTE = ("fp32", "fp16")
+QKV_COMPUTE = ("fp32", "fp16", "bf16")
 #: The graph tensor that rel_pos_attention_qkv reads, as a split plan names it.
 QKV_INPUTS = ("qkv",)
 
@@ -46,35 +52,40 @@ def _native():
 
 
 def kernel_status() -> dict:
-    """What this machine runs: {"available", "avx512", "avx512_fp16", "threads"}."""
+    """What this machine runs: {"available", "avx512", "avx512_fp16", "amx_bf16", "threads"}."""
     native = _native()
     if native is None:
-        return {"available": False, "avx512": False, "avx512_fp16": False, "threads": 0}
+        return {"available": False, "avx512": False, "avx512_fp16": False, "amx_bf16": False, "threads": 0}
     return {
         "available": True,
         "avx512": bool(native.rel_pos_attention_has_avx512()),
         "avx512_fp16": bool(native.rel_pos_attention_has_avx512_fp16()),
+        "amx_bf16": bool(getattr(native, "rel_pos_attention_has_amx_bf16", lambda: False)()),
         "threads": int(native.num_threads()),
     }
 
 
 def fast_compute(head_dim: int, k_size: Sequence[int], preferred: str) -> Optional[str]:
-    """The compute precision the fast kernel runs for this shape: `preferred`
-    when it can, "fp32" when only that can, None when neither of its AVX-512
-    paths runs it (no _C, no AVX-512, or a shape they do not cover).
+    """The compute precision the fast qkv kernel runs for this shape: `preferred`
+    when it can, else the next one down the list bf16 -> fp16 -> fp32 that it
+    can, None when none of its fast paths runs it (no _C, no AVX-512, or a shape
+    they do not cover).
 
     fp32: head_dim 64 or 80, k_w a multiple of 16 (the global blocks).
     fp16: AVX512-FP16, head_dim 64, and k_w % 16 == 0 with k_h * k_w % 64 == 0
-    (global blocks) or k_h, k_w <= 16 (windowed blocks)."""
-    if preferred not in COMPUTE:
-        raise ValueError(f"compute must be one of {COMPUTE}; got {preferred!r}")
+    (global blocks) or k_h, k_w <= 16 (windowed blocks).
+    bf16: the same shapes on AMX-BF16 (rel_pos_attention_qkv only)."""
+    if preferred not in QKV_COMPUTE:
+        raise ValueError(f"compute must be one of {QKV_COMPUTE}; got {preferred!r}")
     status = kernel_status()
     k_h, k_w = int(k_size[0]), int(k_size[1])
     if not status["avx512"]:
         return None
     aligned = k_w % 16 == 0
-    if preferred == "fp16" and status["avx512_fp16"] and head_dim == 64:
-        if (aligned and (k_h * k_w) % 64 == 0) or (k_h <= 16 and k_w <= 16):
+    if head_dim == 64 and ((aligned and (k_h * k_w) % 64 == 0) or (k_h <= 16 and k_w <= 16)):
+        if preferred == "bf16" and status["amx_bf16"]:
+            return "bf16"
+        if preferred in ("bf16", "fp16") and status["avx512_fp16"]:
             return "fp16"
     if head_dim in (64, 80) and aligned:
         return "fp32"
@@ -175,7 +186,7 @@ def rel_pos_attention_qkv(
         window: 0 for a global block, else the window side (the grid is padded
             at the bottom and right to whole windows, as SAM does).
         scale: multiplies q @ k^T (D ** -0.5 in SAM).
-        compute: "fp32" or "fp16" (see the module docstring).
+        compute: "fp32", "fp16" or "bf16" (see the module docstring).
         threads: OpenMP threads; all of them when None.
     Returns:
         (B, H, W, heads * D) float32: each token's attention output, heads then channels.
@@ -183,15 +194,15 @@ def rel_pos_attention_qkv(
     native = _native()
     if native is None or not hasattr(native, "rel_pos_attention_qkv"):
         raise RuntimeError("sam_edge._C is not built: rel_pos_attention_qkv needs it (pip install . builds it)")
-    if compute not in COMPUTE:
-        raise ValueError(f"compute must be one of {COMPUTE}; got {compute!r}")
+    if compute not in QKV_COMPUTE:
+        raise ValueError(f"compute must be one of {QKV_COMPUTE}; got {compute!r}")
     qkv = _check("qkv", qkv, 4)
     rel_pos_h, rel_pos_w = _check("rel_pos_h", rel_pos_h, 2), _check("rel_pos_w", rel_pos_w, 2)
     if kv_bias is not None:
         kv_bias = _check("kv_bias", kv_bias, 3)
     return native.rel_pos_attention_qkv(
         qkv, rel_pos_h, rel_pos_w, kv_bias, int(heads), int(window), float(scale),
-        0 if threads is None else int(threads), False, compute == "fp16",
+        0 if threads is None else int(threads), False, compute == "fp16", compute == "bf16",
     )
 
 
