@@ -29,7 +29,10 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import cpu_features  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -264,7 +267,8 @@ def main() -> int:
     payload = {
         "benchmark": "bench_onnxruntime", "model": args.model, "threads": args.threads, "repeat": args.repeat,
         "encoder_gflops": flops / 1e9, "rows": rows, "date": date,
-        "hardware": {"cpu": _cpu_model(), "cpus_visible": os.cpu_count(), "machine": platform.machine(),
+        "hardware": {"cpu": _cpu_model(), "cpu_features": cpu_features(), "cpus_visible": os.cpu_count(),
+                     "machine": platform.machine(),
                      "load_average_at_start": load_start, "load_average_at_end": os.getloadavg()},
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "note": "shared machine: other jobs ran concurrently (see load averages); '% floor' uses the median",
@@ -299,7 +303,8 @@ def _cpu_model() -> str:
 def format_table(payload) -> str:
     lines = [
         f"{payload['model']} encoder {payload['encoder_gflops']:.0f} GFLOP, {payload['threads']} threads, "
-        f"{payload['hardware']['cpu']}, load avg start {payload['hardware']['load_average_at_start'][0]:.2f} "
+        f"{payload['hardware']['cpu']} ({' '.join(payload['hardware'].get('cpu_features', [])) or 'features unknown'}), "
+        f"load avg start {payload['hardware']['load_average_at_start'][0]:.2f} "
         f"end {payload['hardware']['load_average_at_end'][0]:.2f}",
         f"{'path':<45}{'prec':<14}{'enc median ms':>14}{'x ref':>7}{'enc min ms':>11}{'x ref':>7}"
         f"{'floor ms':>10}{'% floor':>9}{'dec 1 ms':>10}{'x ref':>7}{'dec/prompt@16':>15}{'RSS+ MB':>9}"

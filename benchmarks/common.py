@@ -30,6 +30,25 @@ def summarize(times: List[float]) -> Dict[str, float]:
     return {"median_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1], "iqr_ms": q[2] - q[0], "n": len(ms)}
 
 
+#: The CPU features that decide which kernels run (ONNX Runtime's int8 GEMMs use
+#: AMX where present; sam-edge's attention kernel needs AVX-512, and AVX512-FP16
+#: for its fp16 path): hosts that print the same model name differ in these.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_features() -> List[str]:
+    """The CPU_FEATURES this CPU has, from /proc/cpuinfo (empty where it is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [name for name in CPU_FEATURES if name in flags]
+    except OSError:
+        pass
+    return []
+
+
 def hardware() -> Dict[str, object]:
     info = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()}
     try:
@@ -48,6 +67,7 @@ def hardware() -> Dict[str, object]:
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
+    info["cpu_features"] = cpu_features()
     info["load_average_at_start"] = os.getloadavg()
     return info
 
