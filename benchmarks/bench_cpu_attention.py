@@ -12,7 +12,8 @@ Shapes: a global block (12 heads x 4096 queries x 4096 keys, head dim 64, a
               there, timed as ort_plain)
   ort_plain   MatMul -> Add(bias) -> Softmax -> MatMul, the exported form
   kernel_fp32, kernel_fp16   sam-edge's kernel (fp16 needs AVX512-FP16)
-  qkv_fp32, qkv_fp16   the kernel as the segmented encoder calls it
+  qkv_fp32, qkv_fp16, qkv_bf16   the kernel as the segmented encoder calls it
+              (bf16: on AMX tiles, where the CPU and OS have them)
               (rel_pos_attention_qkv): from the block's (1, 64, 64, 2304) qkv
               projection, so it also splits q, k, v, partitions and pads the
               windows (64 x 64 -> 5 x 5 windows of 14 x 14) and computes the
@@ -123,6 +124,8 @@ def _qkv_paths(shape_name, heads, d, scale, args):
     computes = ["fp32"] if window == 0 else []
     if kernel_status()["avx512_fp16"]:
         computes.append("fp16")
+    if kernel_status()["amx_bf16"]:
+        computes.append("bf16")
     for compute in computes:
         got = rel_pos_attention_qkv(two, *tables, kv_bias[:, :2].copy(), 2, window, scale, compute, args.threads)
         err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
