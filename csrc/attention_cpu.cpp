@@ -18,6 +18,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #ifdef __linux__
@@ -335,6 +336,27 @@ struct HeadFp16 {
   const uint16_t* group_valid;  // small grids: lanes of group g that are keys (< m)
 };
 
+// The index tables of HeadFp16 for m keys (m_pad of them, a multiple of 64) on
+// a grid k_w wide, so that the score loops divide nothing.
+struct KeyTables {
+  std::vector<int32_t> group_row, group_col, key_row, key_col;
+  std::vector<uint16_t> group_valid;
+  KeyTables(int64_t m, int64_t m_pad, int64_t k_w)
+      : group_row(m_pad / 16), group_col(m_pad / 16), key_row(m_pad, 0), key_col(m_pad, 0), group_valid(m_pad / 16) {
+    for (int64_t g = 0; g < m_pad / 16; ++g) {
+      group_row[g] = static_cast<int32_t>((16 * g) / k_w), group_col[g] = static_cast<int32_t>((16 * g) % k_w);
+      const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, m - 16 * g));
+      group_valid[g] = static_cast<uint16_t>((1u << lanes) - 1);
+    }
+    for (int64_t j = 0; j < m; ++j) key_row[j] = static_cast<int32_t>(j / k_w), key_col[j] = static_cast<int32_t>(j % k_w);
+  }
+  HeadFp16 head(const _Float16* kt, const _Float16* v, int64_t m, int64_t m_pad, int64_t k_h, int64_t k_w, int64_t ls,
+                float scale) const {
+    return HeadFp16{kt, v, m, m_pad, k_h, k_w, ls, scale, group_row.data(), group_col.data(), key_row.data(),
+                    key_col.data(), group_valid.data()};
+  }
+};
+
 // acc += b * broadcast(*p), the broadcast folded into the FMA's memory operand
 // (a separate vpbroadcastw would take the second FMA port's shuffle slot).
 SAM_AVX512_FP16 inline __m512h fma_broadcast(__m512h acc, __m512h b, const _Float16* p) {
@@ -504,15 +526,7 @@ SAM_AVX512_FP16 void attention_avx512_fp16(const float* q, const float* k, const
   _Float16* vh = scratch<_Float16>(1, bh * m_pad * d);
   _Float16* qh = scratch<_Float16>(2, bh * n_q * d);
   const int64_t blocks = (n_q + kRowBlock - 1) / kRowBlock;
-  // Index tables, so that the score loop divides nothing.
-  std::vector<int32_t> group_row(m_pad / 16), group_col(m_pad / 16), key_row(m_pad, 0), key_col(m_pad, 0);
-  std::vector<uint16_t> group_valid(m_pad / 16);
-  for (int64_t g = 0; g < m_pad / 16; ++g) {
-    group_row[g] = static_cast<int32_t>((16 * g) / k_w), group_col[g] = static_cast<int32_t>((16 * g) % k_w);
-    const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, m - 16 * g));
-    group_valid[g] = static_cast<uint16_t>((1u << lanes) - 1);
-  }
-  for (int64_t j = 0; j < m; ++j) key_row[j] = static_cast<int32_t>(j / k_w), key_col[j] = static_cast<int32_t>(j % k_w);
+  const KeyTables tables(m, m_pad, k_w);
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
@@ -546,8 +560,7 @@ SAM_AVX512_FP16 void attention_avx512_fp16(const float* q, const float* k, const
     for (int64_t t = 0; t < bh * blocks; ++t) {
       const int64_t hh = t / blocks, i0 = (t % blocks) * kRowBlock;
       const int64_t rows = std::min(kRowBlock, n_q - i0);
-      const HeadFp16 h{kt + hh * head_k, vh + hh * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale,
-                       group_row.data(), group_col.data(), key_row.data(), key_col.data(), group_valid.data()};
+      const HeadFp16 h = tables.head(kt + hh * head_k, vh + hh * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale);
       const int64_t row = hh * n_q + i0;
       attention_block_fp16<SMALL>(h, qh + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s, p,
                                   out + row * d);
@@ -580,6 +593,13 @@ struct QkvGeometry {
     return (y < H && x < W) ? (b * H + y) * W + x : -1;
   }
   // The window's valid (unpadded) rows and columns: its queries are that rectangle.
+  // Key (which 1) or value (which 2) j of unit u in qkv; kv_bias's for a padded
+  // position, null past the m keys.
+  const float* key(const float* qkv, const float* kv_bias, int64_t u, int64_t j, int which) const {
+    if (j >= m()) return nullptr;
+    const int64_t t = token(u, j), head = u % heads;
+    return t >= 0 ? qkv + t * token_stride() + (which * heads + head) * d : kv_bias + ((which - 1) * heads + head) * d;
+  }
   int64_t valid_h(int64_t u) const { return std::min(s_h, H - ((u / heads / nwx) % nwy) * s_h); }
   int64_t valid_w(int64_t u) const { return std::min(s_w, W - ((u / heads) % nwx) * s_w); }
 };
@@ -835,6 +855,28 @@ void qkv_generic(const float* qkv, const float* table_h, const float* table_w, c
   }
 }
 
+// Tasks of rows_per_task query rows of one unit, (unit, first row): a unit's
+// queries are its window's valid rectangle, row-major.
+std::vector<std::pair<int64_t, int64_t>> qkv_tasks(const QkvGeometry& g, int64_t rows_per_task) {
+  std::vector<std::pair<int64_t, int64_t>> tasks;
+  for (int64_t u = 0; u < g.units(); ++u)
+    for (int64_t i0 = 0; i0 < g.valid_h(u) * g.valid_w(u); i0 += rows_per_task) tasks.emplace_back(u, i0);
+  return tasks;
+}
+
+// A task's query rows: their tokens, window columns and fp32 queries in qkv;
+// returns how many there are (at most max_rows).
+int64_t task_queries(const QkvGeometry& g, const float* qkv, int64_t u, int64_t i0, int64_t max_rows, int64_t* tokens,
+                     int64_t* cols, const float** q32) {
+  const int64_t vw = g.valid_w(u), rows = std::min(max_rows, g.valid_h(u) * vw - i0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t ty = (i0 + r) / vw, tx = (i0 + r) % vw;
+    tokens[r] = g.token(u, ty * g.s_w + tx), cols[r] = tx;
+    q32[r] = qkv + tokens[r] * g.token_stride() + (u % g.heads) * g.d;
+  }
+  return rows;
+}
+
 // A task's rel-pos terms: rh (rows, k_h) and rw (rows, k_w) for its query rows
 // i0.. of a window vw wide, q32 their fp32 queries and cols their columns.
 SAM_AVX512 void task_rel_terms(const QkvGeometry& g, const float* const* q32, const int64_t* cols, int64_t i0,
@@ -866,24 +908,9 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
   _Float16* kt = scratch<_Float16>(0, U * head_k);
   _Float16* vh = scratch<_Float16>(1, U * m_pad * d);
   _Float16* qh = scratch<_Float16>(2, U * m * d);
-  std::vector<int32_t> group_row(m_pad / 16), group_col(m_pad / 16), key_row(m_pad, 0), key_col(m_pad, 0);
-  std::vector<uint16_t> group_valid(m_pad / 16);
-  for (int64_t gi = 0; gi < m_pad / 16; ++gi) {
-    group_row[gi] = static_cast<int32_t>((16 * gi) / k_w), group_col[gi] = static_cast<int32_t>((16 * gi) % k_w);
-    const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, m - 16 * gi));
-    group_valid[gi] = static_cast<uint16_t>((1u << lanes) - 1);
-  }
-  for (int64_t j = 0; j < m; ++j) key_row[j] = static_cast<int32_t>(j / k_w), key_col[j] = static_cast<int32_t>(j % k_w);
-  // Tasks: kRowBlock query rows of one unit; a unit's queries are its window's
-  // valid rectangle, row-major.
-  std::vector<int64_t> task_unit, task_row;
-  for (int64_t u = 0; u < U; ++u)
-    for (int64_t i0 = 0; i0 < g.valid_h(u) * g.valid_w(u); i0 += kRowBlock) task_unit.push_back(u), task_row.push_back(i0);
-  const int64_t n_tasks = static_cast<int64_t>(task_unit.size());
-  auto key_source = [&](int64_t u, int64_t j, int which) -> const float* {  // which: 1 k, 2 v
-    const int64_t token = g.token(u, j), head = u % heads;
-    return token >= 0 ? qkv + token * ts + (which * heads + head) * d : kv_bias + ((which - 1) * heads + head) * d;
-  };
+  const KeyTables tables(m, m_pad, k_w);
+  const std::vector<std::pair<int64_t, int64_t>> tasks = qkv_tasks(g, kRowBlock);
+  const int64_t n_tasks = static_cast<int64_t>(tasks.size());
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
@@ -891,7 +918,7 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
       const int64_t u = t / panels, j0 = (t % panels) * 64;
       _Float16* dst = kt + u * head_k + (j0 / 64) * 64 * d;
       const float* src[64];
-      for (int64_t j = 0; j < 64; ++j) src[j] = j0 + j < m ? key_source(u, j0 + j, 1) : nullptr;
+      for (int64_t j = 0; j < 64; ++j) src[j] = g.key(qkv, kv_bias, u, j0 + j, 1);
       // 16 keys x 16 channels at a time, transposed in registers (a 16-bit
       // scalar transpose of the panel took a fifth of a windowed call).
       for (int64_t jb = 0; jb < 64; jb += 16)
@@ -905,7 +932,7 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < U * m_pad; ++t) {
       const int64_t u = t / m_pad, j = t % m_pad;
-      const float* src = j < m ? key_source(u, j, 2) : nullptr;
+      const float* src = g.key(qkv, kv_bias, u, j, 2);
       for (int64_t c = 0; c < d; c += 16)
         _mm256_storeu_ph(vh + t * d + c, src ? _mm512_cvtxps_ph(_mm512_loadu_ps(src + c))
                                              : _mm256_castsi256_ph(_mm256_setzero_si256()));
@@ -925,18 +952,13 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
     float* o = scratch<float>(7, kRowBlock * d);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < n_tasks; ++t) {
-      const int64_t u = task_unit[t], i0 = task_row[t], vw = g.valid_w(u), head = u % heads;
-      const int64_t rows = std::min(kRowBlock, g.valid_h(u) * vw - i0);
+      const auto [u, i0] = tasks[t];
+      const int64_t head = u % heads;
       int64_t tokens[kRowBlock], cols[kRowBlock];
       const float* q32[kRowBlock];
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t ty = (i0 + r) / vw, tx = (i0 + r) % vw;
-        tokens[r] = g.token(u, ty * k_w + tx), cols[r] = tx;
-        q32[r] = qkv + tokens[r] * ts + head * d;
-      }
-      task_rel_terms(g, q32, cols, i0, rows, vw, table_h, table_w, rev_w, kl_w, rh, rw);
-      const HeadFp16 h{kt + u * head_k, vh + u * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale,
-                       group_row.data(), group_col.data(), key_row.data(), key_col.data(), group_valid.data()};
+      const int64_t rows = task_queries(g, qkv, u, i0, kRowBlock, tokens, cols, q32);
+      task_rel_terms(g, q32, cols, i0, rows, g.valid_w(u), table_h, table_w, rev_w, kl_w, rh, rw);
+      const HeadFp16 h = tables.head(kt + u * head_k, vh + u * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale);
       attention_block_fp16<SMALL>(h, qh + (u * m + i0) * d, rh, rw, rows, s, p, o);
       for (int64_t r = 0; r < rows; ++r) {
         float* dst = out + (tokens[r] * heads + head) * d;
@@ -1049,23 +1071,9 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
   uint16_t* kb = scratch<uint16_t>(0, U * m_pad * d);
   uint16_t* vb = scratch<uint16_t>(1, U * m_pad * d);
   uint16_t* qb = scratch<uint16_t>(2, (U * m + kTileRows) * d);
-  std::vector<int32_t> group_row(groups), group_col(groups), key_row(m_pad, 0), key_col(m_pad, 0);
-  std::vector<uint16_t> group_valid(groups);
-  for (int64_t gi = 0; gi < groups; ++gi) {
-    group_row[gi] = static_cast<int32_t>((16 * gi) / k_w), group_col[gi] = static_cast<int32_t>((16 * gi) % k_w);
-    const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, m - 16 * gi));
-    group_valid[gi] = static_cast<uint16_t>((1u << lanes) - 1);
-  }
-  for (int64_t j = 0; j < m; ++j) key_row[j] = static_cast<int32_t>(j / k_w), key_col[j] = static_cast<int32_t>(j % k_w);
-  std::vector<int64_t> task_unit, task_row;
-  for (int64_t u = 0; u < U; ++u)
-    for (int64_t i0 = 0; i0 < g.valid_h(u) * g.valid_w(u); i0 += kTileRows) task_unit.push_back(u), task_row.push_back(i0);
-  const int64_t n_tasks = static_cast<int64_t>(task_unit.size());
-  auto key_source = [&](int64_t u, int64_t j, int which) -> const float* {  // which: 1 k, 2 v
-    if (j >= m) return nullptr;
-    const int64_t token = g.token(u, j), head = u % heads;
-    return token >= 0 ? qkv + token * ts + (which * heads + head) * d : kv_bias + ((which - 1) * heads + head) * d;
-  };
+  const KeyTables tables(m, m_pad, k_w);
+  const std::vector<std::pair<int64_t, int64_t>> tasks = qkv_tasks(g, kTileRows);
+  const int64_t n_tasks = static_cast<int64_t>(tasks.size());
   std::fill(qb + U * m * d, qb + (U * m + kTileRows) * d, uint16_t{0});
 #pragma omp parallel num_threads(threads)
   {
@@ -1075,7 +1083,7 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
       // Each key's 32 channel pairs as dwords, transposed: row p holds pair p of the 16 keys.
       __m512 lo[16], hi[16];
       for (int i = 0; i < 16; ++i) {
-        const float* src = key_source(u, 16 * gi + i, 1);
+        const float* src = g.key(qkv, kv_bias, u, 16 * gi + i, 1);
         lo[i] = src ? _mm512_castsi512_ps(bf16x32(_mm512_loadu_ps(src), _mm512_loadu_ps(src + 16))) : _mm512_setzero_ps();
         hi[i] = src ? _mm512_castsi512_ps(bf16x32(_mm512_loadu_ps(src + 32), _mm512_loadu_ps(src + 48))) : _mm512_setzero_ps();
       }
@@ -1090,8 +1098,8 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < U * m_pad / 2; ++t) {
       const int64_t u = t / (m_pad / 2), jp = t % (m_pad / 2);
-      const float* v0 = key_source(u, 2 * jp, 2);
-      const float* v1 = key_source(u, 2 * jp + 1, 2);
+      const float* v0 = g.key(qkv, kv_bias, u, 2 * jp, 2);
+      const float* v1 = g.key(qkv, kv_bias, u, 2 * jp + 1, 2);
       for (int64_t c = 0; c < d; c += 16) {
         const __m512i a = v0 ? bf16_dwords(_mm512_loadu_ps(v0 + c)) : _mm512_setzero_si512();
         const __m512i b = v1 ? bf16_dwords(_mm512_loadu_ps(v1 + c)) : _mm512_setzero_si512();
@@ -1115,18 +1123,13 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
     configure_tiles();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < n_tasks; ++t) {
-      const int64_t u = task_unit[t], i0 = task_row[t], vw = g.valid_w(u), head = u % heads;
-      const int64_t rows = std::min(kTileRows, g.valid_h(u) * vw - i0);
+      const auto [u, i0] = tasks[t];
+      const int64_t head = u % heads;
       int64_t tokens[kTileRows], cols[kTileRows];
       const float* q32[kTileRows];
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t ty = (i0 + r) / vw, tx = (i0 + r) % vw;
-        tokens[r] = g.token(u, ty * k_w + tx), cols[r] = tx;
-        q32[r] = qkv + tokens[r] * ts + head * d;
-      }
-      task_rel_terms(g, q32, cols, i0, rows, vw, table_h, table_w, rev_w, kl_w, rh, rw);
-      const HeadFp16 h{nullptr, nullptr, m, m_pad, k_h, k_w, ls, scale,
-                       group_row.data(), group_col.data(), key_row.data(), key_col.data(), group_valid.data()};
+      const int64_t rows = task_queries(g, qkv, u, i0, kTileRows, tokens, cols, q32);
+      task_rel_terms(g, q32, cols, i0, rows, g.valid_w(u), table_h, table_w, rev_w, kl_w, rh, rw);
+      const HeadFp16 h = tables.head(nullptr, nullptr, m, m_pad, k_h, k_w, ls, scale);
       // Scores: the tile's 16 query rows (A, two halves of 32 channels) against 64 keys at a time.
       const uint16_t* qa = qb + (u * m + i0) * d;
       const uint16_t* ku = kb + u * groups * 32 * 32;
@@ -1277,31 +1280,29 @@ void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const f
   const std::vector<float> rev_w = reversed_table(rel_pos_w, g.s_w, kl_w, head_dim);
   const int nt = resolve_threads(threads);
   if (fp16 && bf16) throw std::invalid_argument("rel_pos_attention_qkv: fp16 or bf16 compute, not both");
-  if (bf16) {
-    const bool aligned = g.s_w % 16 == 0 && g.m() % 64 == 0, small = g.s_h <= 16 && g.s_w <= 16;
-    if (force_portable || head_dim != 64 || !(aligned || small) || !rel_pos_attention_has_amx_bf16())
-      throw std::invalid_argument(
-          "rel_pos_attention_qkv: bf16 compute needs a CPU with AMX-BF16 that the OS lets us use, head_dim 64, "
-          "and a key grid with k_w % 16 == 0 and k_h * k_w % 64 == 0, or k_h, k_w <= 16");
-    if (aligned)
-      qkv_amx_bf16<false>(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt);
-    else
-      qkv_amx_bf16<true>(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt);
-    return;
-  }
-  if (!fp16) {
+  if (!fp16 && !bf16) {
     qkv_generic(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt, force_portable, false);
     return;
   }
+  // The reduced-precision paths share their shapes: global grids of whole 16-key
+  // groups and 64-key panels, or windows of at most 16 x 16.
   const bool aligned = g.s_w % 16 == 0 && g.m() % 64 == 0, small = g.s_h <= 16 && g.s_w <= 16;
-  if (force_portable || head_dim != 64 || !(aligned || small) || !rel_pos_attention_has_avx512_fp16())
-    throw std::invalid_argument(
-        "rel_pos_attention_qkv: fp16 compute needs a CPU with AVX512-FP16, head_dim 64, and a key grid with "
-        "k_w % 16 == 0 and k_h * k_w % 64 == 0, or k_h, k_w <= 16");
-  if (aligned)
-    qkv_fp16<false>(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt);
+  const bool cpu = bf16 ? rel_pos_attention_has_amx_bf16() : rel_pos_attention_has_avx512_fp16();
+  if (force_portable || head_dim != 64 || !(aligned || small) || !cpu)
+    throw std::invalid_argument(std::string("rel_pos_attention_qkv: ") +
+                                (bf16 ? "bf16 compute needs a CPU with AMX-BF16 that the OS lets us use"
+                                      : "fp16 compute needs a CPU with AVX512-FP16") +
+                                ", head_dim 64, and a key grid with k_w % 16 == 0 and k_h * k_w % 64 == 0, or "
+                                "k_h, k_w <= 16");
+  const float *th = table_h.data(), *tw = table_w.data(), *rw = rev_w.data();
+  if (bf16 && aligned)
+    qkv_amx_bf16<false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
+  else if (bf16)
+    qkv_amx_bf16<true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
+  else if (aligned)
+    qkv_fp16<false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
   else
-    qkv_fp16<true>(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt);
+    qkv_fp16<true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
 }
 
 }  // namespace sam_edge

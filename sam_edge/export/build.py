@@ -189,6 +189,8 @@ def build_bundle(
                 # int8 bundles' q, k, v come out of int8 layers: fp16 products cost them
                 # nothing measurable (docs/onnx.md); fp32 bundles keep fp32. The fp16
                 # path also runs the windowed blocks' attention (head_dim 64: ViT-B, ViT-L).
+                # "fp16" in the plan means reduced precision: sam_edge.load runs bf16
+                # tiles instead where the CPU has AMX.
                 compute = "fp32" if precision == "fp32" else "fp16"
                 head_dim = config.encoder_embed_dim // config.encoder_num_heads
                 plan = split_at_global_attention(

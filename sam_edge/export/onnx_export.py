@@ -355,35 +355,19 @@ def fuse_global_attention(path: str, config) -> int:
     import onnx
     from onnx import helper, numpy_helper
 
+    from .graph_patterns import attention_cores, graph_index
+
     model = onnx.load(path, load_external_data=False)
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.dims == []}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute[0].t.dims == []:
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    global_blocks = {f"/image_encoder/blocks.{i}/attn/" for i in config.encoder_global_attn_indexes}
+    _, consumers, _ = graph_index(graph)
     heads = config.encoder_num_heads
     p = "fused_attention/"
     graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), p + "to_bsd"))
     replaced, removed = {}, set()
-    for softmax in (n for n in graph.node if n.op_type == "Softmax"):
-        if not any(softmax.name.startswith(prefix) for prefix in global_blocks):
-            continue
-        add = producer[softmax.input[0]]
-        scores = next(producer[i] for i in add.input if i in producer and producer[i].op_type == "MatMul")
-        bias = next(i for i in add.input if i != scores.output[0])
-        (out_matmul,) = consumers[softmax.output[0]]
-        scaled, k_transposed = producer[scores.input[0]], producer[scores.input[1]]
-        if (add.op_type, out_matmul.op_type, scaled.op_type, k_transposed.op_type) != ("Add", "MatMul", "Mul", "Transpose"):
-            raise ValueError(f"{softmax.name}: not the exported attention pattern; cannot fuse")
-        scale = next(float(constants[i]) for i in scaled.input if i in constants)
-        q = next(i for i in scaled.input if i not in constants)  # (B, heads, N, D)
-        k, v = k_transposed.input[0], out_matmul.input[1]
+    for core in attention_cores(graph, config.encoder_global_attn_indexes):
+        scores, add, softmax, out_matmul = core["scores"], core["add"], core["softmax"], core["out_matmul"]
+        scaled, k_transposed = core["scaled"], core["k_transposed"]
+        q, k, v, bias, scale = core["q"], core["k"], core["v"], core["bias"], core["scale"]
         n = f"{p}{len(replaced)}/"
         replaced[out_matmul.name] = [
             helper.make_node("Transpose", [q], [n + "q_bsnh"], perm=[0, 2, 1, 3], name=n + "q_to_bsnh"),

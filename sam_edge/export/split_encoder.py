@@ -32,62 +32,25 @@ import os
 from typing import Any, Dict, List, Set
 
 from ..runtime.global_attention import QKV_INPUTS
+from .graph_patterns import attention_cores
 
 #: The file beside the segments that holds the kernel's tables.
 TABLES_FILE = "encoder_attention.npz"
 
 
-def _attention_patterns(graph, config, blocks) -> List[Dict[str, Any]]:
-    """The attention subgraphs of `blocks` (encoder block indexes), in graph order."""
-    from onnx import numpy_helper
-
+def _attention_patterns(graph, blocks) -> List[Dict[str, Any]]:
+    """The attention cores of `blocks` (encoder block indexes), in graph order, with
+    their bias checked to be the decomposed rel-pos sum that the kernel computes."""
     producer = {out: node for node in graph.node for out in node.output}
-    consumers: Dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if len(t.dims) == 0}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            if len(node.attribute[0].t.dims) == 0:
-                constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    patterns = []
-    for block in blocks:
-        prefix = f"/image_encoder/blocks.{block}/attn/"
-        softmaxes = [n for n in graph.node if n.op_type == "Softmax" and n.name.startswith(prefix)]
-        if len(softmaxes) != 1:
-            raise ValueError(f"{prefix}: expected one Softmax, found {len(softmaxes)}; is this the plain graph?")
-        softmax = softmaxes[0]
-        add = producer.get(softmax.input[0])
-        if add is None or add.op_type != "Add":
-            raise ValueError(f"{softmax.name}: not the exported attention pattern (no Add before Softmax)")
-        scores = next((producer[i] for i in add.input if i in producer and producer[i].op_type == "MatMul"), None)
-        if scores is None:
-            raise ValueError(f"{add.name}: no scores MatMul")
-        bias_reshape = producer[next(i for i in add.input if i != scores.output[0])]
-        bias_add = producer.get(bias_reshape.input[0])
-        (out_matmul,) = consumers[softmax.output[0]]
-        scaled, k_transposed = producer[scores.input[0]], producer[scores.input[1]]
-        if (bias_reshape.op_type, getattr(bias_add, "op_type", None), out_matmul.op_type, scaled.op_type,
-                k_transposed.op_type) != ("Reshape", "Add", "MatMul", "Mul", "Transpose"):
-            raise ValueError(f"{softmax.name}: not the exported attention pattern; cannot split here")
-        unsqueezes = [producer[i] for i in bias_add.input]
-        if [u.op_type for u in unsqueezes] != ["Unsqueeze", "Unsqueeze"]:
+    cores = attention_cores(graph, blocks)
+    for core in cores:
+        bias_reshape = producer.get(core["bias"])
+        bias_add = producer.get(bias_reshape.input[0]) if getattr(bias_reshape, "op_type", None) == "Reshape" else None
+        if getattr(bias_add, "op_type", None) != "Add":
+            raise ValueError(f"{core['softmax'].name}: not the exported attention pattern; cannot split here")
+        if [getattr(producer.get(i), "op_type", None) for i in bias_add.input] != ["Unsqueeze", "Unsqueeze"]:
             raise ValueError(f"{bias_add.name}: expected rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)")
-        scale = next(float(constants[i]) for i in scaled.input if i in constants)
-        patterns.append({
-            "block": prefix,
-            "index": block,
-            "scale": scale,
-            "q": next(i for i in scaled.input if i not in constants),
-            "k": k_transposed.input[0],
-            "v": out_matmul.input[1],
-            "rel_h": unsqueezes[0].input[0],
-            "rel_w": unsqueezes[1].input[0],
-            "output": out_matmul.output[0],
-            "removed": {out_matmul.name, softmax.name, add.name, scores.name},
-        })
-    return patterns
+    return cores
 
 
 _QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
@@ -123,7 +86,7 @@ def _qkv_cuts(graph, config, blocks, value_info, base_dir: str) -> List[Dict[str
         return [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
 
     cuts = []
-    for pattern in _attention_patterns(graph, config, blocks):
+    for pattern in _attention_patterns(graph, blocks):
         prefix, block = pattern["block"], pattern["index"]
         qkv_scope, proj_scope = prefix + "qkv/", prefix + "proj/"
         # The qkv Linear's output: its bias Add, read by the attention's first Reshape.
@@ -154,7 +117,9 @@ def _qkv_cuts(graph, config, blocks, value_info, base_dir: str) -> List[Dict[str
                 raise ValueError(f"{prefix}: the graph has no {key} table")
             tables[axis] = numpy_helper.to_array(inits[key], base_dir).astype("float32")
         cuts.append({
-            **pattern,
+            "block": prefix,
+            "index": block,
+            "scale": pattern["scale"],
             "qkv": qkv,
             "output": name,
             # Removing the output's producer leaves the rest of the attention dead.
