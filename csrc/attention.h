@@ -44,8 +44,8 @@ void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const
 //   the qkv bias, since a padded token is zero after the block's norm. kv_bias may be null
 //   when nothing is padded.
 // fp16 as above (head_dim 64, AVX512-FP16); bf16 computes both products on AMX
-// tiles from bf16 q, k, v and probabilities, with fp32 sums (head_dim 64, the same
-// grids as fp16, an AMX-BF16 CPU: otherwise it throws std::invalid_argument).
+// tiles from bf16 q, k, v and probabilities, with fp32 sums (head_dim 64 or 80, the
+// same grids as fp16, an AMX-BF16 CPU: otherwise it throws std::invalid_argument).
 // Otherwise the inputs are gathered for rel_pos_attention_cpu and its result
 // scattered back.
 void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const float* rel_pos_w,

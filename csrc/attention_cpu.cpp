@@ -998,6 +998,7 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
 // request (arch_prctl), which rel_pos_attention_has_amx_bf16 makes once.
 
 #define SAM_AMX __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")))
+#define SAM_AMX_LAMBDA __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")))
 
 constexpr int64_t kTileRows = 16;
 
@@ -1058,43 +1059,49 @@ SAM_AMX float bias_row(const HeadFp16& h, float* __restrict s, const float* __re
     _tile_dpbf16ps(c, a, b);                   \
   } while (0)
 
-template <bool SMALL>
+// D: head_dim, 64 (ViT-B, ViT-L) or 80 (ViT-H). The score products run over
+// D rounded up to whole 32-channel tiles (DP, zeros past D); the products with
+// v over D / 16 output tiles.
+template <int D, bool SMALL>
 SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* table_w, const float* rev_w,
                           int64_t kl_w, const float* kv_bias, float* out, const QkvGeometry& g, float scale,
                           int threads) {
-  constexpr int64_t d = 64;
-  const int64_t U = g.units(), m = g.m(), heads = g.heads, ts = g.token_stride();
+  static_assert(D == 64 || D == 80, "head_dim 64 or 80");
+  constexpr int64_t d = D, DP = (D + 31) / 32 * 32, chunks = DP / 32, group_size = chunks * 512;
+  const int64_t U = g.units(), m = g.m(), heads = g.heads;
   const int64_t k_h = g.s_h, k_w = g.s_w;
   const int64_t m_pad = (m + 63) / 64 * 64, groups = m_pad / 16;
-  // k: per unit and group of 16 keys, 32 channel pairs x 16 keys x 2 (a score
-  // product's B operand, 1 KB per 32 channels). v: per unit and pair of keys,
-  // 64 channels x 2 (rows of the B operand of the product with v, 256 bytes
-  // apart). q: rows of 64 channels, 16 spare rows at the end for the last tile.
-  uint16_t* kb = scratch<uint16_t>(0, U * m_pad * d);
+  // k: per unit and group of 16 keys, per 32 channels, 16 channel pairs x 16
+  // keys x 2 (a score product's B operand, 1 KB). v: per unit and pair of keys,
+  // D channels x 2 (rows of the B operand of the product with v, 4 D bytes
+  // apart). q: rows of DP channels, 16 spare rows at the end for the last tile.
+  uint16_t* kb = scratch<uint16_t>(0, U * groups * group_size);
   uint16_t* vb = scratch<uint16_t>(1, U * m_pad * d);
-  uint16_t* qb = scratch<uint16_t>(2, (U * m + kTileRows) * d);
+  uint16_t* qb = scratch<uint16_t>(2, (U * m + kTileRows) * DP);
   const KeyTables tables(m, m_pad, k_w);
   const std::vector<std::pair<int64_t, int64_t>> tasks = qkv_tasks(g, kTileRows);
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
-  std::fill(qb + U * m * d, qb + (U * m + kTileRows) * d, uint16_t{0});
+  std::fill(qb + U * m * DP, qb + (U * m + kTileRows) * DP, uint16_t{0});
+  // 32 channels from c as bf16, zeros past D.
+  auto channels32 = [](const float* src, int64_t c) SAM_AMX_LAMBDA {
+    const __m512 lo = c < D ? _mm512_loadu_ps(src + c) : _mm512_setzero_ps();
+    const __m512 hi = c + 16 < D ? _mm512_loadu_ps(src + c + 16) : _mm512_setzero_ps();
+    return bf16x32(lo, hi);
+  };
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < U * groups; ++t) {
       const int64_t u = t / groups, gi = t % groups;
-      // Each key's 32 channel pairs as dwords, transposed: row p holds pair p of the 16 keys.
-      __m512 lo[16], hi[16];
-      for (int i = 0; i < 16; ++i) {
-        const float* src = g.key(qkv, kv_bias, u, 16 * gi + i, 1);
-        lo[i] = src ? _mm512_castsi512_ps(bf16x32(_mm512_loadu_ps(src), _mm512_loadu_ps(src + 16))) : _mm512_setzero_ps();
-        hi[i] = src ? _mm512_castsi512_ps(bf16x32(_mm512_loadu_ps(src + 32), _mm512_loadu_ps(src + 48))) : _mm512_setzero_ps();
-      }
-      transpose16(lo);
-      transpose16(hi);
-      uint16_t* dst = kb + (u * groups + gi) * 32 * 32;
-      for (int p = 0; p < 16; ++p) {
-        _mm512_storeu_ps(reinterpret_cast<float*>(dst + p * 32), lo[p]);
-        _mm512_storeu_ps(reinterpret_cast<float*>(dst + (16 + p) * 32), hi[p]);
+      const float* src[16];
+      for (int i = 0; i < 16; ++i) src[i] = g.key(qkv, kv_bias, u, 16 * gi + i, 1);
+      uint16_t* dst = kb + (u * groups + gi) * group_size;
+      // Each key's 16 channel pairs of a chunk as dwords, transposed: row p holds pair p of the 16 keys.
+      for (int64_t c = 0; c < chunks; ++c) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) r[i] = src[i] ? _mm512_castsi512_ps(channels32(src[i], 32 * c)) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int q = 0; q < 16; ++q) _mm512_storeu_ps(reinterpret_cast<float*>(dst + c * 512 + q * 32), r[q]);
       }
     }
 #pragma omp for schedule(static)
@@ -1112,9 +1119,8 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
     for (int64_t t = 0; t < U * m; ++t) {
       const int64_t u = t / m, r = t % m, vw = g.valid_w(u);
       if (r >= g.valid_h(u) * vw) continue;
-      const float* src = qkv + g.token(u, (r / vw) * k_w + r % vw) * ts + (u % heads) * d;
-      _mm512_storeu_si512(qb + t * d, bf16x32(_mm512_loadu_ps(src), _mm512_loadu_ps(src + 16)));
-      _mm512_storeu_si512(qb + t * d + 32, bf16x32(_mm512_loadu_ps(src + 32), _mm512_loadu_ps(src + 48)));
+      const float* src = qkv + g.token(u, (r / vw) * k_w + r % vw) * g.token_stride() + (u % heads) * d;
+      for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_si512(qb + t * DP + 32 * c, channels32(src, 32 * c));
     }
     const int64_t ls = m_pad + kPad;
     float* s = scratch<float>(3, kTileRows * ls);
@@ -1132,25 +1138,41 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
       const int64_t rows = task_queries(g, qkv, u, i0, kTileRows, tokens, cols, q32);
       task_rel_terms(g, q32, cols, i0, rows, g.valid_w(u), table_h, table_w, rev_w, kl_w, rh, rw);
       const HeadFp16 h = tables.head(nullptr, nullptr, m, m_pad, k_h, k_w, ls, scale);
-      // Scores: the tile's 16 query rows (A, two halves of 32 channels) against 64 keys at a time.
-      const uint16_t* qa = qb + (u * m + i0) * d;
-      const uint16_t* ku = kb + u * groups * 32 * 32;
-      _tile_loadd(4, qa, d * 2);
-      _tile_loadd(5, qa + 32, d * 2);
+      // Scores: the tile's 16 query rows (A, one tile per 32 channels) against 64 keys at a time.
+      const uint16_t* qa = qb + (u * m + i0) * DP;
+      const uint16_t* ku = kb + u * groups * group_size;
+      _tile_loadd(4, qa, DP * 2);
+      _tile_loadd(5, qa + 32, DP * 2);
+      if constexpr (chunks == 3) _tile_loadd(6, qa + 64, DP * 2);
       for (int64_t j0 = 0; j0 < m_pad; j0 += 64) {
-        const uint16_t* kg = ku + (j0 / 16) * 32 * 32;
+        const uint16_t* kg = ku + (j0 / 16) * group_size;
         _tile_zero(0);
         _tile_zero(1);
         _tile_zero(2);
         _tile_zero(3);
-        SAM_TILE_PRODUCT(0, 4, 6, kg, 64);
-        SAM_TILE_PRODUCT(0, 5, 7, kg + 512, 64);
-        SAM_TILE_PRODUCT(1, 4, 6, kg + 1024, 64);
-        SAM_TILE_PRODUCT(1, 5, 7, kg + 1536, 64);
-        SAM_TILE_PRODUCT(2, 4, 6, kg + 2048, 64);
-        SAM_TILE_PRODUCT(2, 5, 7, kg + 2560, 64);
-        SAM_TILE_PRODUCT(3, 4, 6, kg + 3072, 64);
-        SAM_TILE_PRODUCT(3, 5, 7, kg + 3584, 64);
+        if constexpr (chunks == 2) {
+          SAM_TILE_PRODUCT(0, 4, 6, kg, 64);
+          SAM_TILE_PRODUCT(0, 5, 7, kg + 512, 64);
+          SAM_TILE_PRODUCT(1, 4, 6, kg + 1024, 64);
+          SAM_TILE_PRODUCT(1, 5, 7, kg + 1536, 64);
+          SAM_TILE_PRODUCT(2, 4, 6, kg + 2048, 64);
+          SAM_TILE_PRODUCT(2, 5, 7, kg + 2560, 64);
+          SAM_TILE_PRODUCT(3, 4, 6, kg + 3072, 64);
+          SAM_TILE_PRODUCT(3, 5, 7, kg + 3584, 64);
+        } else {  // three A tiles leave one for B
+          SAM_TILE_PRODUCT(0, 4, 7, kg, 64);
+          SAM_TILE_PRODUCT(0, 5, 7, kg + 512, 64);
+          SAM_TILE_PRODUCT(0, 6, 7, kg + 1024, 64);
+          SAM_TILE_PRODUCT(1, 4, 7, kg + 1536, 64);
+          SAM_TILE_PRODUCT(1, 5, 7, kg + 2048, 64);
+          SAM_TILE_PRODUCT(1, 6, 7, kg + 2560, 64);
+          SAM_TILE_PRODUCT(2, 4, 7, kg + 3072, 64);
+          SAM_TILE_PRODUCT(2, 5, 7, kg + 3584, 64);
+          SAM_TILE_PRODUCT(2, 6, 7, kg + 4096, 64);
+          SAM_TILE_PRODUCT(3, 4, 7, kg + 4608, 64);
+          SAM_TILE_PRODUCT(3, 5, 7, kg + 5120, 64);
+          SAM_TILE_PRODUCT(3, 6, 7, kg + 5632, 64);
+        }
         _tile_stored(0, s + j0, ls * 4);
         _tile_stored(1, s + j0 + 16, ls * 4);
         _tile_stored(2, s + j0 + 32, ls * 4);
@@ -1171,24 +1193,35 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
         inv[r] = 1.f / _mm512_reduce_add_ps(sum);
       }
       for (int64_t r = rows; r < kTileRows; ++r) std::fill(p + r * ls, p + r * ls + m_pad, uint16_t{0});
-      // Probabilities (A, 16 rows x 32 keys) times v (B, 32 keys x 16 channels), 64 channels in four sums.
+      // Probabilities (A, 16 rows x 32 keys) times v (B, 32 keys x 16 channels), D / 16 sums.
       const uint16_t* vu = vb + u * m_pad * d;
       _tile_zero(0);
       _tile_zero(1);
       _tile_zero(2);
       _tile_zero(3);
+      if constexpr (D == 80) _tile_zero(4);
       for (int64_t j0 = 0; j0 < m_pad; j0 += 32) {
         const uint16_t* vt = vu + j0 * d;  // key pair j0 / 2, 2 * d bf16 each
-        _tile_loadd(4, p + j0, ls * 2);
-        SAM_TILE_PRODUCT(0, 4, 6, vt, 4 * d);
-        SAM_TILE_PRODUCT(1, 4, 7, vt + 32, 4 * d);
-        SAM_TILE_PRODUCT(2, 4, 6, vt + 64, 4 * d);
-        SAM_TILE_PRODUCT(3, 4, 7, vt + 96, 4 * d);
+        if constexpr (D == 64) {
+          _tile_loadd(4, p + j0, ls * 2);
+          SAM_TILE_PRODUCT(0, 4, 6, vt, 4 * d);
+          SAM_TILE_PRODUCT(1, 4, 7, vt + 32, 4 * d);
+          SAM_TILE_PRODUCT(2, 4, 6, vt + 64, 4 * d);
+          SAM_TILE_PRODUCT(3, 4, 7, vt + 96, 4 * d);
+        } else {
+          _tile_loadd(5, p + j0, ls * 2);
+          SAM_TILE_PRODUCT(0, 5, 6, vt, 4 * d);
+          SAM_TILE_PRODUCT(1, 5, 7, vt + 32, 4 * d);
+          SAM_TILE_PRODUCT(2, 5, 6, vt + 64, 4 * d);
+          SAM_TILE_PRODUCT(3, 5, 7, vt + 96, 4 * d);
+          SAM_TILE_PRODUCT(4, 5, 6, vt + 128, 4 * d);
+        }
       }
       _tile_stored(0, o, d * 4);
       _tile_stored(1, o + 16, d * 4);
       _tile_stored(2, o + 32, d * 4);
       _tile_stored(3, o + 48, d * 4);
+      if constexpr (D == 80) _tile_stored(4, o + 64, d * 4);
       for (int64_t r = 0; r < rows; ++r) {
         const __m512 w = _mm512_set1_ps(inv[r]);
         float* dst = out + (tokens[r] * heads + head) * d;
@@ -1290,17 +1323,19 @@ void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const f
   // groups and 64-key panels, or windows of at most 16 x 16.
   const bool aligned = g.s_w % 16 == 0 && g.m() % 64 == 0, small = g.s_h <= 16 && g.s_w <= 16;
   const bool cpu = bf16 ? rel_pos_attention_has_amx_bf16() : rel_pos_attention_has_avx512_fp16();
-  if (force_portable || head_dim != 64 || !(aligned || small) || !cpu)
+  const bool dim = head_dim == 64 || (bf16 && head_dim == 80);
+  if (force_portable || !dim || !(aligned || small) || !cpu)
     throw std::invalid_argument(std::string("rel_pos_attention_qkv: ") +
-                                (bf16 ? "bf16 compute needs a CPU with AMX-BF16 that the OS lets us use"
-                                      : "fp16 compute needs a CPU with AVX512-FP16") +
-                                ", head_dim 64, and a key grid with k_w % 16 == 0 and k_h * k_w % 64 == 0, or "
-                                "k_h, k_w <= 16");
+                                (bf16 ? "bf16 compute needs a CPU with AMX-BF16 that the OS lets us use, head_dim 64 or 80"
+                                      : "fp16 compute needs a CPU with AVX512-FP16, head_dim 64") +
+                                ", and a key grid with k_w % 16 == 0 and k_h * k_w % 64 == 0, or k_h, k_w <= 16");
   const float *th = table_h.data(), *tw = table_w.data(), *rw = rev_w.data();
-  if (bf16 && aligned)
-    qkv_amx_bf16<false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
+  if (bf16 && head_dim == 80)
+    aligned ? qkv_amx_bf16<80, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt)
+            : qkv_amx_bf16<80, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
   else if (bf16)
-    qkv_amx_bf16<true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
+    aligned ? qkv_amx_bf16<64, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt)
+            : qkv_amx_bf16<64, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
   else if (aligned)
     qkv_fp16<false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
   else

@@ -276,3 +276,31 @@ def test_quantized_linear_fusion_against_float64():
     # float32 rounding of a k-term sum: well under 1e-5 of the output's range.
     assert np.abs(qdq - exact).max() <= 1e-5 * scale
     assert np.abs(fused - exact).max() <= 1e-5 * scale
+
+
+def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path):
+    """ViT-H (head_dim 80, which the fp16 path does not cover): int8 bundles are cut at
+    the global blocks only; they run bf16 tiles on AMX, else fp32, within the int8
+    bound (embedding rel-L2 <= 0.05) of the official fp32 model."""
+    import torch
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    config = reduced_config("vit_h", depth=2)
+    reference, _, path = build_test_bundle(tmp_path, config, seed=9, precision="int8", official_decoder=False)
+    plan = json.loads((path / "manifest.json").read_text())["encoder_split"]
+    assert [a["block"] for a in plan["attention"]] == list(config.encoder_global_attn_indexes)
+    assert {a["head_dim"] for a in plan["attention"]} == {80}
+    engine = sam_edge.load(str(path))
+    status = kernel_status()
+    if not status["avx512"]:
+        assert engine.encoder_mode == "single ONNX Runtime graph"
+        return
+    assert engine.encoder_mode.endswith("bf16)" if status["amx_bf16"] else "fp32)"), engine.encoder_mode
+    image = photos()["portrait"]
+    predictor = sam_edge.SamPredictor(engine)
+    predictor.set_image(image)
+    official = OfficialPredictor(reference)
+    official.set_image(image)
+    with torch.no_grad():
+        ref = official.get_image_embedding().numpy()
+    assert rel_l2(predictor.get_image_embedding(), ref) <= 0.05

@@ -16,11 +16,13 @@ keeps each block of scores in cache instead of materialising the
   Used for int8 bundles, whose q, k, v come out of int8 layers: 2e-3 to 5e-3
   relative error against float64 (the benchmark, tests/test_global_attention.py),
   inside those bundles' 5e-2 bound.
-- "bf16" (rel_pos_attention_qkv only): both products on AMX tiles (Sapphire
-  Rapids and later, where the OS grants them), q, k, v and the probabilities
-  in bf16, every sum in fp32. A ViT-B global block 89 vs 136 ms in fp16, at
-  2e-3 to 3e-3 relative error (an ad-hoc probe; tests/test_global_attention.py
-  bounds it). int8 bundles run it where it runs, fp16 elsewhere.
+- "bf16" (rel_pos_attention_qkv only, head_dim 64 or 80): both products on AMX
+  tiles (Sapphire Rapids and later, where the OS grants them), q, k, v and the
+  probabilities in bf16, every sum in fp32. A ViT-B global block 77 vs 126 ms
+  in fp16 (benchmarks/bench_cpu_attention.py), at 2e-3 to 3e-3 relative error
+  (tests/test_global_attention.py bounds it); a ViT-H one 125 vs 393 ms in
+  fp32 (an ad-hoc timing). int8 bundles run it where it runs, else fp16, and
+  ViT-H's (head_dim 80, no fp16 path) else fp32.
 
 rel_pos_attention_qkv is the same attention as an encoder block feeds it: from
 its qkv Linear's output, with the model's rel-pos tables, the windows and their
@@ -74,7 +76,7 @@ def fast_compute(head_dim: int, k_size: Sequence[int], preferred: str) -> Option
     fp32: head_dim 64 or 80, k_w a multiple of 16 (the global blocks).
     fp16: AVX512-FP16, head_dim 64, and k_w % 16 == 0 with k_h * k_w % 64 == 0
     (global blocks) or k_h, k_w <= 16 (windowed blocks).
-    bf16: the same shapes on AMX-BF16 (rel_pos_attention_qkv only)."""
+    bf16: the same shapes on AMX-BF16, head_dim 64 or 80 (rel_pos_attention_qkv only)."""
     if preferred not in QKV_COMPUTE:
         raise ValueError(f"compute must be one of {QKV_COMPUTE}; got {preferred!r}")
     status = kernel_status()
@@ -82,10 +84,10 @@ def fast_compute(head_dim: int, k_size: Sequence[int], preferred: str) -> Option
     if not status["avx512"]:
         return None
     aligned = k_w % 16 == 0
-    if head_dim == 64 and ((aligned and (k_h * k_w) % 64 == 0) or (k_h <= 16 and k_w <= 16)):
-        if preferred == "bf16" and status["amx_bf16"]:
+    if (aligned and (k_h * k_w) % 64 == 0) or (k_h <= 16 and k_w <= 16):
+        if preferred == "bf16" and status["amx_bf16"] and head_dim in (64, 80):
             return "bf16"
-        if preferred in ("bf16", "fp16") and status["avx512_fp16"]:
+        if preferred in ("bf16", "fp16") and status["avx512_fp16"] and head_dim == 64:
             return "fp16"
     if head_dim in (64, 80) and aligned:
         return "fp32"
