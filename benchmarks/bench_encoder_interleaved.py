@@ -5,7 +5,9 @@
 
 --modes loads each bundle once per encoder mode: "single" is its one encoder
 graph, "native" its segments with sam-edge's fused global attention (see
-sam_edge.load's native_attention); the first bundle's first mode is the baseline.
+sam_edge.load's native_attention), "fp32", "fp16", "bf16" the segments with the
+kernel in that precision where it runs (attention_compute); the first bundle's
+first mode is the baseline.
 
 On a shared host the load moves by tens of percent within minutes, so two
 bundles timed one after the other can differ by more than the change being
@@ -40,10 +42,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pause", type=float, default=2.0, help="seconds idle before each timed run")
     parser.add_argument("--modes", default="auto",
-                        help="comma list of encoder modes per bundle: auto (load()'s default), single, native")
+                        help="comma list of encoder modes per bundle: auto (load()'s default), single, native, "
+                             "or the kernel's precision: fp32, fp16, bf16")
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
-    modes = {"auto": None, "single": False, "native": True}
+    # (native_attention, attention_compute) for sam_edge.load
+    modes = {"auto": (None, None), "single": (False, None), "native": (True, None),
+             "fp32": (True, "fp32"), "fp16": (True, "fp16"), "bf16": (True, "bf16")}
     if any(m not in modes for m in args.modes.split(",")):
         parser.error(f"--modes: expected a comma list of {sorted(modes)}; got {args.modes!r}")
 
@@ -53,7 +58,8 @@ def main() -> int:
     engines = {}
     for i, bundle in enumerate(args.bundles):
         for mode in args.modes.split(","):
-            engine = sam_edge.load(bundle, threads=args.threads, native_attention=modes[mode])
+            native, compute = modes[mode]
+            engine = sam_edge.load(bundle, threads=args.threads, native_attention=native, attention_compute=compute)
             if engine.encoder_mode.startswith("segments"):
                 kind = engine.encoder_mode
             else:
