@@ -139,6 +139,22 @@ def test_bad_inputs_are_refused():
             rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, compute="fp16")
 
 
+@pytest.mark.parametrize("amx, fp16, expected", [
+    (True, True, ("bf16", "bf16", "bf16")),
+    (False, True, ("fp16", "fp32", "fp16")),   # no AMX: fp16, and fp32 for head_dim 80
+    (False, False, ("fp32", "fp32", None)),   # AVX-512 only: fp32 for global grids, nothing windowed
+])
+def test_fast_compute_steps_down_without_the_cpu_features(monkeypatch, amx, fp16, expected):
+    """bf16 -> fp16 -> fp32 on machines without AMX or AVX512-FP16, whatever this one has."""
+    from sam_edge.runtime import global_attention
+
+    status = {"available": True, "avx512": True, "avx512_fp16": fp16, "amx_bf16": amx, "threads": 2}
+    monkeypatch.setattr(global_attention, "kernel_status", lambda: status)
+    got = (global_attention.fast_compute(64, (64, 64), "bf16"), global_attention.fast_compute(80, (64, 64), "bf16"),
+           global_attention.fast_compute(64, (14, 14), "bf16"))
+    assert got == expected
+
+
 def test_fast_compute_follows_the_machine():
     status = kernel_status()
     got = fast_compute(64, (64, 64), "fp16")
