@@ -120,41 +120,31 @@ void attention_portable(const float* q, const float* k, const float* v, const fl
 
 // ---- AVX-512 path ----
 
-SAM_AVX512 inline __m512 exp_avx512(__m512 x) {
-  // exp(x) = 2^n exp(r), r = x - n ln2 in [-ln2/2, ln2/2] (Cody-Waite split of
-  // ln2), exp(r) by its degree-6 Taylor polynomial: truncation <= 1.2e-7.
+// exp(x) = 2^n exp(r), r = x - n ln2 in [-ln2/2, ln2/2] (Cody-Waite split of
+// ln2), exp(r) by its degree-DEGREE Taylor polynomial (Horner, 1/k! constants).
+template <int DEGREE>
+SAM_AVX512 inline __m512 exp_taylor(__m512 x) {
+  constexpr float inverse_factorial[] = {1.f, 1.f, 0.5f, 1.f / 6.f, 1.f / 24.f, 1.f / 120.f, 1.f / 720.f};
+  static_assert(DEGREE >= 1 && DEGREE <= 6, "degree 1 to 6");
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720.f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  __m512 p = _mm512_set1_ps(inverse_factorial[DEGREE]);
+#pragma GCC unroll 6
+  for (int k = DEGREE - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(inverse_factorial[k]));
   return _mm512_scalef_ps(p, n);
 }
 
-// exp for results rounded to bf16 (8 significant bits): the same range
-// reduction with a degree-4 polynomial, truncation <= 4.2e-5 (bf16's half ulp
-// is 2e-3). The AMX path's softmax was 35 of a global block's 76 ms; the fp16
-// path, bound by its products, measured no faster with it.
-SAM_AVX512 inline __m512 exp_reduced(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.f / 24.f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
+// Degree 6: truncation <= 1.2e-7, for float32 results.
+SAM_AVX512 inline __m512 exp_avx512(__m512 x) { return exp_taylor<6>(x); }
+
+// Degree 4, for results rounded to bf16 (8 significant bits): truncation
+// <= 4.2e-5 (bf16's half ulp is 2e-3). The AMX path's softmax was 35 of a
+// global block's 76 ms; the fp16 path, bound by its products, measured no
+// faster with it.
+SAM_AVX512 inline __m512 exp_reduced(__m512 x) { return exp_taylor<4>(x); }
 
 // k is repacked into panels of 64 keys: panel p holds k[64p : 64p + 64] transposed,
 // (d, 64) contiguous, so the 16 KB a score tile reads stays in L1 (a plain
