@@ -988,7 +988,6 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
 // request (arch_prctl), which rel_pos_attention_has_amx_bf16 makes once.
 
 #define SAM_AMX __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")))
-#define SAM_AMX_LAMBDA __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")))
 
 constexpr int64_t kTileRows = 16;
 
@@ -1008,6 +1007,13 @@ SAM_AMX void configure_tiles() {
 
 // 32 floats (lo: 0-15, hi: 16-31) -> 32 bf16, rounded to nearest even.
 SAM_AMX inline __m512i bf16x32(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
+// The 32 channels of a D-channel row from channel c, as bf16; zeros past D.
+template <int D>
+SAM_AMX inline __m512i channels32(const float* src, int64_t c) {
+  const __m512 lo = c < D ? _mm512_loadu_ps(src + c) : _mm512_setzero_ps();
+  const __m512 hi = c + 16 < D ? _mm512_loadu_ps(src + c + 16) : _mm512_setzero_ps();
+  return bf16x32(lo, hi);
+}
 // 16 floats -> bf16 in the low halves of 16 dwords.
 SAM_AMX inline __m512i bf16_dwords(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
 
@@ -1072,12 +1078,6 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
   const std::vector<std::pair<int64_t, int64_t>> tasks = qkv_tasks(g, kTileRows);
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
   std::fill(qb + U * m * DP, qb + (U * m + kTileRows) * DP, uint16_t{0});
-  // 32 channels from c as bf16, zeros past D.
-  auto channels32 = [](const float* src, int64_t c) SAM_AMX_LAMBDA {
-    const __m512 lo = c < D ? _mm512_loadu_ps(src + c) : _mm512_setzero_ps();
-    const __m512 hi = c + 16 < D ? _mm512_loadu_ps(src + c + 16) : _mm512_setzero_ps();
-    return bf16x32(lo, hi);
-  };
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
@@ -1089,7 +1089,7 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
       // Each key's 16 channel pairs of a chunk as dwords, transposed: row p holds pair p of the 16 keys.
       for (int64_t c = 0; c < chunks; ++c) {
         __m512 r[16];
-        for (int i = 0; i < 16; ++i) r[i] = src[i] ? _mm512_castsi512_ps(channels32(src[i], 32 * c)) : _mm512_setzero_ps();
+        for (int i = 0; i < 16; ++i) r[i] = src[i] ? _mm512_castsi512_ps(channels32<D>(src[i], 32 * c)) : _mm512_setzero_ps();
         transpose16(r);
         for (int q = 0; q < 16; ++q) _mm512_storeu_ps(reinterpret_cast<float*>(dst + c * 512 + q * 32), r[q]);
       }
@@ -1110,7 +1110,7 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
       const int64_t u = t / m, r = t % m, vw = g.valid_w(u);
       if (r >= g.valid_h(u) * vw) continue;
       const float* src = qkv + g.token(u, (r / vw) * k_w + r % vw) * g.token_stride() + (u % heads) * d;
-      for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_si512(qb + t * DP + 32 * c, channels32(src, 32 * c));
+      for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_si512(qb + t * DP + 32 * c, channels32<D>(src, 32 * c));
     }
     const int64_t ls = m_pad + kPad;
     float* s = scratch<float>(3, kTileRows * ls);
