@@ -151,8 +151,8 @@ def load(
         else:
             preferred = attention_compute or split.get("compute", "fp32")
             if attention_compute is None and preferred == "fp16":
-                # int8 bundles: bf16 tiles where they run (a ViT-B global block 89 vs 136 ms,
-                # 2-3e-3 vs 1-2e-3 error, both far inside int8's 5e-2).
+                # int8 bundles: bf16 tiles where they run (a ViT-B global block 77 vs 126 ms,
+                # 3.2e-3 vs 2.5e-3 error, both far inside int8's 5e-2: bench_cpu_attention.py).
                 preferred = "bf16"
             computes = [fast_compute(a["head_dim"], a["k_size"], preferred) for a in split["attention"]]
             if providers and list(providers)[0] != "CPUExecutionProvider":
