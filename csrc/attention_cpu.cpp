@@ -347,10 +347,12 @@ struct HeadFp16 {
 // The index tables of HeadFp16 for m keys (m_pad of them, a multiple of 64) on
 // a grid k_w wide, so that the score loops divide nothing.
 struct KeyTables {
+  int64_t m, m_pad, k_w;
   std::vector<int32_t> group_row, group_col, key_row, key_col;
   std::vector<uint16_t> group_valid;
   KeyTables(int64_t m, int64_t m_pad, int64_t k_w)
-      : group_row(m_pad / 16), group_col(m_pad / 16), key_row(m_pad, 0), key_col(m_pad, 0), group_valid(m_pad / 16) {
+      : m(m), m_pad(m_pad), k_w(k_w), group_row(m_pad / 16), group_col(m_pad / 16), key_row(m_pad, 0),
+        key_col(m_pad, 0), group_valid(m_pad / 16) {
     for (int64_t g = 0; g < m_pad / 16; ++g) {
       group_row[g] = static_cast<int32_t>((16 * g) / k_w), group_col[g] = static_cast<int32_t>((16 * g) % k_w);
       const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(16, m - 16 * g));
@@ -358,9 +360,9 @@ struct KeyTables {
     }
     for (int64_t j = 0; j < m; ++j) key_row[j] = static_cast<int32_t>(j / k_w), key_col[j] = static_cast<int32_t>(j % k_w);
   }
-  HeadFp16 head(const _Float16* kt, const _Float16* v, int64_t m, int64_t m_pad, int64_t k_h, int64_t k_w, int64_t ls,
-                float scale) const {
-    return HeadFp16{kt, v, m, m_pad, k_h, k_w, ls, scale, group_row.data(), group_col.data(), key_row.data(),
+  // A head over this grid (m = k_h * k_w keys); ls: the score rows' stride.
+  HeadFp16 head(const _Float16* kt, const _Float16* v, int64_t ls, float scale) const {
+    return HeadFp16{kt, v, m, m_pad, m / k_w, k_w, ls, scale, group_row.data(), group_col.data(), key_row.data(),
                     key_col.data(), group_valid.data()};
   }
 };
@@ -568,7 +570,7 @@ SAM_AVX512_FP16 void attention_avx512_fp16(const float* q, const float* k, const
     for (int64_t t = 0; t < bh * blocks; ++t) {
       const int64_t hh = t / blocks, i0 = (t % blocks) * kRowBlock;
       const int64_t rows = std::min(kRowBlock, n_q - i0);
-      const HeadFp16 h = tables.head(kt + hh * head_k, vh + hh * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale);
+      const HeadFp16 h = tables.head(kt + hh * head_k, vh + hh * m_pad * d, m_pad + kPad, scale);
       const int64_t row = hh * n_q + i0;
       attention_block_fp16<SMALL>(h, qh + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s, p,
                                   out + row * d);
@@ -610,6 +612,11 @@ struct QkvGeometry {
   }
   int64_t valid_h(int64_t u) const { return std::min(s_h, H - ((u / heads / nwx) % nwy) * s_h); }
   int64_t valid_w(int64_t u) const { return std::min(s_w, W - ((u / heads) % nwx) * s_w); }
+  // Query r of unit u, r counting the window's valid rectangle row-major: its token, and its q in qkv.
+  int64_t query_token(int64_t u, int64_t r) const { return token(u, (r / valid_w(u)) * s_w + r % valid_w(u)); }
+  const float* query(const float* qkv, int64_t u, int64_t r) const {
+    return qkv + query_token(u, r) * token_stride() + (u % heads) * d;
+  }
 };
 
 // table[t][c][k] = rel_pos[t - k + s - 1][c] for k < s, zero for s <= k < kp:
@@ -878,9 +885,8 @@ int64_t task_queries(const QkvGeometry& g, const float* qkv, int64_t u, int64_t 
                      int64_t* cols, const float** q32) {
   const int64_t vw = g.valid_w(u), rows = std::min(max_rows, g.valid_h(u) * vw - i0);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t ty = (i0 + r) / vw, tx = (i0 + r) % vw;
-    tokens[r] = g.token(u, ty * g.s_w + tx), cols[r] = tx;
-    q32[r] = qkv + tokens[r] * g.token_stride() + (u % g.heads) * g.d;
+    tokens[r] = g.query_token(u, i0 + r), cols[r] = (i0 + r) % vw;
+    q32[r] = g.query(qkv, u, i0 + r);
   }
   return rows;
 }
@@ -910,7 +916,7 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
                               int64_t kl_w, const float* kv_bias,
                               float* out, const QkvGeometry& g, float scale, int threads) {
   constexpr int64_t d = 64;
-  const int64_t U = g.units(), m = g.m(), heads = g.heads, ts = g.token_stride();
+  const int64_t U = g.units(), m = g.m(), heads = g.heads;
   const int64_t k_h = g.s_h, k_w = g.s_w;
   const int64_t panels = (m + 63) / 64, m_pad = panels * 64, head_k = m_pad * d;
   _Float16* kt = scratch<_Float16>(0, U * head_k);
@@ -948,9 +954,9 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
     // Queries, compacted: row r of unit u is the window's valid position r.
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < U * m; ++t) {
-      const int64_t u = t / m, r = t % m, vw = g.valid_w(u);
-      if (r >= g.valid_h(u) * vw) continue;
-      const float* src = qkv + g.token(u, (r / vw) * k_w + r % vw) * ts + (u % heads) * d;
+      const int64_t u = t / m, r = t % m;
+      if (r >= g.valid_h(u) * g.valid_w(u)) continue;
+      const float* src = g.query(qkv, u, r);
       for (int64_t c = 0; c < d; c += 16) _mm256_storeu_ph(qh + t * d + c, _mm512_cvtxps_ph(_mm512_loadu_ps(src + c)));
     }
     float* s = scratch<float>(3, kRowBlock * (m_pad + kPad));
@@ -966,7 +972,7 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
       const float* q32[kRowBlock];
       const int64_t rows = task_queries(g, qkv, u, i0, kRowBlock, tokens, cols, q32);
       task_rel_terms(g, q32, cols, i0, rows, g.valid_w(u), table_h, table_w, rev_w, kl_w, rh, rw);
-      const HeadFp16 h = tables.head(kt + u * head_k, vh + u * m_pad * d, m, m_pad, k_h, k_w, m_pad + kPad, scale);
+      const HeadFp16 h = tables.head(kt + u * head_k, vh + u * m_pad * d, m_pad + kPad, scale);
       attention_block_fp16<SMALL>(h, qh + (u * m + i0) * d, rh, rw, rows, s, p, o);
       for (int64_t r = 0; r < rows; ++r) {
         float* dst = out + (tokens[r] * heads + head) * d;
@@ -1107,9 +1113,9 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
     }
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < U * m; ++t) {
-      const int64_t u = t / m, r = t % m, vw = g.valid_w(u);
-      if (r >= g.valid_h(u) * vw) continue;
-      const float* src = qkv + g.token(u, (r / vw) * k_w + r % vw) * g.token_stride() + (u % heads) * d;
+      const int64_t u = t / m, r = t % m;
+      if (r >= g.valid_h(u) * g.valid_w(u)) continue;
+      const float* src = g.query(qkv, u, r);
       for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_si512(qb + t * DP + 32 * c, channels32<D>(src, 32 * c));
     }
     const int64_t ls = m_pad + kPad;
@@ -1127,7 +1133,7 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
       const float* q32[kTileRows];
       const int64_t rows = task_queries(g, qkv, u, i0, kTileRows, tokens, cols, q32);
       task_rel_terms(g, q32, cols, i0, rows, g.valid_w(u), table_h, table_w, rev_w, kl_w, rh, rw);
-      const HeadFp16 h = tables.head(nullptr, nullptr, m, m_pad, k_h, k_w, ls, scale);
+      const HeadFp16 h = tables.head(nullptr, nullptr, ls, scale);
       // Scores: the tile's 16 query rows (A, one tile per 32 channels) against 64 keys at a time.
       const uint16_t* qa = qb + (u * m + i0) * DP;
       const uint16_t* ku = kb + u * groups * group_size;
