@@ -4,18 +4,24 @@ compiled extensions from csrc/:
 - ``sam_edge._C``: CPU post-processing kernels (C++17, OpenMP when the compiler
   has it). Always built.
 - ``sam_edge._C_cuda``: the same operations as CUDA kernels, built when nvcc is
-  found, as a fatbin for sm_87 (Jetson Orin), sm_89, sm_90 plus compute_90 PTX.
+  found, as a fatbin for sm_80 (A100), sm_86 (A10, RTX 30), sm_87 (Jetson
+  Orin), sm_89 (L4, L40S, RTX 40), sm_90 (H100, H200) plus compute_90 PTX for
+  later GPUs. The kernels use sm_80 warp reductions, so nothing older.
 
 Environment:
     SAM_EDGE_NO_CUDA=1        skip the CUDA extension even when nvcc exists.
     SAM_EDGE_CUDA_ARCHS=...   semicolon/comma list overriding the targets, e.g.
                               "87;90" or "80,86,90+PTX" (a "+PTX" suffix adds PTX).
+                              ``python setup.py --print-cuda-gencode`` prints the
+                              nvcc flags (csrc/check_cuda_build.sh uses them).
+    SAM_EDGE_NVCC_THREADS=N   targets nvcc compiles at once (default 0: one per CPU).
     CUDA_HOME / CUDA_PATH     where to look for nvcc, besides PATH.
 
 A compile error in either extension fails the build: when CUDA was found and
 not disabled, a broken .cu file is an error, not a silent CPU-only install.
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -31,7 +37,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 CSRC = Path("csrc")
-DEFAULT_CUDA_ARCHS = "87;89;90+PTX"
+DEFAULT_CUDA_ARCHS = "80;86;87;89;90+PTX"
 
 
 def _truthy(name):
@@ -48,9 +54,14 @@ def find_nvcc():
     return shutil.which("nvcc")
 
 
+def cuda_arch_spec():
+    """The targets to build: SAM_EDGE_CUDA_ARCHS, else DEFAULT_CUDA_ARCHS."""
+    return (os.environ.get("SAM_EDGE_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS).strip()
+
+
 def cuda_gencode_flags(spec=None):
-    """-gencode flags for "87;89;90+PTX"-style specs (SAM_EDGE_CUDA_ARCHS)."""
-    spec = spec or os.environ.get("SAM_EDGE_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS
+    """-gencode flags for "80;86;90+PTX"-style specs (SAM_EDGE_CUDA_ARCHS)."""
+    spec = spec or cuda_arch_spec()
     flags = []
     for item in re.split(r"[;,\s]+", spec.strip()):
         if not item:
@@ -58,7 +69,9 @@ def cuda_gencode_flags(spec=None):
         arch, ptx = (item[:-4], True) if item.upper().endswith("+PTX") else (item, False)
         arch = arch.replace("sm_", "").replace(".", "")
         if not arch.isdigit():
-            raise ValueError(f"SAM_EDGE_CUDA_ARCHS: cannot read {item!r}; expected e.g. '87;89;90+PTX'")
+            raise ValueError(f"SAM_EDGE_CUDA_ARCHS: cannot read {item!r}; expected e.g. '80;86;90+PTX'")
+        if int(arch) < 80:
+            raise ValueError(f"SAM_EDGE_CUDA_ARCHS: sm_{arch} is below sm_80, which the kernels' warp reductions need")
         flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
         if ptx:
             flags += ["-gencode", f"arch=compute_{arch},code=compute_{arch}"]
@@ -113,7 +126,9 @@ if NVCC:
         library_dirs=[str(cuda_home / "lib64"), str(cuda_home / "lib")],
         # Static cudart: the module then needs only the driver (libcuda) at run time.
         libraries=["cudart_static", "dl", "rt", "pthread"],
-        depends=[str(p) for p in sorted((CSRC / "cuda").glob("*.cuh"))],
+        depends=[str(p) for p in sorted((CSRC / "cuda").glob("*.h")) + sorted((CSRC / "cuda").glob("*.cuh"))],
+        # The targets, for sam_edge.postprocess.cuda's messages when a device has none of them.
+        define_macros=[("SAM_EDGE_CUDA_ARCHS", '"' + cuda_arch_spec() + '"')],
     )
     cuda_ext.cuda_sources = [str(p) for p in sorted((CSRC / "cuda").glob("*.cu"))]
     ext_modules.append(cuda_ext)
@@ -125,15 +140,21 @@ class BuildExt(build_ext):
     def build_extension(self, ext):
         cuda_sources = getattr(ext, "cuda_sources", None)
         if cuda_sources:
-            ext.extra_objects = list(ext.extra_objects or []) + self._nvcc_compile(ext, cuda_sources)
+            objects = self._nvcc_compile(ext, cuda_sources)
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+            # A freshly compiled object (new sources or targets) must relink the module.
+            ext.depends = list(ext.depends) + objects
         super().build_extension(ext)
 
     def _nvcc_compile(self, ext, sources):
         out_dir = Path(self.build_temp) / "cuda"
         out_dir.mkdir(parents=True, exist_ok=True)
         objects = []
+        gencode = cuda_gencode_flags()
+        # The object's name carries its targets, so a new SAM_EDGE_CUDA_ARCHS rebuilds it.
+        tag = hashlib.sha1(" ".join(gencode).encode()).hexdigest()[:10]
         for src in sources:
-            obj = out_dir / (Path(src).stem + ".o")
+            obj = out_dir / f"{Path(src).stem}-{tag}.o"
             deps = [Path(src)] + [Path(d) for d in ext.depends]
             if not self.force and obj.exists() and all(obj.stat().st_mtime >= d.stat().st_mtime for d in deps):
                 objects.append(str(obj))
@@ -141,9 +162,11 @@ class BuildExt(build_ext):
             cmd = [
                 NVCC, "-c", src, "-o", str(obj),
                 "-std=c++17", "-O3", "--fmad=false",
+                # The targets compile in parallel (0: one thread per CPU).
+                "--threads", os.environ.get("SAM_EDGE_NVCC_THREADS", "0"),
                 "-Xcompiler", "-fPIC,-fvisibility=hidden",
                 *[f"-I{d}" for d in ext.include_dirs],
-                *cuda_gencode_flags(),
+                *gencode,
             ]
             print("sam-edge: " + " ".join(cmd), file=sys.stderr)
             # check_call: an nvcc error must fail the build, never be skipped.
@@ -152,4 +175,8 @@ class BuildExt(build_ext):
         return objects
 
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt})
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--print-cuda-gencode"]:
+        print(" ".join(cuda_gencode_flags()))
+    else:
+        setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt})

@@ -20,14 +20,27 @@ namespace {
 
 constexpr int kThreads = 256;
 
+thread_local const char* failed_call = "";
+
+// Returns a failed CUDA call's error, recording the call's source text.
 #define SAM_EDGE_TRY(expr)                 \
   do {                                     \
     const cudaError_t err_ = (expr);       \
-    if (err_ != cudaSuccess) return err_;  \
+    if (err_ != cudaSuccess) {             \
+      failed_call = #expr;                 \
+      return err_;                         \
+    }                                      \
   } while (0)
 
 // Kernel launches report configuration errors through cudaGetLastError.
-#define SAM_EDGE_TRY_LAUNCH() SAM_EDGE_TRY(cudaGetLastError())
+#define SAM_EDGE_TRY_LAUNCH(kernel)                  \
+  do {                                               \
+    const cudaError_t err_ = cudaGetLastError();     \
+    if (err_ != cudaSuccess) {                       \
+      failed_call = "launch of " #kernel;            \
+      return err_;                                   \
+    }                                                \
+  } while (0)
 
 // Device scratch memory from the stream-ordered allocator, freed on scope exit.
 class Scratch {
@@ -35,6 +48,8 @@ class Scratch {
   explicit Scratch(cudaStream_t stream) : stream_(stream) {}
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
+  // A failed free cannot be reported from a destructor; the error stays
+  // pending and the next call's cudaGetLastError reports it.
   ~Scratch() {
     for (void* p : blocks_) cudaFreeAsync(p, stream_);
   }
@@ -57,7 +72,12 @@ unsigned blocks_for(int64_t work, int64_t cap = 4096) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(cap, (work + kThreads - 1) / kThreads)));
 }
 
-unsigned mask_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>(n, 65535)); }
+// Grid y and z are limited to 65535 on every architecture (x to 2^31 - 1, which
+// blocks_for stays under): kernels loop over the masks (or row blocks) of a
+// y grid this size.
+constexpr int64_t kMaxGridY = 65535;
+
+unsigned grid_y(int64_t n) { return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(n, kMaxGridY))); }
 
 __device__ __forceinline__ unsigned long long warp_sum(unsigned long long v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
@@ -224,13 +244,14 @@ __global__ void upsample_kernel(const float* __restrict__ low_res, int64_t n, in
 
 // ---------------------------------------------------------------- RLE
 
-// Whether column-major position p of its mask differs from position p - 1.
+// Whether the column-major position (first_item + g) of the masks differs
+// from the one before it in its mask.
 struct IsRunBoundary {
   const uint8_t* masks;
-  int64_t first_mask, h, w;
+  int64_t first_item, h, w;
   __device__ bool operator()(int64_t g) const {
     const int64_t hw = h * w;
-    const int64_t i = first_mask + g / hw, p = g % hw;
+    const int64_t i = (first_item + g) / hw, p = (first_item + g) % hw;
     const uint8_t* m = masks + i * hw;
     const uint8_t value = m[(p % h) * w + p / h];
     const uint8_t previous = p == 0 ? 0 : m[((p - 1) % h) * w + (p - 1) / h];
@@ -272,8 +293,7 @@ __global__ void gather_boxes_kernel(const float* __restrict__ boxes, const int64
 __global__ void iou_mask_kernel(const float4* __restrict__ boxes, const float* __restrict__ areas,
                                 const int64_t* __restrict__ categories, int64_t n, float threshold,
                                 unsigned long long* __restrict__ mask, int64_t words) {
-  const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
-  if (col_block < row_block) return;
+  const int64_t col_block = blockIdx.x;
   __shared__ float4 col_boxes[64];
   __shared__ float col_areas[64];
   __shared__ int64_t col_cats[64];
@@ -285,28 +305,64 @@ __global__ void iou_mask_kernel(const float4* __restrict__ boxes, const float* _
     col_cats[threadIdx.x] = categories[col0 + threadIdx.x];
   }
   __syncthreads();
-  const int64_t s = row_block * 64 + threadIdx.x;
-  if (s >= n) return;
-  const float4 a = boxes[s];
-  const float area_a = areas[s];
-  const int64_t cat_a = categories[s];
-  unsigned long long bits = 0;
-  for (int c = 0; c < cols; ++c) {
-    const int64_t t = col0 + c;
-    if (t <= s || col_cats[c] != cat_a) continue;
-    const float4 b = col_boxes[c];
-    const float iw = fmaxf(0.0f, __fsub_rn(fminf(a.z, b.z), fmaxf(a.x, b.x)));
-    const float ih = fmaxf(0.0f, __fsub_rn(fminf(a.w, b.w), fmaxf(a.y, b.y)));
-    const float inter = __fmul_rn(iw, ih);
-    const float iou = __fdiv_rn(inter, __fsub_rn(__fadd_rn(area_a, col_areas[c]), inter));
-    if (iou > threshold) bits |= 1ULL << c;
+  // Row blocks after this column block are never read: the greedy pass only looks forward.
+  for (int64_t row_block = blockIdx.y; row_block <= col_block; row_block += gridDim.y) {
+    const int64_t s = row_block * 64 + threadIdx.x;
+    if (s >= n) continue;
+    const float4 a = boxes[s];
+    const float area_a = areas[s];
+    const int64_t cat_a = categories[s];
+    unsigned long long bits = 0;
+    for (int c = 0; c < cols; ++c) {
+      const int64_t t = col0 + c;
+      if (t <= s || col_cats[c] != cat_a) continue;
+      const float4 b = col_boxes[c];
+      const float iw = fmaxf(0.0f, __fsub_rn(fminf(a.z, b.z), fmaxf(a.x, b.x)));
+      const float ih = fmaxf(0.0f, __fsub_rn(fminf(a.w, b.w), fmaxf(a.y, b.y)));
+      const float inter = __fmul_rn(iw, ih);
+      const float iou = __fdiv_rn(inter, __fsub_rn(__fadd_rn(area_a, col_areas[c]), inter));
+      if (iou > threshold) bits |= 1ULL << c;
+    }
+    mask[s * words + col_block] = bits;
   }
-  mask[s * words + col_block] = bits;
+}
+
+// ---------------------------------------------------------------- probe
+
+__global__ void probe_kernel(int* value) { *value = __reduce_min_sync(1u, 7); }
+
+cudaError_t invalid(const char* why) {
+  failed_call = why;
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
 // ---------------------------------------------------------------- host entry points
+
+const char* last_failed_call() { return failed_call; }
+
+cudaError_t probe(int* value) {
+  *value = 0;
+  failed_call = "";
+  int* device_value = nullptr;
+  SAM_EDGE_TRY(cudaMalloc(&device_value, sizeof(int)));
+  probe_kernel<<<1, 1>>>(device_value);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    failed_call = "launch of probe_kernel";
+  } else if ((err = cudaDeviceSynchronize()) != cudaSuccess) {
+    failed_call = "cudaDeviceSynchronize after probe_kernel";
+  } else if ((err = cudaMemcpy(value, device_value, sizeof(int), cudaMemcpyDeviceToHost)) != cudaSuccess) {
+    failed_call = "cudaMemcpy of the probe's result";
+  }
+  const cudaError_t freed = cudaFree(device_value);
+  if (err == cudaSuccess && freed != cudaSuccess) {
+    failed_call = "cudaFree(device_value)";
+    err = freed;
+  }
+  return err;
+}
 
 cudaError_t stability_scores(const float* logits, int64_t n, int64_t hw, float hi, float lo, float* scores,
                              cudaStream_t stream) {
@@ -316,32 +372,33 @@ cudaError_t stability_scores(const float* logits, int64_t n, int64_t hw, float h
   SAM_EDGE_TRY(scratch.alloc(&counts, 2 * n));
   SAM_EDGE_TRY(cudaMemsetAsync(counts, 0, 2 * n * sizeof(unsigned long long), stream));
   if (hw > 0) {
-    count_above_kernel<<<dim3(blocks_for(hw, 1024), mask_grid(n)), kThreads, 0, stream>>>(logits, n, hw, hi, lo,
+    count_above_kernel<<<dim3(blocks_for(hw, 1024), grid_y(n)), kThreads, 0, stream>>>(logits, n, hw, hi, lo,
                                                                                            counts);
-    SAM_EDGE_TRY_LAUNCH();
+    SAM_EDGE_TRY_LAUNCH(count_above_kernel);
   }
   ratio_kernel<<<blocks_for(n, 1 << 30), kThreads, 0, stream>>>(counts, n, scores);
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(ratio_kernel);
   return cudaSuccess;
 }
 
 cudaError_t masks_to_boxes(const uint8_t* masks, int64_t n, int64_t h, int64_t w, int64_t* boxes,
                            cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  if (h > std::numeric_limits<int>::max() || w > std::numeric_limits<int>::max()) return cudaErrorInvalidValue;
+  if (h > std::numeric_limits<int>::max() || w > std::numeric_limits<int>::max())
+    return invalid("masks_to_boxes: h or w above INT_MAX");
   Scratch scratch(stream);
   int* extents;
   SAM_EDGE_TRY(scratch.alloc(&extents, 4 * n));
   init_extents_kernel<<<blocks_for(n, 1 << 30), kThreads, 0, stream>>>(extents, n, static_cast<int>(w),
                                                                        static_cast<int>(h));
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(init_extents_kernel);
   if (h * w > 0) {
-    mask_extents_kernel<<<dim3(blocks_for(h * w, 1024), mask_grid(n)), kThreads, 0, stream>>>(
+    mask_extents_kernel<<<dim3(blocks_for(h * w, 1024), grid_y(n)), kThreads, 0, stream>>>(
         masks, n, static_cast<int>(h), static_cast<int>(w), extents);
-    SAM_EDGE_TRY_LAUNCH();
+    SAM_EDGE_TRY_LAUNCH(mask_extents_kernel);
   }
   extents_to_boxes_kernel<<<blocks_for(n, 1 << 30), kThreads, 0, stream>>>(extents, n, boxes);
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(extents_to_boxes_kernel);
   return cudaSuccess;
 }
 
@@ -354,7 +411,7 @@ cudaError_t upsample_threshold_stability(const float* low_res, int64_t n, int64_
   const int64_t int_max = std::numeric_limits<int>::max();
   if (in_h < 1 || in_w < 1 || crop_h < 1 || crop_w < 1 || crop_h > frame_h || crop_w > frame_w || out_h < 1 ||
       out_w < 1 || frame_h > int_max || frame_w > int_max || out_h > int_max || out_w > int_max)
-    return cudaErrorInvalidValue;
+    return invalid("upsample_threshold_stability: sizes out of range");
   Scratch scratch(stream);
   // Four axes: low-res -> frame (rows, cols), crop -> output (rows, cols).
   const int64_t sizes[4] = {frame_h, frame_w, out_h, out_w};
@@ -367,7 +424,7 @@ cudaError_t upsample_threshold_stability(const float* low_res, int64_t n, int64_
     SAM_EDGE_TRY(scratch.alloc(&axes[a].l1, sizes[a]));
     linear_axis_kernel<<<blocks_for(sizes[a], 1 << 30), kThreads, 0, stream>>>(
         static_cast<int>(inputs[a]), static_cast<int>(sizes[a]), axes[a]);
-    SAM_EDGE_TRY_LAUNCH();
+    SAM_EDGE_TRY_LAUNCH(linear_axis_kernel);
   }
   unsigned long long* counts;
   int* extents;
@@ -376,42 +433,47 @@ cudaError_t upsample_threshold_stability(const float* low_res, int64_t n, int64_
   SAM_EDGE_TRY(cudaMemsetAsync(counts, 0, 2 * n * sizeof(unsigned long long), stream));
   init_extents_kernel<<<blocks_for(n, 1 << 30), kThreads, 0, stream>>>(extents, n, static_cast<int>(out_w),
                                                                        static_cast<int>(out_h));
-  SAM_EDGE_TRY_LAUNCH();
-  upsample_kernel<<<dim3(blocks_for(out_h * out_w, 2048), mask_grid(n)), kThreads, 0, stream>>>(
+  SAM_EDGE_TRY_LAUNCH(init_extents_kernel);
+  upsample_kernel<<<dim3(blocks_for(out_h * out_w, 2048), grid_y(n)), kThreads, 0, stream>>>(
       low_res, n, static_cast<int>(in_h), static_cast<int>(in_w), static_cast<int>(out_h), static_cast<int>(out_w),
       axes[0], axes[1], axes[2], axes[3], threshold, hi, lo, masks, logits, counts, extents);
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(upsample_kernel);
   ratio_kernel<<<blocks_for(n, 1 << 30), kThreads, 0, stream>>>(counts, n, stability);
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(ratio_kernel);
   extents_to_boxes_kernel<<<blocks_for(n, 1 << 30), kThreads, 0, stream>>>(extents, n, boxes);
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(extents_to_boxes_kernel);
   return cudaSuccess;
 }
 
 cudaError_t rle_change_positions(const uint8_t* masks, int64_t n, int64_t h, int64_t w,
-                                 std::vector<int64_t>& positions, cudaStream_t stream) {
+                                 std::vector<int64_t>& positions, int64_t scratch_bytes, cudaStream_t stream) {
   positions.clear();
-  const int64_t hw = h * w;
-  if (n == 0 || hw == 0) return cudaSuccess;
-  if (hw > std::numeric_limits<int>::max()) return cudaErrorInvalidValue;
-  // CUB selects over int-sized ranges: take whole masks in chunks below 2^31 items.
-  const int64_t per_chunk = std::max<int64_t>(1, std::numeric_limits<int>::max() / hw);
+  if (n == 0 || h * w == 0) return cudaSuccess;
+  RleChunkPlan plan(n, h * w, scratch_bytes, kRleReservedBytes);
+  if (plan.items_per_chunk == 0) return invalid("rle_change_positions: scratch_bytes leaves no room for one item");
+  // CUB's temporary storage grows with the range: widen the reserve if the
+  // first plan's chunk needs more, which only shrinks the chunks.
+  size_t temp_bytes = 0;
+  SAM_EDGE_TRY(cub::DeviceSelect::If(nullptr, temp_bytes, thrust::counting_iterator<int64_t>(0),
+                                     static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr),
+                                     static_cast<int>(plan.items_per_chunk), IsRunBoundary{masks, 0, h, w}, stream));
+  const int64_t needed = static_cast<int64_t>(temp_bytes + sizeof(int64_t));
+  if (needed > plan.reserved_bytes) {
+    plan = RleChunkPlan(n, h * w, scratch_bytes, needed);
+    if (plan.items_per_chunk == 0) return invalid("rle_change_positions: scratch_bytes leaves no room for one item");
+  }
   Scratch scratch(stream);
   int64_t *selected, *count;
-  const int64_t chunk_items = std::min(n, per_chunk) * hw;
-  SAM_EDGE_TRY(scratch.alloc(&selected, chunk_items));
+  SAM_EDGE_TRY(scratch.alloc(&selected, plan.items_per_chunk));
   SAM_EDGE_TRY(scratch.alloc(&count, 1));
-  size_t temp_bytes = 0;
-  SAM_EDGE_TRY(cub::DeviceSelect::If(nullptr, temp_bytes, thrust::counting_iterator<int64_t>(0), selected, count,
-                                     static_cast<int>(chunk_items), IsRunBoundary{masks, 0, h, w}, stream));
   void* temp;
   SAM_EDGE_TRY(scratch.alloc(reinterpret_cast<uint8_t**>(&temp), temp_bytes));
-  for (int64_t first = 0; first < n; first += per_chunk) {
-    const int64_t items = std::min(per_chunk, n - first) * hw;
+  for (int64_t k = 0; k < plan.chunks(); ++k) {
+    const int64_t first = plan.first(k), items = plan.items(k);
     SAM_EDGE_TRY(cub::DeviceSelect::If(temp, temp_bytes, thrust::counting_iterator<int64_t>(0), selected, count,
                                        static_cast<int>(items), IsRunBoundary{masks, first, h, w}, stream));
-    offset_positions_kernel<<<blocks_for(items, 1024), kThreads, 0, stream>>>(selected, count, first * hw);
-    SAM_EDGE_TRY_LAUNCH();
+    offset_positions_kernel<<<blocks_for(items, 1024), kThreads, 0, stream>>>(selected, count, first);
+    SAM_EDGE_TRY_LAUNCH(offset_positions_kernel);
     int64_t found = 0;
     SAM_EDGE_TRY(cudaMemcpyAsync(&found, count, sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
     SAM_EDGE_TRY(cudaStreamSynchronize(stream));
@@ -430,7 +492,7 @@ cudaError_t batched_nms(const float* boxes, const float* scores, const int64_t* 
                         double iou_threshold, bool offset_trick, std::vector<int64_t>& keep, cudaStream_t stream) {
   keep.clear();
   if (n == 0) return cudaSuccess;
-  if (4 * n > std::numeric_limits<int>::max()) return cudaErrorInvalidValue;
+  if (4 * n > std::numeric_limits<int>::max()) return invalid("batched_nms: 4 * n above INT_MAX (CUB's range)");
   Scratch scratch(stream);
   // Stable descending radix sort of scores: equal scores stay in index order.
   int64_t *index, *order, *sorted_categories;
@@ -444,7 +506,7 @@ cudaError_t batched_nms(const float* boxes, const float* scores, const int64_t* 
   SAM_EDGE_TRY(scratch.alloc(&sorted_boxes, n));
   SAM_EDGE_TRY(scratch.alloc(&max_coordinate, 1));
   iota_kernel<<<blocks_for(n, 1 << 30), kThreads, 0, stream>>>(index, n);
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(iota_kernel);
   size_t sort_bytes = 0, max_bytes = 0;
   SAM_EDGE_TRY(cub::DeviceRadixSort::SortPairsDescending(nullptr, sort_bytes, scores, sorted_scores, index, order,
                                                          static_cast<int>(n), 0, 32, stream));
@@ -456,19 +518,18 @@ cudaError_t batched_nms(const float* boxes, const float* scores, const int64_t* 
   SAM_EDGE_TRY(cub::DeviceReduce::Max(temp, max_bytes, boxes, max_coordinate, static_cast<int>(4 * n), stream));
   gather_boxes_kernel<<<blocks_for(n, 1 << 30), kThreads, 0, stream>>>(
       boxes, categories, order, n, offset_trick, max_coordinate, sorted_boxes, areas, sorted_categories);
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(gather_boxes_kernel);
   // torchvision compares the float IoU with the double threshold: o > t exactly
   // when o > the largest float not above t.
   float threshold = static_cast<float>(iou_threshold);
   if (static_cast<double>(threshold) > iou_threshold)
     threshold = std::nextafter(threshold, -std::numeric_limits<float>::infinity());
   const int64_t words = (n + 63) / 64;
-  if (words > 65535) return cudaErrorInvalidValue;
   unsigned long long* mask;
   SAM_EDGE_TRY(scratch.alloc(&mask, n * words));
-  iou_mask_kernel<<<dim3(static_cast<unsigned>(words), static_cast<unsigned>(words)), 64, 0, stream>>>(
+  iou_mask_kernel<<<dim3(static_cast<unsigned>(words), grid_y(words)), 64, 0, stream>>>(
       sorted_boxes, areas, sorted_categories, n, threshold, mask, words);
-  SAM_EDGE_TRY_LAUNCH();
+  SAM_EDGE_TRY_LAUNCH(iou_mask_kernel);
   std::vector<unsigned long long> host_mask(static_cast<size_t>(n * words));
   std::vector<int64_t> host_order(static_cast<size_t>(n));
   SAM_EDGE_TRY(cudaMemcpyAsync(host_mask.data(), mask, n * words * sizeof(unsigned long long),

@@ -2,10 +2,16 @@
 
 Inputs are device arrays that expose ``__cuda_array_interface__`` (torch CUDA
 tensors, CuPy, Numba, PyCUDA, cuda-python buffers) or DLPack
-(``__dlpack__``), C-contiguous, on the current device. Outputs are allocated
+(``__dlpack__``), C-contiguous, all on one device; the kernels run on that
+device. Every function checks dtype, contiguity, shape and that each pointer
+is device memory before a pointer reaches ``_C_cuda``. Outputs are allocated
 with the input's library (torch or CuPy) on the same device. Work is queued on
 ``stream`` (a cudaStream_t as an int); by default the current torch or CuPy
 stream of the input, else the legacy default stream.
+
+:func:`available` also launches one tiny kernel per device on first use: a
+build without code for the device's architecture fails there, and callers
+(the TensorRT backend, ``sam-edge info``) fall back to the host path and say why.
 
 Semantics are those of the CPU functions of the same names in
 ``sam_edge.postprocess``; the fused upsample uses the same float32 formula, so
@@ -31,31 +37,60 @@ except ImportError as exc:
     _CUDA_ERROR = f"{type(exc).__name__}: {exc}"
 
 
-def available() -> bool:
-    """Whether the CUDA kernels were built and a CUDA device is visible."""
-    if _C_cuda is None:
-        return False
-    try:
-        return _C_cuda.device_count() > 0
-    except RuntimeError:
-        return False
+# Probe results per device ordinal: "" when the kernels ran there, else why not.
+_PROBES: Dict[int, str] = {}
 
 
-def status() -> str:
-    """Why the CUDA path is or is not usable, for people and logs."""
+def _problem(device: Optional[int] = None) -> Optional[str]:
+    """None when the kernels run on `device` (default: the current one), else why not.
+
+    The first call per device launches one tiny kernel: a build without code
+    for the device's architecture imports and counts devices fine, and only
+    fails at its first launch.
+    """
     if _C_cuda is None:
         return f"not built: {_CUDA_ERROR}"
     try:
         count = _C_cuda.device_count()
+        if count == 0:
+            return "built, but no CUDA device is visible"
+        device = _C_cuda.current_device() if device is None else int(device)
     except RuntimeError as exc:
         return f"built, but no usable CUDA driver: {exc}"
+    if device not in _PROBES:
+        try:
+            _PROBES[device] = _C_cuda.probe(device)
+        except RuntimeError as exc:
+            _PROBES[device] = str(exc)
+    if _PROBES[device]:
+        return (
+            f"built for {_C_cuda.CUDA_ARCHS}, but its kernels cannot run on device {device}: {_PROBES[device]}"
+        )
+    return None
+
+
+def available(device: Optional[int] = None) -> bool:
+    """Whether the CUDA kernels were built, a device is visible, and a kernel runs on `device`
+    (default: the current device)."""
+    return _problem(device) is None
+
+
+def status() -> str:
+    """Why the CUDA path is or is not usable on the current device, for people and logs."""
+    problem = _problem()
+    if problem is not None:
+        return f"{problem}; device masks are post-processed on the host (sam_edge.postprocess)"
     version = _C_cuda.runtime_version()
-    return f"built (CUDA runtime {version // 1000}.{version % 1000 // 10}), {count} device(s)"
+    return (
+        f"built for {_C_cuda.CUDA_ARCHS} (CUDA runtime {version // 1000}.{version % 1000 // 10}), "
+        f"{_C_cuda.device_count()} device(s), kernels run on device {_C_cuda.current_device()}"
+    )
 
 
-def _require():
-    if _C_cuda is None:
-        raise RuntimeError(f"sam_edge._C_cuda is not available ({_CUDA_ERROR}); build with nvcc on PATH")
+def _require(device: int):
+    problem = _problem(device)
+    if problem is not None:
+        raise RuntimeError(f"sam_edge._C_cuda cannot run here: {problem}")
 
 
 # ---------------------------------------------------------------- device arrays
@@ -191,28 +226,7 @@ def _stream(like: Any, stream: Optional[int]) -> int:
     return 0
 
 
-class _on_device:
-    """Makes like's device current for the launch (torch and CuPy inputs)."""
-
-    def __init__(self, like):
-        self.ctx = None
-        lib = _library(like)
-        if lib == "torch":
-            import torch
-
-            self.ctx = torch.cuda.device(like.device)
-        elif lib == "cupy":
-            import cupy
-
-            self.ctx = cupy.cuda.Device(like.device.id)
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
+_INT_MAX = 2**31 - 1
 
 
 def _check_dtype(a: DeviceArray, kinds: str, itemsize: int, name: str, expected: str):
@@ -220,46 +234,93 @@ def _check_dtype(a: DeviceArray, kinds: str, itemsize: int, name: str, expected:
         raise TypeError(f"{name} must be {expected}, got {a.dtype}")
 
 
+def _size(a: DeviceArray) -> int:
+    return int(np.prod(a.shape, dtype=np.int64))
+
+
+def _device_of(**arrays: DeviceArray) -> int:
+    """The one device holding every non-empty array; made sure the kernels run there.
+
+    Each pointer is asked of the driver, so arrays that carry no device
+    (raw __cuda_array_interface__ buffers) are checked too, and host memory
+    is refused before a kernel could read it.
+    """
+    _require_built()
+    devices = {}
+    for name, a in arrays.items():
+        if a is None or _size(a) == 0:
+            continue
+        device = _C_cuda.pointer_device(a.ptr)
+        if device < 0:
+            raise TypeError(f"{name} is host memory (pointer 0x{a.ptr:x}); pass a CUDA device array")
+        if a.device_id is not None and a.device_id != device:
+            raise ValueError(f"{name} says it is on device {a.device_id} but its memory is on device {device}")
+        devices[name] = device
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"arrays must be on one device, got {devices}")
+    device = next(iter(devices.values())) if devices else _C_cuda.current_device()
+    _require(device)
+    return device
+
+
+def _require_built():
+    if _C_cuda is None:
+        raise RuntimeError(f"sam_edge._C_cuda is not available ({_CUDA_ERROR}); build with nvcc on PATH")
+
+
+def _output(x: Any, name: str, kinds: str, itemsize: int, expected: str, shape: Tuple[int, ...],
+            last_axes: int) -> DeviceArray:
+    """A caller's output array: dtype, and a shape of the same size whose last `last_axes` axes match."""
+    a = device_array(x, name)
+    _check_dtype(a, kinds, itemsize, name, expected)
+    tail = tuple(shape[len(shape) - last_axes:])
+    if _size(a) != int(np.prod(shape, dtype=np.int64)) or tuple(a.shape[len(a.shape) - last_axes:]) != tail:
+        raise ValueError(f"{name} must have shape {tuple(shape)} (or the same size and last axes), got {a.shape}")
+    return a
+
+
 # ---------------------------------------------------------------- ops
 
 
 def stability_score(logits: Any, mask_threshold: float = 0.0, threshold_offset: float = 1.0, stream=None):
     """(..., H, W) float32 device logits -> (...) float32 device scores."""
-    _require()
+    _require_built()
     a = device_array(logits, "logits")
     _check_dtype(a, "f", 4, "logits", "float32")
     if len(a.shape) < 2:
         raise ValueError(f"logits must be (..., H, W), got shape {a.shape}")
+    device = _device_of(logits=a)
     lead = a.shape[:-2]
     out = _empty(logits, lead, np.float32)
-    o = device_array(out)
-    with _on_device(logits):
-        _C_cuda.stability_scores(
-            a.ptr,
-            int(np.prod(lead, dtype=np.int64)),
-            a.shape[-2] * a.shape[-1],
-            float(mask_threshold) + float(threshold_offset),
-            float(mask_threshold) - float(threshold_offset),
-            o.ptr,
-            _stream(logits, stream),
-        )
+    _C_cuda.stability_scores(
+        a.ptr,
+        int(np.prod(lead, dtype=np.int64)),
+        a.shape[-2] * a.shape[-1],
+        float(mask_threshold) + float(threshold_offset),
+        float(mask_threshold) - float(threshold_offset),
+        device_array(out).ptr,
+        _stream(logits, stream),
+        device,
+    )
     return out
 
 
 def masks_to_boxes(masks: Any, stream=None):
     """(..., H, W) bool/uint8 device masks -> (..., 4) int64 device XYXY boxes."""
-    _require()
+    _require_built()
     a = device_array(masks, "masks")
     _check_dtype(a, "bu", 1, "masks", "bool or uint8")
     if len(a.shape) < 2:
         raise ValueError(f"masks must be (..., H, W), got shape {a.shape}")
+    if max(a.shape[-2:]) > _INT_MAX:
+        raise ValueError(f"masks' H and W must be below 2**31, got {a.shape[-2:]}")
+    device = _device_of(masks=a)
     lead = a.shape[:-2]
     out = _empty(masks, (*lead, 4), np.int64)
-    with _on_device(masks):
-        _C_cuda.masks_to_boxes(
-            a.ptr, int(np.prod(lead, dtype=np.int64)), a.shape[-2], a.shape[-1], device_array(out).ptr,
-            _stream(masks, stream),
-        )
+    _C_cuda.masks_to_boxes(
+        a.ptr, int(np.prod(lead, dtype=np.int64)), a.shape[-2], a.shape[-1], device_array(out).ptr,
+        _stream(masks, stream), device,
+    )
     return out
 
 
@@ -272,18 +333,35 @@ def upsample_threshold_stability(
     frame_size=1024,
     return_logits: bool = False,
     stream=None,
+    *,
+    return_masks: bool = True,
+    masks_out: Any = None,
+    logits_out: Any = None,
+    stability_out: Any = None,
+    boxes_out: Any = None,
 ):
     """GPU twin of sam_edge.postprocess.upsample_threshold_stability (same definition).
 
+    The checked entry point for device-array callers (the TensorRT backend):
+    every array is validated (dtype, C-contiguity, device memory, one device,
+    shape) before a pointer reaches the kernel. Outputs are allocated with the
+    input's library (torch or CuPy), or written into the ``*_out`` arrays
+    given, which any ``__cuda_array_interface__`` buffer can be.
+
     Args:
         low_res_logits: (..., h, w) float32 device array, e.g. (B, 3, 256, 256).
+        stream: cudaStream_t as an int (default: the input library's current stream).
+        return_masks: compute the masks; False returns None in their place.
+        masks_out: (..., H, W) bool/uint8; logits_out: (..., H, W) float32;
+        stability_out: (...) float32; boxes_out: (..., 4) int64. Any shape
+            with the same size and last axes is accepted, e.g. (N, 4) boxes.
     Returns:
         masks (..., H, W) bool, stability (...) float32, boxes (..., 4) int64,
         all on the device; plus the (..., H, W) float32 logits when return_logits.
     """
     from . import _pair  # shared validation
 
-    _require()
+    _require_built()
     a = device_array(low_res_logits, "low_res_logits")
     _check_dtype(a, "f", 4, "low_res_logits", "float32")
     if len(a.shape) < 3:
@@ -293,38 +371,65 @@ def upsample_threshold_stability(
     out_size = _pair(original_size, "original_size")
     if crop[0] > frame[0] or crop[1] > frame[1]:
         raise ValueError(f"input_size {crop} must fit inside frame_size {frame}")
+    if max(*a.shape[-2:], *frame, *out_size) > _INT_MAX or min(a.shape[-2:]) < 1:
+        raise ValueError(
+            f"low_res_logits' (h, w) {a.shape[-2:]}, frame_size and original_size must be in [1, 2**31)"
+        )
+    if masks_out is not None and not return_masks:
+        raise ValueError("masks_out was given with return_masks=False")
+    if logits_out is not None and not return_logits:
+        raise ValueError("logits_out was given with return_logits=False")
     lead = a.shape[:-2]
     n = int(np.prod(lead, dtype=np.int64))
-    masks = _empty(low_res_logits, (*lead, *out_size), np.bool_)
-    logits = _empty(low_res_logits, (*lead, *out_size), np.float32) if return_logits else None
-    stability = _empty(low_res_logits, lead, np.float32)
-    boxes = _empty(low_res_logits, (*lead, 4), np.int64)
-    with _on_device(low_res_logits):
-        _C_cuda.upsample_threshold_stability(
-            a.ptr, n, a.shape[-2], a.shape[-1], frame[0], frame[1], crop[0], crop[1], out_size[0], out_size[1],
-            float(mask_threshold),
-            float(mask_threshold) + float(stability_offset),
-            float(mask_threshold) - float(stability_offset),
-            device_array(masks).ptr,
-            device_array(logits).ptr if logits is not None else 0,
-            device_array(stability).ptr,
-            device_array(boxes).ptr,
-            _stream(low_res_logits, stream),
-        )
-    result = (masks, stability, boxes)
-    return result + (logits,) if return_logits else result
+    spec = {  # name: (given, kinds, itemsize, expected dtype, shape, last axes that must match, dtype to allocate)
+        "masks_out": (masks_out, "bu", 1, "bool or uint8", (*lead, *out_size), 2, np.bool_),
+        "logits_out": (logits_out, "f", 4, "float32", (*lead, *out_size), 2, np.float32),
+        "stability_out": (stability_out, "f", 4, "float32", lead, 0, np.float32),
+        "boxes_out": (boxes_out, "i", 8, "int64", (*lead, 4), 1, np.int64),
+    }
+    wanted = {"masks_out": return_masks, "logits_out": return_logits, "stability_out": True, "boxes_out": True}
+    outputs, views = {}, {}
+    for name, (given, kinds, itemsize, expected, shape, last_axes, dtype) in spec.items():
+        if not wanted[name]:
+            outputs[name], views[name] = None, None
+            continue
+        outputs[name] = given if given is not None else _empty(low_res_logits, shape, dtype)
+        views[name] = _output(outputs[name], name, kinds, itemsize, expected, shape, last_axes)
+    device = _device_of(low_res_logits=a, **views)
+    pointer = {name: (v.ptr if v is not None else 0) for name, v in views.items()}
+    _C_cuda.upsample_threshold_stability(
+        a.ptr, n, a.shape[-2], a.shape[-1], frame[0], frame[1], crop[0], crop[1], out_size[0], out_size[1],
+        float(mask_threshold),
+        float(mask_threshold) + float(stability_offset),
+        float(mask_threshold) - float(stability_offset),
+        pointer["masks_out"], pointer["logits_out"], pointer["stability_out"], pointer["boxes_out"],
+        _stream(low_res_logits, stream),
+        device,
+    )
+    result = (outputs["masks_out"], outputs["stability_out"], outputs["boxes_out"])
+    return result + (outputs["logits_out"],) if return_logits else result
 
 
-def mask_to_rle(masks: Any, stream=None) -> List[Dict[str, Any]]:
-    """(N, H, W) or (H, W) device masks -> uncompressed COCO RLEs (on the host)."""
-    _require()
+def mask_to_rle(masks: Any, stream=None, scratch_bytes: Optional[int] = None) -> List[Dict[str, Any]]:
+    """(N, H, W) or (H, W) device masks -> uncompressed COCO RLEs (on the host).
+
+    scratch_bytes caps the device memory of the pass (default
+    ``_C_cuda.RLE_DEFAULT_SCRATCH_BYTES``): the masks are scanned in chunks
+    that fit, with the same result for any cap.
+    """
+    _require_built()
     a = device_array(masks, "masks")
     _check_dtype(a, "bu", 1, "masks", "bool or uint8")
     if len(a.shape) not in (2, 3):
         raise ValueError(f"masks must be (H, W) or (N, H, W), got shape {a.shape}")
+    if scratch_bytes is None:
+        scratch_bytes = _C_cuda.RLE_DEFAULT_SCRATCH_BYTES
+    smallest = _C_cuda.RLE_RESERVED_BYTES + 8
+    if not isinstance(scratch_bytes, (int, np.integer)) or scratch_bytes < smallest:
+        raise ValueError(f"scratch_bytes must be an integer >= {smallest}, got {scratch_bytes!r}")
+    device = _device_of(masks=a)
     n, h, w = (1, *a.shape) if len(a.shape) == 2 else a.shape
-    with _on_device(masks):
-        positions = _C_cuda.rle_change_positions(a.ptr, n, h, w, _stream(masks, stream))
+    positions = _C_cuda.rle_change_positions(a.ptr, n, h, w, _stream(masks, stream), device, int(scratch_bytes))
     return rles_from_change_positions(positions, n, h, w)
 
 
@@ -346,7 +451,7 @@ def batched_nms(boxes: Any, scores: Any, categories: Any, iou_threshold: float, 
     """GPU twin of sam_edge.postprocess.batched_nms; kept indices come back as a host int64 array."""
     from . import TORCHVISION_OFFSET_TRICK_MAX_BOXES
 
-    _require()
+    _require_built()
     b = device_array(boxes, "boxes")
     s = device_array(scores, "scores")
     c = device_array(categories, "categories")
@@ -356,8 +461,10 @@ def batched_nms(boxes: Any, scores: Any, categories: Any, iou_threshold: float, 
     n = b.shape[0] if b.shape else 0
     if b.shape != (n, 4) or s.shape != (n,) or c.shape != (n,):
         raise ValueError(f"boxes (N, 4), scores (N,), categories (N,) expected, got {b.shape}, {s.shape}, {c.shape}")
-    with _on_device(boxes):
-        return _C_cuda.batched_nms(
-            b.ptr, s.ptr, c.ptr, n, float(iou_threshold), n <= TORCHVISION_OFFSET_TRICK_MAX_BOXES,
-            _stream(boxes, stream),
-        )
+    if 4 * n > _INT_MAX:
+        raise ValueError(f"at most {_INT_MAX // 4} boxes, got {n}")
+    device = _device_of(boxes=b, scores=s, categories=c)
+    return _C_cuda.batched_nms(
+        b.ptr, s.ptr, c.ptr, n, float(iou_threshold), n <= TORCHVISION_OFFSET_TRICK_MAX_BOXES,
+        _stream(boxes, stream), device,
+    )
