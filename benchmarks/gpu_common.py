@@ -150,3 +150,102 @@ NO_CUDA_MESSAGE = (
     "Run it on a machine with an NVIDIA GPU (and Triton), or pass --cpu-interpret "
     "for a smoke run of tiny shapes in the Triton CPU interpreter (no timings worth reporting)."
 )
+
+
+# ---------------------------------------------------------------- scripts/gpu_check.sh summary
+
+_PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)\b")
+
+
+def pytest_counts(output: str) -> Optional[Dict[str, int]]:
+    """Counts from the last pytest summary line in `output` ("3 failed, 10 passed, 2 skipped in 4.1s"),
+    or None when there is none (pytest did not finish)."""
+    for line in reversed(output.splitlines()):
+        if re.search(r"\b(passed|failed|skipped|errors?|deselected|no tests ran)\b.* in [\d.]+s", line):
+            counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+            for number, word in _PYTEST_COUNT.findall(line):
+                key = {"error": "errors", "warning": "warnings"}.get(word, word)
+                counts[key] = int(number)
+            return counts
+    return None
+
+
+def _command_output(cmd: List[str]) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unavailable ({type(exc).__name__}: {exc})"
+
+
+def gpu_check_summary(steps_dir: str, budget_s: float, tail_chars: int = 4000) -> Dict[str, object]:
+    """The JSON summary of a scripts/gpu_check.sh run from its step files.
+
+    Each step NAME left NAME.cmd (the command), NAME.status ("ran", or why it
+    was skipped), and when it ran NAME.rc, NAME.wall (seconds) and NAME.log.
+    """
+    steps = []
+    for name in sorted(f[:-4] for f in os.listdir(steps_dir) if f.endswith(".cmd")):
+        def read(ext, default=""):
+            path = os.path.join(steps_dir, f"{name}.{ext}")
+            return open(path, errors="replace").read().strip() if os.path.exists(path) else default
+
+        status, log = read("status", "not run"), read("log")
+        step = {"step": name.split("-", 1)[-1], "command": read("cmd"), "status": status}
+        if status == "ran":
+            rc = int(read("rc", "-1"))
+            step.update(exit_code=rc, timed_out=rc in (124, 137), wall_s=float(read("wall", "nan")),
+                        passed=rc == 0, pytest=pytest_counts(log), output_tail=log[-tail_chars:])
+        steps.append(step)
+    nvidia_smi = os.environ.get("GPU_CHECK_NVIDIA_SMI", "nvidia-smi")
+    smi = _command_output([nvidia_smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    smi = smi.splitlines()
+    summary: Dict[str, object] = {
+        "kind": "gpu-check",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "budget_s": budget_s,
+        "total_wall_s": sum(s.get("wall_s", 0.0) for s in steps),
+        "all_passed": all(s.get("passed", True) for s in steps),
+        "nvidia_smi": smi,
+        "steps": steps,
+    }
+    try:
+        import torch
+
+        summary["environment"] = environment(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+    except Exception as exc:  # the summary must still be written: say why this part is missing
+        summary["environment"] = f"unavailable ({type(exc).__name__}: {exc})"
+    try:
+        from sam_edge.info import info
+
+        summary["sam_edge_info"] = info()
+    except Exception as exc:
+        summary["sam_edge_info"] = f"unavailable ({type(exc).__name__}: {exc})"
+    return summary
+
+
+def _main(argv: List[str]) -> int:
+    if len(argv) != 4 or argv[1] != "gpu-check-summary":
+        print("usage: gpu_common.py gpu-check-summary STEPS_DIR BUDGET_S", file=sys.stderr)
+        return 2
+    summary = gpu_check_summary(argv[2], float(argv[3]))
+    smi = summary["nvidia_smi"]
+    device = smi[0].split(",")[0] if smi else "unknown-gpu"
+    path = write_results("gpu-check", device, summary)
+    for s in summary["steps"]:
+        counts = s.get("pytest") or {}
+        tally = ", ".join(f"{v} {k}" for k, v in counts.items() if v) if counts else ""
+        if s["status"] != "ran":
+            state = s["status"]
+        elif s["passed"]:
+            state = "ok"
+        else:
+            state = "TIMED OUT" if s["timed_out"] else f"FAILED (exit {s['exit_code']})"
+        print(f"  {s['step']:<24} {s.get('wall_s', 0.0):6.0f} s  {state}  {tally}")
+    print(f"gpu_check: wrote {path}")
+    return 0 if summary["all_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv))
