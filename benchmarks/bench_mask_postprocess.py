@@ -5,6 +5,9 @@ upscaled to common photo sizes, for the predictor (1 prompt x 3 masks) and the
 automatic mask generator (64 points x 3 masks per batch). Timed:
 
 * triton: ``mask_postprocess(..., backend="triton")`` (one kernel + tiny torch epilogue),
+* cuda (fp32 inputs, where ``sam_edge.postprocess.cuda.available()``): the
+  ``_C_cuda`` fused kernel the TensorRT backend uses, through its checked
+  entry point ``sam_edge.postprocess.cuda.upsample_threshold_stability``,
 * reference: ``mask_postprocess_reference`` (two F.interpolate, threshold,
   stability counts, boxes: what the official predictor + AMG do),
 * upscale only: the two F.interpolate of the official ``postprocess_masks``,
@@ -63,6 +66,7 @@ def main(argv=None) -> int:
         return 0
 
     from sam_edge.kernels import mask_postprocess, mask_postprocess_reference, upscale_mask_logits
+    from sam_edge.postprocess import cuda as postprocess_cuda
 
     if args.cpu_interpret:
         device, device_name = "cpu", "cpu-triton-interpreter"
@@ -90,9 +94,13 @@ def main(argv=None) -> int:
                 "reference": lambda: mask_postprocess_reference(low, input_size, original_size, **kwargs),
                 "upscale_only": lambda: upscale_mask_logits(low, input_size, original_size, image_size),
             }
+            if device == "cuda" and dtype == torch.float32 and postprocess_cuda.available():
+                runs["cuda"] = lambda: postprocess_cuda.upsample_threshold_stability(
+                    low, input_size, original_size, frame_size=image_size)
             fast_masks, fast_stab, fast_boxes = runs["triton"]()
             ref_masks, ref_stab, ref_boxes = runs["reference"]()
             differing = (fast_masks != ref_masks).sum().item()
+            cuda_differing = (runs["cuda"]()[0] != ref_masks).sum().item() if "cuda" in runs else None
             timings = {k: timer(fn) for k, fn in runs.items()}
             H, W = original_size
             bytes_moved = low.numel() * low.element_size() + B * C * H * W
@@ -107,10 +115,12 @@ def main(argv=None) -> int:
                     "triton_ms": t,
                     "reference_ms": timings["reference"]["median_ms"],
                     "upscale_only_ms": timings["upscale_only"]["median_ms"],
+                    "cuda_ms": timings["cuda"]["median_ms"] if "cuda" in timings else None,
                     "speedup_vs_reference": timings["reference"]["median_ms"] / t,
                     "byte_floor_ms": floor,
                     "fraction_of_floor": floor / t if floor else None,
                     "differing_pixels": differing,
+                    "cuda_differing_pixels": cuda_differing,
                     "max_stability_diff": (fast_stab - ref_stab).abs().nan_to_num(0.0).max().item(),
                     "boxes_equal": bool(torch.equal(fast_boxes, ref_boxes)),
                     "timings": timings,
@@ -122,10 +132,11 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
 
     columns = [
-        "case", "dtype", "masks", "original_size", "triton_ms", "reference_ms", "upscale_only_ms",
-        "speedup_vs_reference", "byte_floor_ms", "fraction_of_floor", "differing_pixels", "boxes_equal",
+        "case", "dtype", "masks", "original_size", "triton_ms", "reference_ms", "upscale_only_ms", "cuda_ms",
+        "speedup_vs_reference", "byte_floor_ms", "fraction_of_floor", "differing_pixels", "cuda_differing_pixels",
+        "boxes_equal",
     ]
-    print(f"device: {device_name}")
+    print(f"device: {device_name}; sam_edge._C_cuda: {postprocess_cuda.status()}")
     gpu_common.print_table(rows, columns)
     if not args.cpu_interpret or args.json:
         payload = {
@@ -133,6 +144,7 @@ def main(argv=None) -> int:
             "environment": gpu_common.environment(device_name),
             "peaks": {"tbps": args.peak_tbps, "datasheet": peaks},
             "settings": {"repeats": args.repeats, "image_size": image_size, "low_res": low_res},
+            "cuda_kernel": postprocess_cuda.status(),
             "rows": rows,
         }
         print("wrote", gpu_common.write_results("mask_postprocess", device_name, payload, args.json))
