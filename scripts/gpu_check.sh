@@ -50,41 +50,36 @@ trap 'rm -rf "$STEPS" "$WORK"' EXIT
 STEP_NO=0
 SUMMARY_RESERVE_S=20  # kept back so the summary is always written
 
-# step NAME CAP_S CMD...: runs CMD under timeout min(CAP_S, what the budget has left).
-step() {
-  local name="$1" cap="$2"
-  shift 2
-  STEP_NO=$((STEP_NO + 1))
-  local base
-  base="$STEPS/$(printf '%02d' "$STEP_NO")-$name"
-  printf '%q ' "$@" > "$base.cmd"
-  local left=$((BUDGET_S - (SECONDS - START_S) - SUMMARY_RESERVE_S))
-  if ((left < 15)); then
-    echo "skipped: the ${BUDGET_S} s budget was spent" > "$base.status"
-    echo "gpu_check: $name skipped (budget spent)"
-    return 0
-  fi
-  local limit=$((cap < left ? cap : left))
-  echo "gpu_check: $name (at most ${limit} s): $*"
-  local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" > "$base.log" 2>&1
-  echo $? > "$base.rc"
-  echo $((SECONDS - t0)) > "$base.wall"
-  echo ran > "$base.status"
-  tail -n 3 "$base.log" | sed 's/^/    /'
-  [[ -z "$(tail -c 1 "$base.log")" ]] || echo  # a log cut off mid-line
-}
-
 # skip NAME WHY CMD...: records a step that was not run, and why.
 skip() {
   local name="$1" why="$2"
   shift 2
   STEP_NO=$((STEP_NO + 1))
-  local base
-  base="$STEPS/$(printf '%02d' "$STEP_NO")-$name"
-  printf '%q ' "$@" > "$base.cmd"
-  echo "skipped: $why" > "$base.status"
+  BASE="$STEPS/$(printf '%02d' "$STEP_NO")-$name"
+  printf '%q ' "$@" > "$BASE.cmd"
+  echo "skipped: $why" > "$BASE.status"
   echo "gpu_check: $name skipped ($why)"
+}
+
+# step NAME CAP_S CMD...: runs CMD under timeout min(CAP_S, what the budget has left).
+step() {
+  local name="$1" cap="$2"
+  shift 2
+  local left=$((BUDGET_S - (SECONDS - START_S) - SUMMARY_RESERVE_S))
+  if ((left < 15)); then
+    skip "$name" "the ${BUDGET_S} s budget was spent" "$@"
+    return 0
+  fi
+  skip "$name" "started, did not finish" "$@" > /dev/null  # numbers the step and records its command
+  local limit=$((cap < left ? cap : left))
+  echo "gpu_check: $name (at most ${limit} s): $*"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" > "$BASE.log" 2>&1
+  echo $? > "$BASE.rc"
+  echo $((SECONDS - t0)) > "$BASE.wall"
+  echo ran > "$BASE.status"
+  tail -n 3 "$BASE.log" | sed 's/^/    /'
+  [[ -z "$(tail -c 1 "$BASE.log")" ]] || echo  # a log cut off mid-line
 }
 
 if "$PY" -c "import sam_edge._C, sam_edge._C_cuda" > /dev/null 2>&1; then
