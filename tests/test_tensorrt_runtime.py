@@ -167,7 +167,7 @@ def test_host_postprocess_is_the_onnx_runtime_one():
     from sam_edge.runtime.onnxruntime_backend import mask_postprocess_reference
 
     backend = _feed_backend()
-    backend._postprocess_kernel, backend.image_size = None, 32
+    backend._gpu_postprocess, backend.image_size = None, 32
     low_res = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     ours = backend.postprocess_masks(low_res, (32, 20), (45, 28))
     np.testing.assert_allclose(ours, mask_postprocess_reference(low_res, 32, (32, 20), (45, 28)), rtol=1e-6, atol=1e-6)
@@ -273,7 +273,8 @@ def test_engine_parity_with_pytorch(tmp_path, small_config, precision):
     from sam_edge.runtime.predictor import SamPredictor
 
     onnx_dir = tmp_path / f"onnx-{precision}"
-    manifest_onnx = onnx_build.build_bundle(str(onnx_dir), small_config, precision=precision, quiet=True)
+    manifest_onnx = onnx_build.build_bundle(str(onnx_dir), small_config, precision=precision, quiet=True,
+                                            fused_attention=False)  # TensorRT parses standard ops only
     params = TensorRTBuildParams(model_type=small_config.name, precision=precision, max_points=6, max_prompts=8,
                                  opt_points=2, opt_prompts=4, workspace_bytes=1 << 30, progress=False,
                                  timing_cache=str(tmp_path / "timing.cache"))
@@ -319,23 +320,32 @@ def test_status_line_without_tensorrt():
 # ---------------------------------------------------------------- the backend's plumbing, with host doubles
 
 
-@pytest.fixture
-def fake_backend(monkeypatch):
-    """A TensorRTBackend over host doubles of TensorRT and the CUDA runtime (tests/_tensorrt_fakes.py):
-    image 64 px, embeddings (1, 8, 4, 4), masks 16 x 16, max batch 2, max prompts 3, max points 4."""
+def _install(monkeypatch, stack):
+    """Put a FakeStack's `tensorrt` and CUDA runtime where the backend imports them."""
     import sys
 
-    from ._tensorrt_fakes import FakeCudaRuntime, fake_tensorrt
+    monkeypatch.setitem(sys.modules, "tensorrt", stack.trt)
+    monkeypatch.setattr(trb, "cudart", lambda: stack.cuda)
 
-    trt, encoder, decoder = fake_tensorrt()
-    runtime = FakeCudaRuntime()
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(trb, "cudart", lambda: runtime)
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """TensorRTBackends over the spec'd fakes of TensorRT and the CUDA runtime (tests/_tensorrt_fakes.py),
+    one fake stack per test: image 64 px, embeddings (1, 8, 4, 4), masks 16 x 16, max batch 2,
+    max prompts 3, max points 4. make(stack={...}, **backend_options) -> (backend, cuda runtime, stack)."""
+    from ._tensorrt_fakes import synthetic_engines
+
     monkeypatch.setenv("SAM_EDGE_POSTPROCESS", "numpy")
+    stacks = []
 
-    def make(**kw):
-        backend = trb.TensorRTBackend(b"encoder", b"decoder", image_size=64, array_library="cuda-python", **kw)
-        return backend, runtime, decoder
+    def make(stack=None, **kw):
+        if not stacks:
+            stacks.append(synthetic_engines(**(stack or {})))
+            _install(monkeypatch, stacks[0])
+        fake = stacks[0]
+        backend = trb.TensorRTBackend(fake.plans["encoder"], fake.plans["decoder"], image_size=64,
+                                      array_library="cuda-python", **kw)
+        return backend, fake.cuda, fake
 
     return make
 
@@ -359,12 +369,11 @@ def test_backend_selects_mask_channels(fake_backend):
 def test_backend_feeds_the_prompt_layout(fake_backend):
     from sam_edge import SamPredictor
 
-    backend, _, _ = fake_backend()
+    backend, _, fake = fake_backend()
     predictor = SamPredictor(backend)
     predictor.set_image(np.zeros((64, 64, 3), np.uint8))
     predictor.predict(np.array([[1.0, 2.0]]), np.array([0]), box=np.array([3.0, 4.0, 5.0, 6.0]))
-    fed = [f for ctx in backend.decoder._contexts.values() for f in ctx.fed]
-    coords, labels = fed[-1]
+    coords, labels = fake.fed[-1]
     expected = backend.decoder_feed(np.array([[[1.0, 2.0]]]), np.array([[0]]), np.array([[3.0, 4.0, 5.0, 6.0]]), None)
     np.testing.assert_array_equal(coords, expected["point_coords"])
     np.testing.assert_array_equal(labels, expected["point_labels"])
@@ -382,7 +391,7 @@ def test_backend_batched_prompts(fake_backend):
     _, scores, _ = predictor.predict_torch(coords, torch.ones(3, 1), multimask_output=True)
     expected = 10 * np.arange(3)[:, None] + np.arange(1, 4)[None] + np.array([[5.0], [6.0], [7.0]]) / 1000
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-6)
-    assert "capture" not in runtime.events
+    assert "capture" not in runtime.fake_events
     with pytest.raises(ValueError, match="outside every optimization profile"):
         predictor.predict_torch(torch.ones(4, 1, 2), torch.ones(4, 1))
 
@@ -400,20 +409,20 @@ def test_cuda_graphs_per_shape_with_eviction(fake_backend, monkeypatch):
     one, two, three = (np.ones((k, 2)) for k in (1, 2, 3))
     for points in (one, one, two, three, one):
         predictor.predict(points, np.ones(len(points), int))
-    captures = [e for e in runtime.events if e == "capture"]
-    launches = [e for e in runtime.events if isinstance(e, tuple) and e[0] == "launch"]
-    destroyed = [e for e in runtime.events if isinstance(e, tuple) and e[0] == "destroy"]
+    captures = [e for e in runtime.fake_events if e == "capture"]
+    launches = [e for e in runtime.fake_events if isinstance(e, tuple) and e[0] == "launch"]
+    destroyed = [e for e in runtime.fake_events if isinstance(e, tuple) and e[0] == "destroy"]
     assert len(captures) == 4 and len(launches) == 1  # one, (one), two, three, one again after eviction
     assert len(destroyed) == 2 and len(backend._graphs) == 2
     backend.close()
     assert not backend._graphs
     no_graphs, _, _ = fake_backend(cuda_graphs=False)
-    before = len(runtime.events)  # the doubles share one runtime per test
+    before = len(runtime.fake_events)  # the doubles share one runtime per test
     plain = SamPredictor(no_graphs)
     plain.set_image(np.zeros((8, 8, 3), np.uint8))
     plain.predict(one, np.ones(1, int))
     plain.predict(one, np.ones(1, int))
-    assert runtime.events[before:] == []
+    assert runtime.fake_events[before:] == []
 
 
 def test_embed_batches_beyond_max_batch(fake_backend):
@@ -432,11 +441,123 @@ def test_embed_batches_beyond_max_batch(fake_backend):
         np.testing.assert_allclose(backend.to_numpy(predictor.features), expected, rtol=1e-6)
 
 
-def test_backend_refuses_the_orig_im_size_decoder(fake_backend, monkeypatch):
-    import sys
-
-    decoder = sys.modules["tensorrt"].Runtime.return_value.deserialize_cuda_engine(b"decoder")
-    decoder.io["orig_im_size"] = ((2,), "input")
-    decoder.num_io_tensors += 1
+def test_backend_refuses_the_orig_im_size_decoder(fake_backend):
     with pytest.raises(ValueError, match="not the orig_im_size variant"):
-        fake_backend()
+        fake_backend(stack={"decoder_extra_inputs": ("orig_im_size",)})
+
+
+def test_backend_keeps_its_device_when_the_caller_switches(fake_backend):
+    """Multi-GPU: the backend lives on device 1; the application switches to device 0 between calls.
+    Every call makes device 1 current (TensorRT runs an engine on the device it was loaded on) and
+    gives device 0 back afterwards."""
+    from sam_edge import SamPredictor
+
+    backend, cuda, _ = fake_backend(stack={"device_count": 2}, device=1)
+    assert cuda.cudaGetDevice()[1] == 0, "construction gives the caller's device back too"
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.full((40, 64, 3), 100, np.uint8))
+    for points in (np.ones((1, 2)), np.ones((1, 2)), np.ones((2, 2))):  # a plain run, a replay, a capture
+        cuda.cudaSetDevice(0)
+        _, scores, _ = predictor.predict(points, np.ones(len(points), int))
+        assert cuda.cudaGetDevice()[1] == 0
+    assert scores.shape == (3,)
+    backend.close()
+
+
+def test_cuda_graph_replay_gives_the_captured_results(fake_backend):
+    """The fakes record the work queued during capture and replay it on cudaGraphLaunch, reading
+    the prompt buffers as they are at launch: a replayed prompt gives the same scores as its
+    plain run, and a new prompt of the same shape gives its own."""
+    from sam_edge import SamPredictor
+
+    backend, cuda, _ = fake_backend()
+    predictor = SamPredictor(backend)
+    predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+    first = predictor.predict(np.array([[10.0, 5.0]]), np.ones(1, int))[1]
+    replayed = predictor.predict(np.array([[10.0, 5.0]]), np.ones(1, int))[1]
+    moved = predictor.predict(np.array([[30.0, 5.0]]), np.ones(1, int))[1]
+    assert sum(1 for e in cuda.fake_events if isinstance(e, tuple) and e[0] == "launch") == 2
+    np.testing.assert_array_equal(replayed, first)
+    x = predictor.transform.apply_coords(np.array([[30.0, 5.0]]), (64, 64))[0, 0]
+    np.testing.assert_allclose(moved, np.arange(1, 4) + x / 1000, rtol=1e-6)
+
+
+def test_version_compatible_plans_need_host_code_allowed(fake_backend, tmp_path, monkeypatch):
+    """Version-compatible plans hold TensorRT's lean runtime, which deserializes only with
+    Runtime.engine_host_code_allowed; load_tensorrt_engine takes it from the manifest."""
+    from ._tensorrt_fakes import COMPUTE_CAPABILITY, TENSORRT_VERSION, synthetic_engines
+
+    stack = synthetic_engines(version_compatible=True)
+    _install(monkeypatch, stack)
+    with pytest.raises(RuntimeError, match="could not deserialize encoder"):
+        trb.TensorRTBackend(stack.plans["encoder"], stack.plans["decoder"], image_size=64, array_library="cuda-python")
+    for name, plan in stack.plans.items():
+        (tmp_path / f"{name}.plan").write_bytes(plan)
+    section = {"version": TENSORRT_VERSION, "compute_capability": "%d.%d" % COMPUTE_CAPABILITY,
+               "hardware_compatibility": "none", "version_compatible": True}
+    bundle = {"image_size": 64, "graphs": {"encoder": "encoder.plan", "decoder": "decoder.plan"},
+              "tensorrt": section, "model_type": "vit_b"}
+    engine = trb.load_tensorrt_engine(str(tmp_path), bundle, array_library="cuda-python")
+    assert engine.embed(np.zeros((1, 3, 64, 64), np.float32)) is not None
+
+
+class _TorchLikeArrays:
+    """The array-provider calls postprocess_masks makes, for a library that postprocess.cuda serves."""
+
+    name = "torch"
+
+    def take_over(self):
+        pass
+
+    def hand_over(self):
+        pass
+
+
+class _DeviceBuffer:
+    """A device array as __cuda_array_interface__ describes it (nothing is read from it)."""
+
+    def __init__(self, shape, typestr="<f4", strides=None):
+        self.shape = shape
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0x1000, False),
+                                         "version": 3, "strides": strides}
+
+
+def _gpu_postprocess_backend(function):
+    from ._tensorrt_fakes import FakeCudaRuntime
+
+    backend = object.__new__(trb.TensorRTBackend)
+    backend._rt, backend.device_index, backend.stream = FakeCudaRuntime(), 0, 7
+    backend.arrays, backend.image_size, backend._gpu_postprocess = _TorchLikeArrays(), 64, function
+    return backend
+
+
+def test_gpu_postprocess_goes_through_postprocess_cuda():
+    """Device logits go to sam_edge.postprocess.cuda.upsample_threshold_stability, the function
+    that checks them, with the backend's frame, threshold and stream; the logits come back."""
+    calls = []
+
+    def recorder(low_res, input_size, original_size, **kw):
+        calls.append((low_res, input_size, original_size, kw))
+        return "masks", "stability", "boxes", "logits"
+
+    backend = _gpu_postprocess_backend(recorder)
+    low_res = _DeviceBuffer((2, 3, 16, 16))
+    assert backend.postprocess_masks(low_res, (64, 40), (90, 57)) == "logits"
+    (given, input_size, original_size, kw), = calls
+    assert given is low_res and input_size == (64, 40) and original_size == (90, 57)
+    assert kw == {"mask_threshold": 0.0, "frame_size": 64, "return_logits": True, "stream": 7}
+
+
+def test_gpu_postprocess_refuses_what_postprocess_cuda_refuses():
+    """A non-contiguous or float64 device array is refused by postprocess.cuda's checks (the old
+    backend passed the raw pointer on to _C_cuda)."""
+    from sam_edge.postprocess import cuda as postprocess_cuda
+
+    if postprocess_cuda._C_cuda is None:
+        pytest.skip(f"sam_edge._C_cuda is not built: {postprocess_cuda.status()}")
+    backend = _gpu_postprocess_backend(postprocess_cuda.upsample_threshold_stability)
+    transposed = _DeviceBuffer((2, 3, 16, 16), strides=(4, 8, 24 * 16, 24))
+    with pytest.raises(ValueError, match="contiguous"):
+        backend.postprocess_masks(transposed, (64, 40), (90, 57))
+    with pytest.raises(TypeError, match="float32"):
+        backend.postprocess_masks(_DeviceBuffer((2, 3, 16, 16), "<f8"), (64, 40), (90, 57))

@@ -3,8 +3,10 @@
 Embed once, query many: the image embedding stays on the GPU between
 queries; prompts go through pinned host buffers into persistent device
 buffers; the decoder of the interactive profile replays a CUDA graph per
-prompt shape; the masks are resized on the GPU by sam_edge._C_cuda when it is
-built (else on the host, in numpy, said by `postprocess_path`).
+prompt shape; the masks are resized on the GPU by sam_edge.postprocess.cuda
+when _C_cuda is usable and results are torch or CuPy arrays (else on the host,
+in numpy, said by `postprocess_path`). Every call that touches the GPU makes
+the backend's device current and gives the caller's back afterwards.
 
 Device arrays are torch tensors when torch with CUDA is importable, else CuPy
 arrays, else this module's DeviceArray over cuda-python allocations
@@ -15,7 +17,9 @@ Imports numpy at module level only; TensorRT, cuda-python, torch and CuPy
 are imported when an engine is loaded. Not thread-safe: one backend per thread.
 """
 
+import contextlib
 import ctypes
+import functools
 import os
 import shlex
 import sys
@@ -126,7 +130,7 @@ def tensorrt_status(device: int = 0) -> str:
         info = tensorrt_runtime_info(device)
     except (ImportError, CudaError) as exc:
         return f"unavailable ({exc})"
-    _, postprocess = _cuda_postprocess_kernel()
+    _, postprocess = _cuda_postprocess()
     return (f"TensorRT {info['tensorrt']} on {info['gpu']} (compute capability {info['compute_capability']}, "
             f"CUDA {info['cuda_runtime']}); mask postprocess: {postprocess}")
 
@@ -138,6 +142,7 @@ def tensorrt_status(device: int = 0) -> str:
 REBUILD_OPTIONS = (
     "decoder_precision",
     "max_batch",
+    "opt_batch",
     "max_points",
     "max_prompts",
     "opt_points",
@@ -440,18 +445,20 @@ def array_provider(library: str = "auto", device: int = 0):
 # ---------------------------------------------------------------- post-processing
 
 
-def _cuda_postprocess_kernel():
-    """sam_edge._C_cuda.upsample_threshold_stability (raw device pointers) when built, else None."""
+def _cuda_postprocess(array_library: Optional[str] = None):
+    """(sam_edge.postprocess.cuda.upsample_threshold_stability, description) when the masks can be
+    resized on the GPU, else (None, why not). That function checks dtype and contiguity and
+    allocates its outputs with the input's library (torch or CuPy)."""
     if os.environ.get("SAM_EDGE_POSTPROCESS", "").strip().lower() == "numpy":
         return None, "numpy on the host (SAM_EDGE_POSTPROCESS=numpy)"
-    try:
-        from .. import _C_cuda  # type: ignore[attr-defined]
-    except ImportError as exc:
-        return None, f"numpy on the host (sam_edge._C_cuda not built: {exc})"
-    kernel = getattr(_C_cuda, "upsample_threshold_stability", None)
-    if kernel is None:
-        return None, "numpy on the host (sam_edge._C_cuda has no upsample_threshold_stability)"
-    return kernel, "CUDA (sam_edge._C_cuda.upsample_threshold_stability)"
+    from ..postprocess import cuda as postprocess_cuda
+
+    if not postprocess_cuda.available():
+        return None, f"numpy on the host (sam_edge._C_cuda {postprocess_cuda.status()})"
+    if array_library == "cuda-python":
+        return None, ("numpy on the host (sam_edge.postprocess.cuda allocates its results with torch or CuPy; "
+                      "the cuda-python array library has neither)")
+    return postprocess_cuda.upsample_threshold_stability, "CUDA (sam_edge.postprocess.cuda.upsample_threshold_stability)"
 
 
 # ---------------------------------------------------------------- engines
@@ -527,6 +534,17 @@ class TensorRTEngine:
             raise RuntimeError(f"{self.name}: TensorRT execution failed (see its log above)")
 
 
+def _on_device(method):
+    """Run a TensorRTBackend method with the backend's device current (see _device_scope)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._device_scope():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class TensorRTBackend:
     """Backend over an encoder and a decoder engine (see module docstring).
 
@@ -538,6 +556,9 @@ class TensorRTBackend:
         array_library: "auto", "torch", "cupy" or "cuda-python" for device results.
         cuda_graphs: replay a captured CUDA graph for repeated decoder shapes of the
             interactive profile.
+        version_compatible: the plans were built version-compatible (they carry TensorRT's
+            lean runtime, host code that TensorRT loads only when the application allows it);
+            load_tensorrt_engine takes it from the manifest.
     """
 
     name = "tensorrt"
@@ -552,18 +573,30 @@ class TensorRTBackend:
         device: int = 0,
         array_library: str = "auto",
         cuda_graphs: bool = True,
+        version_compatible: bool = False,
     ) -> None:
         trt = import_tensorrt()
         self._rt = cudart()
-        cuda_check(self._rt.cudaSetDevice(device), f"cudaSetDevice({device})")
-        self.arrays = array_provider(array_library, device)
+        self.device_index = int(device)
+        self._graphs: "OrderedDict[tuple, Any]" = OrderedDict()
+        with self._device_scope():
+            self._load(trt, encoder_plan, decoder_plan, image_size, array_library, version_compatible)
+        self.cuda_graphs = bool(cuda_graphs)
+        self._gpu_postprocess, self.postprocess_path = _cuda_postprocess(self.arrays.name)
+
+    def _load(self, trt, encoder_plan, decoder_plan, image_size, array_library, version_compatible) -> None:
+        """Engines, contexts and buffers, made with the backend's device current."""
+        self.arrays = array_provider(array_library, self.device_index)
         self.stream = self.arrays.stream_handle
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        if version_compatible:
+            # Such plans hold TensorRT's lean runtime, which it runs only when allowed; our own
+            # bundles, hash-checked by sam_edge.load, are trusted plans.
+            self._runtime.engine_host_code_allowed = True
         self.encoder = TensorRTEngine(trt, self._runtime, encoder_plan, "encoder", self.stream)
         self.decoder = TensorRTEngine(trt, self._runtime, decoder_plan, "decoder", self.stream)
         self.image_size = int(image_size)
-        self.device_index = device
         self._check_io()
         self.mask_input_size = int(self.decoder.inputs["mask_input"][0][-1])
         self.embedding_shape = tuple(self.decoder.inputs["image_embeddings"][0])
@@ -575,11 +608,22 @@ class TensorRTBackend:
         for engine in (self.encoder, self.decoder):  # contexts up front: no first-query stall
             for profile in range(engine.num_profiles):
                 engine.context(profile)
-        self.cuda_graphs = bool(cuda_graphs)
-        self._graphs: "OrderedDict[tuple, Any]" = OrderedDict()
-        self._postprocess_kernel, self.postprocess_path = _cuda_postprocess_kernel()
 
     # ---- set-up --------------------------------------------------------
+    @contextlib.contextmanager
+    def _device_scope(self):
+        """Make the backend's device current (engines and buffers live there; other code in the
+        process may have switched), and give the caller's device back afterwards."""
+        rt = self._rt
+        previous = int(cuda_check(rt.cudaGetDevice(), "cudaGetDevice"))
+        if previous != self.device_index:
+            cuda_check(rt.cudaSetDevice(self.device_index), f"cudaSetDevice({self.device_index})")
+        try:
+            yield
+        finally:
+            if previous != self.device_index:
+                cuda_check(rt.cudaSetDevice(previous), f"cudaSetDevice({previous})")
+
     def _check_io(self) -> None:
         expected_in = {"image"}
         expected_dec = {"image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"}
@@ -614,6 +658,7 @@ class TensorRTBackend:
                       "d2d": kinds.cudaMemcpyDeviceToDevice}[kind]
         cuda_check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind_value, self.stream), f"cudaMemcpyAsync ({kind})")
 
+    @_on_device
     def synchronize(self) -> None:
         cuda_check(self._rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
@@ -629,11 +674,13 @@ class TensorRTBackend:
     def to_numpy(self, array: Any) -> np.ndarray:
         if isinstance(array, np.ndarray) or np.isscalar(array):
             return np.asarray(array)
-        return self.arrays.host(array)
+        with self._device_scope():
+            return self.arrays.host(array)
 
     def _host_input(self, array: Any) -> np.ndarray:
         return self.to_numpy(array) if self.arrays.is_device_array(array) else np.asarray(array)
 
+    @_on_device
     def embed(self, input_image: Any) -> Any:
         """(B, 3, h, w) pixel values in [0, 255] -> (B, 256, g, g) float32 embeddings on the GPU."""
         x = np.asarray(self._host_input(input_image), dtype=np.float32)
@@ -688,6 +735,7 @@ class TensorRTBackend:
         self._copy(self._device["image_embeddings"].ptr, staged.ptr, host.nbytes, "h2d")
         return self._device["image_embeddings"].ptr
 
+    @_on_device
     def decode(self, features, point_coords, point_labels, boxes, mask_input, multimask_output: bool):
         """See Backend.decode: (B, C, m, m) low-res logits and (B, C) scores on the GPU, C = 3 or 1."""
         feed = self.decoder_feed(point_coords, point_labels, boxes, mask_input)
@@ -754,37 +802,30 @@ class TensorRTBackend:
         if not ok:
             cuda_check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
             raise RuntimeError("decoder: TensorRT execution failed during CUDA graph capture")
-        executable = cuda_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        # cudaGraphInstantiate changed signature between CUDA 11 and 12; WithFlags did not.
+        executable = cuda_check(rt.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
         cuda_check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
         return executable
 
     def postprocess_masks(self, low_res: Any, input_size: Tuple[int, int], original_size: Tuple[int, int]) -> Any:
-        """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size:
-        on the GPU with sam_edge._C_cuda (a device array; numpy for the cuda-python library,
-        which has no elementwise ops), else numpy on the host."""
+        """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size: on the
+        GPU through sam_edge.postprocess.cuda (same library as low_res), else numpy on the host."""
         h, w = (int(v) for v in input_size)
         out_h, out_w = (int(v) for v in original_size)
-        if self._postprocess_kernel is None or isinstance(low_res, np.ndarray):
+        if self._gpu_postprocess is None or isinstance(low_res, np.ndarray):
             from .onnxruntime_backend import mask_postprocess_reference  # numpy on the host; no onnxruntime needed
 
             return mask_postprocess_reference(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
-        self.arrays.take_over()
-        b, c, m1, m2 = (int(v) for v in low_res.shape)
-        n = b * c
-        logits = self.arrays.empty((b, c, out_h, out_w), np.float32)
-        stability = self.arrays.empty((max(n, 1),), np.float32)
-        boxes = self.arrays.empty((max(n, 1), 4), np.int64)
-        s = self.image_size
-        self._postprocess_kernel(
-            device_pointer(low_res), n, m1, m2, s, s, h, w, out_h, out_w, self.mask_threshold,
-            self.mask_threshold + 1.0, self.mask_threshold - 1.0, 0, device_pointer(logits),
-            device_pointer(stability), device_pointer(boxes), self.stream,
-        )
-        if self.arrays.name == "cuda-python":
-            return self.arrays.host(logits)
-        self.arrays.hand_over()
+        with self._device_scope():
+            self.arrays.take_over()
+            *_, logits = self._gpu_postprocess(
+                low_res, (h, w), (out_h, out_w), mask_threshold=self.mask_threshold, frame_size=self.image_size,
+                return_logits=True, stream=self.stream,
+            )
+            self.arrays.hand_over()
         return logits
 
+    @_on_device
     def close(self) -> None:
         """Release the captured graphs (engines and buffers go with the object)."""
         while self._graphs:
@@ -820,10 +861,11 @@ def load_tensorrt_engine(
     engine = TensorRTBackend(
         plans["encoder"], plans["decoder"], image_size=int(manifest["image_size"]), device=device,
         array_library=array_library, cuda_graphs=cuda_graphs,
+        version_compatible=bool(manifest["tensorrt"].get("version_compatible")),
     )
     engine.manifest = dict(manifest)
     engine.bundle_dir = bundle_dir
-    if engine._postprocess_kernel is None:  # the degraded path says so; sam_edge.info() reports the rest
+    if engine._gpu_postprocess is None:  # the degraded path says so; sam_edge.info() reports the rest
         print(f"sam-edge: TensorRT bundle {bundle_dir}: masks are resized on the host: {engine.postprocess_path}",
               file=sys.stderr)
     return engine
