@@ -419,8 +419,15 @@ def app_builder(args: Dict[str, Any]):
 def run_server(config: ServeConfig, host: str, port: int, ready=None) -> None:
     """Start Ray, Serve and the application on host:port, block until interrupted, and
     shut everything down. `ready(url)` is called once it answers."""
+    import signal
+
     import ray
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGTERM (systemd, Kubernetes, kill) shuts down as Ctrl-C does, not leaving Ray behind.
+    signal.signal(signal.SIGTERM, stop)
     ray.init(include_dashboard=False, configure_logging=False)
     try:
         serve.start(http_options={"host": host, "port": int(port)})
