@@ -8,7 +8,9 @@ Per model size and precision:
     batched-prompt throughput (prompts/s, --prompt-batch one-point prompts per call).
 The PyTorch rows run the same inputs through the torch model (weights seeded; speed does
 not depend on them) in fp32 and under bf16 autocast. Every timed call ends with a device
-synchronisation. Writes benchmarks/results/<gpu>-<date>-tensorrt.json and prints a table.
+synchronisation. Where both were measured, int8 is reported beside fp16 (a second table,
+and "int8_vs_fp16" in the JSON), with a warning when int8 is not the faster. Writes
+benchmarks/results/<gpu>-<date>-tensorrt.json and prints the tables.
 
     python export/build_tensorrt_all.py --models vit_b --output bundles/
     python benchmarks/bench_tensorrt.py --bundles bundles/tensorrt --models vit_b --precisions fp16,int8
@@ -161,6 +163,20 @@ def row(model, path, result, reference):
     return r
 
 
+def int8_vs_fp16(model, trt_results):
+    """One row comparing a model's int8 and fp16 engines (None unless both were measured):
+    medians side by side and int8 / fp16 ratios (below 1: int8 is faster)."""
+    if not {"int8", "fp16"} <= set(trt_results):
+        return None
+    fp16, int8 = trt_results["fp16"], trt_results["int8"]
+    r = {"model": model}
+    for key, label in (("encoder_batch1", "enc_ms"), ("decode_1_prompt", "decode_ms"), ("predict_1_prompt", "predict_ms")):
+        r[f"{label} fp16"], r[f"{label} int8"] = fp16[key]["median_ms"], int8[key]["median_ms"]
+        r[f"{label} int8/fp16"] = int8[key]["median_ms"] / fp16[key]["median_ms"]
+    r["img/s fp16"], r["img/s int8"] = fp16["encoder_images_per_s"], int8["encoder_images_per_s"]
+    return r
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundles", default="bundles/tensorrt", help="directory of <model>-<precision> TensorRT bundles")
@@ -175,7 +191,7 @@ def main() -> int:
         print(f"bench_tensorrt: cannot run here: {reason}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(0)
-    results, rows = {}, []
+    results, rows, comparisons = {}, [], []
     for model in [m for m in args.models.split(",") if m]:
         reference = {}
         trt_results = {}
@@ -201,6 +217,10 @@ def main() -> int:
         for precision, result in trt_results.items():
             rows.append(row(model, f"tensorrt-{precision}", result, reference.get("fp32")))
         results[model] = {"tensorrt": trt_results, "torch": reference}
+        comparison = int8_vs_fp16(model, trt_results)
+        if comparison:
+            comparisons.append(comparison)
+            results[model]["int8_vs_fp16"] = comparison
     if not rows:
         print("bench_tensorrt: nothing was measured (no bundles found)", file=sys.stderr)
         return 1
@@ -209,6 +229,15 @@ def main() -> int:
     print_table(rows, ["model", "path", "enc_ms", "enc_iqr", "img/s", "decode_ms", "predict_ms", "prompts/s",
                        "enc_speedup", "decode_speedup"])
     print(f"speedups are against torch-fp32 in the same process; wrote {path}")
+    if comparisons:
+        from sam_edge.export.tensorrt_build import int8_latency_warning
+
+        print("\nint8 beside fp16 (ratios below 1: int8 is faster)")
+        print_table(comparisons, list(comparisons[0]))
+        for r in comparisons:
+            warning = int8_latency_warning(r["enc_ms int8"], r["enc_ms fp16"], f"{r['model']} encoder")
+            if warning:
+                print(warning, file=sys.stderr)
     return 0
 
 

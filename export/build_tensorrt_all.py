@@ -10,7 +10,10 @@ For each pair: the ONNX Runtime bundle at that precision in OUTPUT/onnx/<model>-
 Checkpoints are found in --checkpoints by their official names; a model without one is
 built with seeded random weights (said so; build times and speeds do not depend on the
 weights, masks do). Writes OUTPUT/tensorrt_build_report.json. A failed pair is reported
-and the others still build; the exit status is 1 if any failed.
+and the others still build; the exit status is 1 if any failed. With --measure, each
+encoder's batch-1 latency is measured after its build, and an int8 encoder that is not
+faster than the fp16 one of the same size is warned about (benchmarks/bench_tensorrt.py
+measures everything else).
 """
 
 import argparse
@@ -28,6 +31,7 @@ from sam_edge.export.tensorrt_build import (  # noqa: E402
     TensorRTBuildParams,
     add_tensorrt_build_arguments,
     build_tensorrt_bundle,
+    int8_latency_warning,
 )
 
 #: The official checkpoint file of each size.
@@ -44,6 +48,27 @@ def _checkpoint(directory, model):
     return path
 
 
+def _reusable(onnx_dir):
+    """Whether an ONNX bundle is there and TensorRT can parse it (one built for ONNX Runtime may
+    hold contrib ops)."""
+    import json
+
+    from sam_edge.export.tensorrt_prepare import check_onnx_domain
+
+    manifest = os.path.join(onnx_dir, "manifest.json")
+    if not os.path.isfile(manifest):
+        return False
+    with open(manifest) as f:
+        graphs = json.load(f)["graphs"]
+    try:
+        for key in ("encoder", "decoder"):
+            check_onnx_domain(os.path.join(onnx_dir, graphs[key]), key)
+    except (ValueError, KeyError) as exc:
+        print(f"build_tensorrt_all: rebuilding {onnx_dir}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def build_pair(args, model, precision, timing_cache):
     """Build (or reuse) the ONNX bundle, then the TensorRT bundle; returns a report row."""
     from sam_edge.config import get_config
@@ -54,11 +79,12 @@ def build_pair(args, model, precision, timing_cache):
     trt_dir = os.path.join(args.output, "tensorrt", f"{model}-{precision}")
     row = {"model": model, "precision": precision, "weights": "checkpoint" if checkpoint else "random"}
     start = time.perf_counter()
-    if os.path.isfile(os.path.join(onnx_dir, "manifest.json")) and not args.rebuild_onnx:
+    if _reusable(onnx_dir) and not args.rebuild_onnx:
         row["onnx_s"] = 0.0  # reused
     else:
+        # Standard ops only: ONNX Runtime's contrib attention has no TensorRT importer.
         build_bundle(onnx_dir, get_config(model), checkpoint=checkpoint, precision=precision, overwrite=True,
-                     official_decoder=False, quiet=args.quiet)
+                     official_decoder=False, fused_attention=False, split_encoder=False, quiet=args.quiet)
         row["onnx_s"] = round(time.perf_counter() - start, 1)
     params = TensorRTBuildParams.from_args(
         dict(vars(args), model_type=model, precision=precision, checkpoint=checkpoint and os.path.basename(checkpoint),
@@ -76,7 +102,29 @@ def build_pair(args, model, precision, timing_cache):
         bundle=trt_dir,
         status="ok",
     )
+    if getattr(args, "measure", False):
+        row["encoder_ms"] = round(measure_encoder_ms(trt_dir), 2)
     return row
+
+
+def measure_encoder_ms(bundle, repeat=10):
+    """Median batch-1 latency of a bundle's encoder engine, in ms (synchronised)."""
+    import numpy as np
+
+    from sam_edge.runtime.bundle import verify_bundle
+    from sam_edge.runtime.tensorrt_backend import load_tensorrt_engine
+
+    engine = load_tensorrt_engine(bundle, verify_bundle(bundle))
+    image = np.zeros((1, 3, engine.image_size, engine.image_size), np.float32)
+    times = []
+    for i in range(repeat + 2):
+        start = time.perf_counter()
+        engine.embed(image)
+        engine.synchronize()
+        if i >= 2:  # the first calls initialise
+            times.append(time.perf_counter() - start)
+    engine.close()
+    return 1000 * float(np.median(times))
 
 
 def print_table(rows, columns):
@@ -95,6 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="bundles", help="root directory of the bundles and the report")
     parser.add_argument("--rebuild-onnx", action="store_true", help="re-export ONNX bundles even when present")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure each encoder's latency and warn when int8 is not faster than fp16")
     add_tensorrt_build_arguments(parser)
     # Room for the encoder-throughput figure of benchmarks/bench_tensorrt.py; edge bundles may want 1.
     parser.set_defaults(max_batch=4)
@@ -133,7 +183,12 @@ def main(argv=None) -> int:
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     print_table(rows, ["model", "precision", "weights", "onnx_s", "encoder_build_s", "decoder_build_s", "encoder_mb",
-                       "decoder_mb", "timing_cache_reused", "status"])
+                       "decoder_mb", "encoder_ms", "timing_cache_reused", "status"])
+    for model in models:
+        measured = {r["precision"]: r.get("encoder_ms") for r in rows if r["model"] == model}
+        warning = int8_latency_warning(measured.get("int8"), measured.get("fp16"), f"{model} encoder")
+        if warning:
+            print(warning, file=sys.stderr)
     print(f"wrote {path}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -87,15 +87,76 @@ def export_mlp(path, seed: int = 0) -> str:
 def quantize_mlp_qdq(src, dst, calibration: np.ndarray) -> str:
     """ONNX Runtime's static QDQ quantization, as the ONNX branch does it: uint8 asymmetric
     activations, int8 symmetric per-channel weights."""
+    return _quantize_static_qdq(src, dst, calibration, 8)
+
+
+def _quantize_static_qdq(src, dst, calibration: np.ndarray, rows: int, **options) -> str:
+    """quantize_static in QDQ format on input "x", calibrated on `calibration` in batches of `rows`."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.rows = iter([{"x": calibration[i : i + 8]} for i in range(0, len(calibration), 8)])
+            self.rows = iter([{"x": calibration[i : i + rows]} for i in range(0, len(calibration), rows)])
 
         def get_next(self):
             return next(self.rows, None)
 
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **options)
     return str(dst)
+
+def contrib_op_graph(path) -> str:
+    """x (B, 16) -> com.microsoft.Gelu -> y: a node outside the ONNX domain, as ONNX Runtime's fused
+    attention writes them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 16])
+    node = helper.make_node("Gelu", ["x"], ["y"], name="fused_gelu", domain="com.microsoft")
+    model = helper.make_model(helper.make_graph([node], "contrib", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(path))
+    return str(path)
+
+
+class AttentionBlock(nn.Module):
+    """LayerNorm -> qkv Linear -> scores + a decomposed rel-pos bias (q @ table) -> softmax -> proj Linear,
+    on (B, N, C): the shape of the encoder's islands and quantized layers at a small size."""
+
+    def __init__(self, dim: int = 32, tokens: int = 8) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rel = nn.Parameter(torch.randn(tokens, dim) * 0.5)
+        self.scale = dim ** -0.5
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        bias = torch.einsum("bnc,mc->bnm", q, self.rel)  # exported as Einsum, which rel_pos_nodes takes
+        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1) + bias, dim=-1)
+        return x + self.proj(attn @ v)
+
+
+def export_attention_block(path, seed: int = 0) -> str:
+    import warnings
+
+    torch.manual_seed(seed)
+    model = AttentionBlock().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 8, 32),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    return str(path)
+
+
+def quantize_weight_matmuls_qdq(src, dst, calibration: np.ndarray) -> str:
+    """ONNX Runtime's static QDQ quantization of the MatMuls against weights only (the nodes
+    sam_edge.export.quantize picks), uint8 activations, int8 per-channel weights."""
+    import onnx
+
+    from sam_edge.export.quantize import quantizable_nodes
+
+    nodes = [n.name for n in quantizable_nodes(onnx.load(str(src)))]
+    return _quantize_static_qdq(src, dst, calibration, 2, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])

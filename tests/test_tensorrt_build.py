@@ -233,12 +233,14 @@ def test_symmetric_int8_qdq_accuracy_in_onnxruntime(qdq, graphs):
     """Each activation quantizer keeps its range; its step grows by at most 255/127 (~2.01x,
     one-sided ranges), and rounding noise scales with the step. So the converted graph's
     error against fp32 is at most ~2.01x the original QDQ graph's (weights are unchanged),
-    with 25% for the randomness of summed rounding errors."""
+    with 25% for the randomness of summed rounding errors. Graphs run node by node
+    (optimize=False): ONNX Runtime's fused int8 kernels saturate on CPUs without VNNI,
+    which would measure the CPU, not the rewrite."""
     src, x = qdq
     converted, _ = prep.to_symmetric_int8_qdq(onnx.load(src))
-    reference = prep.run_onnxruntime(graphs["mlp"], {"x": x})[0]
-    original = prep.run_onnxruntime(src, {"x": x})[0]
-    ours = prep.run_onnxruntime(converted.SerializeToString(), {"x": x})[0]
+    reference = prep.run_onnxruntime(graphs["mlp"], {"x": x}, optimize=False)[0]
+    original = prep.run_onnxruntime(src, {"x": x}, optimize=False)[0]
+    ours = prep.run_onnxruntime(converted.SerializeToString(), {"x": x}, optimize=False)[0]
     original_error = _rel_l2(original, reference)
     assert original_error > 1e-4, "the QDQ graph should actually quantize"
     assert _rel_l2(ours, reference) <= 2.01 * 1.25 * original_error
@@ -255,9 +257,9 @@ def test_clamp_is_restored(qdq):
     for node in without.graph.node:
         if node.op_type == "Relu":
             node.op_type = "Identity"
-    reference = prep.run_onnxruntime(src, {"x": x})[0]
-    assert _rel_l2(prep.run_onnxruntime(without.SerializeToString(), {"x": x})[0], reference) > 0.1
-    assert _rel_l2(prep.run_onnxruntime(converted.SerializeToString(), {"x": x})[0], reference) < 0.1
+    reference = prep.run_onnxruntime(src, {"x": x}, optimize=False)[0]
+    assert _rel_l2(prep.run_onnxruntime(without.SerializeToString(), {"x": x}, optimize=False)[0], reference) > 0.1
+    assert _rel_l2(prep.run_onnxruntime(converted.SerializeToString(), {"x": x}, optimize=False)[0], reference) < 0.1
 
 
 def test_prepare_for_tensorrt(qdq, graphs, tmp_path):
@@ -471,6 +473,15 @@ def test_real_int8_encoder_prepared_for_tensorrt(tmp_path, small_config, small_s
     reference = prep.run_onnxruntime(fp32, {"image": x})[0]
     original_error = _rel_l2(prep.run_onnxruntime(int8, {"image": x})[0], reference)
     assert _rel_l2(prep.run_onnxruntime(record["path"], {"image": x})[0], reference) <= 2.01 * 1.25 * original_error
+    # With fp16 float parts (what the int8 TensorRT engine runs): at most the symmetric int8 graph's
+    # error plus the fp16 conversion's alone, with 25% for randomness (test_qdq_float_parts_to_fp16_accuracy).
+    half = prep.prepare_for_tensorrt(int8, str(tmp_path / "encoder_trt16.onnx"), fp16_float_parts=True)
+    assert half["fp16_float_parts"]["fp16_tensors"] > 0 and "float16" in half["float_types"]
+    fp16_only, _ = prep.qdq_float_parts_to_fp16(onnx.load(fp32))
+    run = lambda graph: prep.run_onnxruntime(graph, {"image": x}, optimize=False)[0]  # noqa: E731
+    symmetric_error = _rel_l2(run(record["path"]), reference)
+    fp16_error = _rel_l2(run(fp16_only.SerializeToString()), reference)
+    assert _rel_l2(run(half["path"]), reference) <= 1.25 * (symmetric_error + fp16_error)
 
 
 def test_tensorrt_build_command_fails_fast_without_tensorrt(tmp_path):
@@ -505,3 +516,352 @@ def test_default_profiles_fit_the_full_size_decoder(tmp_path):
     shapes = prep.check_profile_with_onnxruntime(path, build.validate_profile(interactive, specs, "decoder"))
     assert shapes["max"] == [[1, 4], [1, 4, 256, 256]]
     assert prep.value_dependent_shape_uses(path) == []
+
+
+# ---------------------------------------------------------------- against the spec'd TensorRT fakes
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """The spec'd fakes of TensorRT and the CUDA runtime (tests/_tensorrt_fakes.py), installed where
+    sam-edge imports them; returns the fake `tensorrt` module."""
+    import sys
+
+    from sam_edge.runtime import tensorrt_backend
+
+    from ._tensorrt_fakes import FakeCudaRuntime, fake_tensorrt
+
+    cuda = FakeCudaRuntime()
+    trt = fake_tensorrt(cuda)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(tensorrt_backend, "cudart", lambda: cuda)
+    return trt
+
+
+def test_fakes_refuse_what_tensorrt_refuses(fake_trt, graphs, tmp_path):
+    """The fakes' own documented failure modes (see the citations in tests/_tensorrt_fakes.py)."""
+    from ._tensorrt_graphs import contrib_op_graph
+
+    trt = fake_trt
+    logger = trt.Logger()
+    with pytest.raises(AttributeError):
+        trt.NoSuchThing  # noqa: B018 - unknown names raise, as in the real module
+    builder = trt.Builder(logger)
+    with pytest.raises(AttributeError):
+        builder.build_engine  # noqa: B018 - removed in TensorRT 10
+    # No timing cache unless one was attached.
+    assert builder.create_builder_config().get_timing_cache() is None
+    # Precision flags on a strongly typed network: an API usage error, no engine.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert trt.OnnxParser(network, logger).parse_from_file(graphs["mlp"])
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, 16), (2, 16), (4, 16))
+    assert config.add_optimization_profile(profile) == 0
+    config.set_flag(trt.BuilderFlag.FP16)
+    assert builder.build_serialized_network(network, config) is None
+    assert "kFP16" in logger.fake_messages[-1][1]
+    config.clear_flag(trt.BuilderFlag.FP16)
+    assert builder.build_serialized_network(network, config) is not None
+    # The parser: contrib ops and float inputs used as shapes.
+    for path, message in ((contrib_op_graph(tmp_path / "contrib.onnx"), "No importer registered for op: Gelu"),
+                          (graphs["trap"], "shape-tensor network inputs must be Int32 or Int64")):
+        parser = trt.OnnxParser(builder.create_network(0), logger)
+        assert not parser.parse_from_file(path)
+        assert message in str(parser.get_error(0))
+
+
+def _fast_profiles():
+    return tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)
+
+
+def test_first_build_writes_the_timing_cache(fake_trt, graphs, tmp_path):
+    """Defect 1: with a --timing-cache file that does not exist yet, the build attaches a new
+    cache and writes it; the next build reuses it. (TensorRT gives no cache back unless one was
+    attached: the old code crashed on None after writing the plan.)"""
+    cache_path = tmp_path / "timing.cache"
+    first = build.build_engine(graphs["fast"], str(tmp_path / "a.plan"), precision="fp32", profiles=_fast_profiles(),
+                               timing_cache_path=str(cache_path), progress=False)
+    assert cache_path.is_file() and (tmp_path / "a.plan").is_file()
+    assert first["timing_cache_reused"] is False
+    second = build.build_engine(graphs["fast"], str(tmp_path / "b.plan"), precision="fp32", profiles=_fast_profiles(),
+                                timing_cache_path=str(cache_path), progress=False)
+    assert second["timing_cache_reused"] is True
+    # A cache from another TensorRT version is refused and replaced, not mixed in.
+    cache_path.write_bytes(cache_path.read_bytes().replace(b"10.13.0.35", b"10.12.0.36"))
+    third = build.build_engine(graphs["fast"], str(tmp_path / "c.plan"), precision="fp32", profiles=_fast_profiles(),
+                               timing_cache_path=str(cache_path), progress=False)
+    assert third["timing_cache_reused"] is False and b"10.13.0.35" in cache_path.read_bytes()
+
+
+def test_build_engine_flags_follow_the_precision_plan(fake_trt, graphs, tmp_path):
+    """fp32: strongly typed with TF32 cleared (TensorRT enables it by default); an fp32 graph as
+    weakly typed fp16: FP16 + OBEY_PRECISION_CONSTRAINTS with the islands pinned to fp32."""
+    from ._tensorrt_fakes import plan_header
+
+    record = build.build_engine(graphs["fast"], str(tmp_path / "fp32.plan"), precision="fp32",
+                                profiles=_fast_profiles(), progress=False)
+    header = plan_header((tmp_path / "fp32.plan").read_bytes())
+    assert header["strongly_typed"] and "TF32" not in header["flags"] and record["cleared_builder_flags"] == ["TF32"]
+    assert len(header["profiles"]) == 2 and header["profiles"][1]["point_coords"][2] == [4, 4, 2]
+
+    mlp_profile = [{"x": ((1, 16), (2, 16), (8, 16))}]
+    record = build.build_engine(graphs["mlp"], str(tmp_path / "weak.plan"), precision="fp16", profiles=mlp_profile,
+                                strongly_typed=False, progress=False)
+    header = plan_header((tmp_path / "weak.plan").read_bytes())
+    assert not header["strongly_typed"] and {"FP16", "OBEY_PRECISION_CONSTRAINTS", "TF32"} <= set(header["flags"])
+    assert record["precision"] == "fp16"
+
+
+def test_contrib_ops_are_refused_before_tensorrt(graphs, tmp_path, monkeypatch):
+    """Defect 2: a graph with ONNX Runtime contrib ops is refused by the preparation, by
+    build_engine and by build_tensorrt_bundle, with the command that rebuilds it, before TensorRT
+    is imported (no `tensorrt` module at all here)."""
+    import sys
+
+    from ._tensorrt_graphs import contrib_op_graph
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # importing it would raise ImportError
+    contrib = contrib_op_graph(tmp_path / "contrib.onnx")
+    with pytest.raises(ValueError, match=r"com\.microsoft\.Gelu.*--plain-attention"):
+        prep.prepare_for_tensorrt(contrib, str(tmp_path / "out.onnx"), "encoder")
+    with pytest.raises(ValueError, match="outside the ONNX domain"):
+        build.build_engine(contrib, str(tmp_path / "x.plan"), precision="fp32",
+                           profiles=[{"x": ((1, 16), (1, 16), (2, 16))}])
+    params = build.TensorRTBuildParams(model_type="vit_b", precision="fp16", progress=False)
+    with pytest.raises(ValueError, match="outside the ONNX domain"):
+        build.build_tensorrt_bundle(params, {"encoder": contrib, "decoder": graphs["fast"]}, str(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
+
+
+def test_build_tensorrt_all_builds_standard_ops(tmp_path, monkeypatch):
+    """export/build_tensorrt_all.py asks for ONNX bundles without contrib ops."""
+    import importlib.util
+    import types
+
+    from sam_edge.export import build as onnx_build
+    from sam_edge.export import tensorrt_build
+
+    spec = importlib.util.spec_from_file_location("build_tensorrt_all", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export", "build_tensorrt_all.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(onnx_build, "build_bundle", lambda *a, **kw: calls.append(kw))
+    engine = {"build_seconds": 1.0, "plan_bytes": 1, "strongly_typed": True, "timing_cache_reused": False}
+    monkeypatch.setattr(script, "build_tensorrt_bundle",
+                        lambda *a, **kw: {"tensorrt": {"engines": {"encoder": engine, "decoder": engine}}})
+    args = types.SimpleNamespace(checkpoints=None, output=str(tmp_path), rebuild_onnx=False, quiet=True,
+                                 max_batch=4, opt_batch=None)
+    assert tensorrt_build.TensorRTBuildParams is script.TensorRTBuildParams
+    row = script.build_pair(args, "vit_b", "int8", str(tmp_path / "t.cache"))
+    assert row["status"] == "ok" and calls and calls[0]["fused_attention"] is False
+
+
+def test_int8_latency_warning():
+    assert build.int8_latency_warning(5.0, 4.0) and "not faster" in build.int8_latency_warning(4.0, 4.0)
+    assert build.int8_latency_warning(3.0, 4.0) is None
+    assert build.int8_latency_warning(None, 4.0) is None and build.int8_latency_warning(3.0, None) is None
+
+
+# ---------------------------------------------------------------- int8: fp16 float parts
+
+
+@pytest.fixture(scope="module")
+def attention_qdq(tmp_path_factory):
+    from ._tensorrt_graphs import export_attention_block, quantize_weight_matmuls_qdq
+
+    d = tmp_path_factory.mktemp("attention")
+    rng = np.random.default_rng(0)
+    fp32 = export_attention_block(d / "block.onnx")
+    qdq = quantize_weight_matmuls_qdq(fp32, d / "block_qdq.onnx", rng.standard_normal((16, 8, 32)).astype(np.float32))
+    return fp32, qdq, rng.standard_normal((64, 8, 32)).astype(np.float32)
+
+
+def _elem_types(model):
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return {v.name: v.type.tensor_type.elem_type for v in
+            list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+
+
+def test_qdq_float_parts_to_fp16_structure(attention_qdq):
+    """Defect 9, on a small attention block: the checker passes; every float tensor outside the
+    fp32 islands is fp16 and the islands' are fp32; each DequantizeLinear still feeds its MatMul
+    directly and each QuantizeLinear its DequantizeLinear; the graph's I/O stay float32."""
+    _, qdq, _ = attention_qdq
+    symmetric, _ = prep.to_symmetric_int8_qdq(onnx.load(qdq))
+    islands = set(prep.fp32_island_nodes(symmetric))
+    assert {"LayerNormalization", "Softmax", "Einsum"} <= {n.op_type for n in symmetric.graph.node if n.name in islands}
+    assert not {"MatMul", "QuantizeLinear", "DequantizeLinear"} & {
+        n.op_type for n in symmetric.graph.node if n.name in islands}
+    converted, counts = prep.qdq_float_parts_to_fp16(symmetric)
+    onnx.checker.check_model(converted, full_check=True)
+    assert counts["casts_added"] > 0 and counts["fp16_constants"] > 0
+    assert prep.graph_float_types(converted) == ["float16", "float32"]
+    types = _elem_types(converted)
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    inserted = {n.name for n in converted.graph.node} - {n.name for n in symmetric.graph.node}
+    assert all(converted_node.op_type == "Cast" for converted_node in converted.graph.node
+               if converted_node.name in inserted)
+    for node in converted.graph.node:
+        if node.name in inserted:
+            continue
+        for out in node.output:
+            if types.get(out) in (FLOAT, HALF):
+                assert types[out] == (FLOAT if node.name in islands else HALF), (node.op_type, node.name, out)
+    consumers = {}
+    for node in converted.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    before = {}
+    for node in symmetric.graph.node:
+        for name in node.input:
+            before.setdefault(name, []).append(node.op_type)
+    for node in symmetric.graph.node:
+        if node.op_type == "DequantizeLinear" and "MatMul" in before.get(node.output[0], []):
+            assert "MatMul" in consumers[node.output[0]], f"{node.name} no longer feeds its MatMul directly"
+        if node.op_type == "QuantizeLinear":
+            assert consumers[node.output[0]] == ["DequantizeLinear"]
+    assert [types[i.name] for i in converted.graph.input] == [FLOAT]
+    assert [types[o.name] for o in converted.graph.output] == [FLOAT]
+
+
+def test_qdq_float_parts_to_fp16_accuracy(attention_qdq):
+    """In ONNX Runtime (node by node, see run_onnxruntime), against the fp32 block: the fp16 float
+    parts add fp16 rounding to the int8 error. Taking the two as independent, the error is at most
+    the int8 graph's plus the fp16 conversion's alone (measured on the fp32 graph with the same
+    islands), with 25% for the randomness of summed rounding errors."""
+    fp32, qdq, x = attention_qdq
+    symmetric, _ = prep.to_symmetric_int8_qdq(onnx.load(qdq))
+    converted, _ = prep.qdq_float_parts_to_fp16(symmetric)
+    fp16_only, _ = prep.qdq_float_parts_to_fp16(onnx.load(fp32))
+    run = lambda model: prep.run_onnxruntime(model.SerializeToString(), {"x": x}, optimize=False)[0]  # noqa: E731
+    reference = prep.run_onnxruntime(fp32, {"x": x}, optimize=False)[0]
+    int8_error, fp16_error = _rel_l2(run(symmetric), reference), _rel_l2(run(fp16_only), reference)
+    assert 0 < fp16_error < 2e-3 and int8_error > fp16_error
+    assert _rel_l2(run(converted), reference) <= 1.25 * (int8_error + fp16_error)
+
+
+# ---------------------------------------------------------------- whole bundles against the fakes
+
+
+@pytest.fixture(scope="module")
+def onnx_bundles(tmp_path_factory, small_config):
+    """fp16 and int8 ONNX bundles of the reduced ViT-B with standard ops only (what TensorRT builds from)."""
+    from sam_edge.export.build import build_bundle
+
+    root = tmp_path_factory.mktemp("onnx_bundles")
+    for precision in ("fp16", "int8"):
+        build_bundle(str(root / precision), small_config, precision=precision, fused_attention=False,
+                     official_decoder=False, split_encoder=False, quiet=True)
+    return root
+
+
+def _trt_params(precision, **kw):
+    return build.TensorRTBuildParams(model_type="vit_b", precision=precision, max_points=4, max_prompts=4,
+                                     opt_points=2, opt_prompts=2, progress=False, **kw)
+
+
+def test_tensorrt_bundle_against_fakes_matches_onnx_runtime(fake_trt, onnx_bundles, tmp_path):
+    """build_tensorrt_bundle, load_tensorrt_engine and SamPredictor end to end over the fakes (whose
+    engines run the prepared graphs in ONNX Runtime): the same masks and logits as the fp16 ONNX
+    Runtime bundle on the same image and prompts, to float32 rounding (both run the same graphs)."""
+    import sam_edge
+    from sam_edge.runtime.bundle import verify_bundle
+    from sam_edge.runtime.tensorrt_backend import load_tensorrt_engine
+
+    out = tmp_path / "trt-fp16"
+    manifest = build.build_tensorrt_bundle(_trt_params("fp16", max_batch=2, timing_cache=str(tmp_path / "t.cache")),
+                                           str(onnx_bundles / "fp16"), str(out))
+    encoder = manifest["tensorrt"]["engines"]["encoder"]
+    assert encoder["strongly_typed"] and encoder["builder_flags"] == []
+    assert encoder["profiles"][0]["image"][1][0] == 2, "tuned for --max-batch when no --opt-batch is given"
+    assert manifest["tensorrt"]["engines"]["decoder"]["cleared_builder_flags"] == ["TF32"]
+    engine = load_tensorrt_engine(str(out), verify_bundle(str(out)), array_library="cuda-python")
+    ours, reference = sam_edge.SamPredictor(engine), sam_edge.SamPredictor(sam_edge.load(str(onnx_bundles / "fp16")))
+    image = np.random.default_rng(1).integers(0, 256, (200, 150, 3), dtype=np.uint8)
+    ours.set_image(image)
+    reference.set_image(image)
+    for point in ([[40.0, 60.0]], [[100.0, 20.0], [30.0, 150.0]]):
+        labels = np.ones(len(point), int)
+        masks, scores, low = ours.predict(np.array(point), labels)
+        ref_masks, ref_scores, ref_low = reference.predict(np.array(point), labels)
+        assert _rel_l2(low, ref_low) < 1e-4 and np.allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)
+        assert np.mean(masks != ref_masks) < 1e-3
+    engine.close()
+
+
+def test_int8_tensorrt_bundle_runs_fp16_float_parts(fake_trt, onnx_bundles, tmp_path):
+    """The int8 encoder engine is built strongly typed from the QDQ graph with fp16 float parts
+    (and no precision flags, which a strongly typed network refuses), and runs."""
+    from sam_edge.runtime.bundle import verify_bundle
+    from sam_edge.runtime.tensorrt_backend import load_tensorrt_engine
+
+    out = tmp_path / "trt-int8"
+    manifest = build.build_tensorrt_bundle(_trt_params("int8"), str(onnx_bundles / "int8"), str(out))
+    encoder = manifest["tensorrt"]["engines"]["encoder"]
+    assert encoder["strongly_typed"] and encoder["builder_flags"] == [] and "(fp16)" in encoder["precision_note"]
+    assert encoder["fp16_float_parts"]["fp16_tensors"] > 0 and encoder["qdq"]["quantize_nodes"] > 0
+    engine = load_tensorrt_engine(str(out), verify_bundle(str(out)), array_library="cuda-python")
+    embedding = engine.to_numpy(engine.embed(np.full((1, 3, 256, 256), 100.0, np.float32)))
+    assert embedding.shape == (1, 256, 16, 16) and np.isfinite(embedding).all() and embedding.std() > 0
+    engine.close()
+
+
+def test_version_compatible_bundle_loads(fake_trt, onnx_bundles, tmp_path):
+    """Defect 3: engines built --version-compatible carry TensorRT's lean runtime, which the
+    runtime deserializes only with engine_host_code_allowed; load_tensorrt_engine sets it from the
+    manifest (the old code left it off, and deserialization failed)."""
+    from sam_edge.runtime.bundle import verify_bundle
+    from sam_edge.runtime.tensorrt_backend import load_tensorrt_engine
+
+    out = tmp_path / "trt-vc"
+    manifest = build.build_tensorrt_bundle(_trt_params("fp16", version_compatible=True), str(onnx_bundles / "fp16"),
+                                           str(out))
+    assert manifest["tensorrt"]["version_compatible"] is True
+    engine = load_tensorrt_engine(str(out), verify_bundle(str(out)), array_library="cuda-python")
+    assert engine.embed(np.zeros((1, 3, 256, 256), np.float32)) is not None
+    engine.close()
+
+
+def test_tensorrt_bundle_takes_the_umask_modes(fake_trt, onnx_bundles, tmp_path):
+    """TensorRT bundles are written by the ONNX bundles' writer: the directory and every file get
+    the umask's modes (not mkdtemp's 0700 and mkstemp's 0600), so another user can serve them."""
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        out = tmp_path / "trt-modes"
+        build.build_tensorrt_bundle(_trt_params("fp16"), str(onnx_bundles / "fp16"), str(out))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert set(modes) == {"manifest.json", "encoder.plan", "decoder.plan"}
+    assert modes == {name: 0o640 for name in modes}, modes
+
+
+def test_opt_batch_is_validated_and_recorded():
+    with pytest.raises(ValueError, match="opt_batch"):
+        build.TensorRTBuildParams(model_type="vit_b", precision="fp16", max_batch=2, opt_batch=3)
+    params = build.TensorRTBuildParams(model_type="vit_b", precision="fp16", max_batch=4, opt_batch=2)
+    assert params.rebuild_options()["opt_batch"] == 2
+
+
+def test_bench_tensorrt_puts_int8_beside_fp16():
+    """benchmarks/bench_tensorrt.py's comparison row: medians side by side and int8 / fp16 ratios."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_tensorrt", os.path.join(root, "benchmarks", "bench_tensorrt.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def result(enc, dec, pred, ips):
+        return {"encoder_batch1": {"median_ms": enc}, "decode_1_prompt": {"median_ms": dec},
+                "predict_1_prompt": {"median_ms": pred}, "encoder_images_per_s": ips}
+
+    row = bench.int8_vs_fp16("vit_b", {"fp16": result(10.0, 2.0, 4.0, 100.0), "int8": result(8.0, 2.0, 5.0, 120.0)})
+    assert row["enc_ms fp16"] == 10.0 and row["enc_ms int8"] == 8.0 and row["enc_ms int8/fp16"] == pytest.approx(0.8)
+    assert row["predict_ms int8/fp16"] == pytest.approx(1.25) and row["img/s int8"] == 120.0
+    assert bench.int8_vs_fp16("vit_b", {"fp16": result(10.0, 2.0, 4.0, 100.0)}) is None

@@ -502,7 +502,7 @@ def test_version_compatible_plans_need_host_code_allowed(fake_backend, tmp_path,
 
 
 class _TorchLikeArrays:
-    """The array-provider calls postprocess_masks makes, for a library that postprocess.cuda serves."""
+    """The array-provider calls postprocess_masks makes (allocations are described, not made)."""
 
     name = "torch"
 
@@ -511,6 +511,10 @@ class _TorchLikeArrays:
 
     def hand_over(self):
         pass
+
+    @staticmethod
+    def empty(shape, dtype):
+        return _DeviceBuffer(tuple(shape), np.dtype(dtype).str)
 
 
 class _DeviceBuffer:
@@ -533,19 +537,21 @@ def _gpu_postprocess_backend(function):
 
 def test_gpu_postprocess_goes_through_postprocess_cuda():
     """Device logits go to sam_edge.postprocess.cuda.upsample_threshold_stability, the function
-    that checks them, with the backend's frame, threshold and stream; the logits come back."""
+    that checks them, with the backend's frame, threshold and stream, writing into arrays of the
+    backend's library; those logits come back."""
     calls = []
 
     def recorder(low_res, input_size, original_size, **kw):
         calls.append((low_res, input_size, original_size, kw))
-        return "masks", "stability", "boxes", "logits"
 
     backend = _gpu_postprocess_backend(recorder)
     low_res = _DeviceBuffer((2, 3, 16, 16))
-    assert backend.postprocess_masks(low_res, (64, 40), (90, 57)) == "logits"
+    logits = backend.postprocess_masks(low_res, (64, 40), (90, 57))
     (given, input_size, original_size, kw), = calls
     assert given is low_res and input_size == (64, 40) and original_size == (90, 57)
-    assert kw == {"mask_threshold": 0.0, "frame_size": 64, "return_logits": True, "stream": 7}
+    assert kw.pop("logits_out") is logits and logits.shape == (2, 3, 90, 57)
+    assert kw.pop("stability_out").shape == (2, 3) and kw.pop("boxes_out").shape == (2, 3, 4)
+    assert kw == {"mask_threshold": 0.0, "frame_size": 64, "return_logits": True, "stream": 7, "return_masks": False}
 
 
 def test_gpu_postprocess_refuses_what_postprocess_cuda_refuses():

@@ -89,7 +89,7 @@ def build_bundle(
     num_calib_images: Optional[int] = None,
     overwrite: bool = False,
     official_decoder: bool = True,
-    fused_attention: bool = True,
+    fused_attention: Optional[bool] = None,
     split_encoder: bool = True,
     quiet: bool = False,
 ) -> Dict[str, Any]:
@@ -105,7 +105,8 @@ def build_bundle(
         fused_attention: for ONNX Runtime (fp32 and int8 encoders), run the global
             blocks' attention as its fused com.microsoft.MultiHeadAttention
             (onnx_export.fuse_global_attention); False keeps standard ops only
-            (what TensorRT builds from).
+            (what TensorRT builds from). None: True for backend "onnxruntime",
+            False for "tensorrt", whose parser has no importer for contrib ops.
         split_encoder: for ONNX Runtime (fp32 and int8 encoders), also write the
             encoder cut at its global attentions (split_encoder.py), which the
             runtime runs with sam-edge's fused attention kernel where the CPU
@@ -120,6 +121,11 @@ def build_bundle(
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if fused_attention is None:
+        fused_attention = backend == "onnxruntime"
+    elif fused_attention and backend == "tensorrt":
+        raise ValueError("fused_attention writes ONNX Runtime's contrib MultiHeadAttention, which TensorRT cannot "
+                         "import; leave it unset (or False) for backend 'tensorrt'")
     output = os.path.abspath(os.fspath(output))
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
@@ -233,7 +239,7 @@ def build_bundle(
         with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.write("\n")
-        _move_into_place(staging, output)
+        move_bundle_into_place(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -247,9 +253,10 @@ def _remove_graph(path: str) -> None:
             os.remove(p)
 
 
-def _move_into_place(staging: str, output: str) -> None:
-    """Rename the finished staging dir to `output`; an old bundle there is moved aside first
-    and deleted only after the new one is in place."""
+def move_bundle_into_place(staging: str, output: str) -> None:
+    """Rename the finished staging dir (holding MANIFEST_NAME) to `output`; an old bundle there
+    is moved aside first and deleted only after the new one is in place. Every bundle writer
+    (ONNX Runtime and TensorRT) finishes through here."""
     # mkdtemp made the directory private (0700), and onnx writes external weights
     # 0600: give both the mode that open() gave the manifest (the umask's), so
     # that a bundle built by one user can be served by another.

@@ -16,10 +16,13 @@ Precisions (see `precision_plan`):
           LayerNorm overflow is the most reported SAM deployment failure
           (segment-anything #540, efficientvit #142).
     int8  explicit quantization from the QDQ ONNX graph, its quantizers made
-          symmetric int8 (tensorrt_prepare.to_symmetric_int8_qdq). No
+          symmetric int8 (tensorrt_prepare.to_symmetric_int8_qdq) and its float
+          parts fp16 outside the fp32 islands (tensorrt_prepare.qdq_float_parts_to_fp16),
+          so that a strongly typed network runs them in fp16, not fp32. No
           implicit calibrators (deprecated in TensorRT 10).
     fp32  for the decoder by default: ~4 M parameters, a few ms, and its
-          logits are what users threshold.
+          logits are what users threshold. TF32 (on by default in TensorRT) is
+          cleared, so fp32 means fp32.
 
 TensorRT is imported only inside the functions that build; everything else
 here runs (and is tested) without it.
@@ -163,6 +166,8 @@ class PrecisionPlan:
     flags: Tuple[str, ...] = ()
     pin_fp32_islands: bool = False
     note: str = ""
+    #: Flags to clear (TensorRT sets some by default).
+    cleared_flags: Tuple[str, ...] = ()
 
 
 def precision_plan(
@@ -202,12 +207,13 @@ def precision_plan(
                 "Build from the fp16 ONNX graph (sam-edge build --precision fp16) or pass strongly_typed=False"
             )
         note = {
-            "fp32": "strongly typed fp32",
+            "fp32": "strongly typed fp32, TF32 off",
             "fp16": "strongly typed: the graph's fp16 with its fp32 islands",
             "int8": "strongly typed: the graph's Q/DQ int8, float parts in the graph's types"
             + (" (fp16)" if has_fp16 else " (fp32)"),
         }[precision]
-        return PrecisionPlan(precision, True, (), False, note)
+        cleared = ("TF32",) if precision == "fp32" else ()
+        return PrecisionPlan(precision, True, (), False, note, cleared)
     if tensorrt_major >= 11:
         raise ValueError(
             "TensorRT 11 builds only strongly typed networks: convert the graph first "
@@ -219,6 +225,15 @@ def precision_plan(
         precision, False, flags, precision != "fp32",
         "weakly typed (deprecated since TensorRT 10.12), LayerNorm / softmax / rel-pos pinned to fp32",
     )
+
+
+def int8_latency_warning(int8_ms: Optional[float], fp16_ms: Optional[float], what: str = "encoder") -> Optional[str]:
+    """A warning when an int8 engine measured no faster than the fp16 one (None when it is
+    faster, or when either was not measured): int8 is only worth its accuracy cost if it is."""
+    if int8_ms is None or fp16_ms is None or int8_ms < fp16_ms:
+        return None
+    return (f"WARNING: the int8 {what} ({int8_ms:.2f} ms) is not faster than the fp16 one ({fp16_ms:.2f} ms) "
+            "on this GPU; use the fp16 bundle")
 
 
 # ---------------------------------------------------------------- TensorRT
@@ -313,6 +328,30 @@ def _atomic_write(path: str, data: bytes) -> None:
         raise
 
 
+def _attach_timing_cache(config, path: str, logger) -> bool:
+    """Attach the timing cache read from `path`, or a new empty one when the file is missing
+    or does not match this GPU / TensorRT; returns whether the file's cache was reused.
+
+    A cache is always attached: a builder without one times into a temporary cache and
+    destroys it (TensorRT's "Optimizing Builder Performance"), which would leave nothing
+    to write back."""
+    data = b""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+    if data:
+        cache = config.create_timing_cache(data)
+        # A cache from another TensorRT version or GPU is refused rather than mixed in.
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return True
+        print(f"sam-edge: timing cache {path} does not match this GPU / TensorRT; starting a new one",
+              file=sys.stderr)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise RuntimeError("TensorRT refused a new, empty timing cache:\n  " + "\n  ".join(logger.errors or ["?"]))
+    return False
+
+
 def build_engine(
     onnx_path: str,
     plan_path: str,
@@ -351,8 +390,9 @@ def build_engine(
     if not profiles:
         raise ValueError("at least one optimization profile is needed")
     graph = prep.load_graph(onnx_path)
-    specs = prep.input_specs(graph)
     name = os.path.basename(onnx_path)
+    prep.check_onnx_domain(graph, name)
+    specs = prep.input_specs(graph)
     profiles = [validate_profile(p, specs, f"{name} profile {i}") for i, p in enumerate(profiles)]
     prep.check_static_shape_graph(graph, name)
     if any(s.dtype == "uint8" for s in specs.values()):
@@ -377,6 +417,8 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     for flag in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in plan.cleared_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, flag))
     pinned = _pin_fp32_islands(trt, network, islands) if plan.pin_fp32_islands else 0
     if hardware_compatibility != "none":
         config.hardware_compatibility_level = getattr(
@@ -384,26 +426,16 @@ def build_engine(
         )
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    for profile in profiles:
+    for index, profile in enumerate(profiles):
         optimization_profile = builder.create_optimization_profile()
         for input_name, (lo, opt, hi) in profile.items():
             if specs[input_name].is_dynamic:  # static inputs take no profile
                 optimization_profile.set_shape(input_name, lo, opt, hi)
-        config.add_optimization_profile(optimization_profile)
+        if config.add_optimization_profile(optimization_profile) < 0:
+            raise RuntimeError(f"TensorRT refused optimization profile {index} of {name}:\n  "
+                               + "\n  ".join(logger.errors or [str(profile)]))
 
-    cache_loaded = False
-    if timing_cache_path:
-        data = b""
-        if os.path.isfile(timing_cache_path):
-            with open(timing_cache_path, "rb") as f:
-                data = f.read()
-        cache = config.create_timing_cache(data)
-        # A cache from another TensorRT version or GPU is refused rather than mixed in.
-        cache_loaded = bool(data) and cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
-        if data and not cache_loaded:
-            print(f"sam-edge: timing cache {timing_cache_path} does not match this GPU / TensorRT; "
-                  "starting a new one", file=sys.stderr)
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    cache_loaded = _attach_timing_cache(config, timing_cache_path, logger) if timing_cache_path else False
     monitor = _make_progress_monitor(trt) if progress else None
     if monitor is not None:
         config.progress_monitor = monitor
@@ -417,13 +449,18 @@ def build_engine(
         )
     _atomic_write(plan_path, bytes(serialized))
     if timing_cache_path:
-        _atomic_write(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+        cache = config.get_timing_cache()
+        if cache is None:  # attached above; a build that dropped it must not lose the plan over it
+            print(f"sam-edge: TensorRT gave back no timing cache; {timing_cache_path} not updated", file=sys.stderr)
+        else:
+            _atomic_write(timing_cache_path, bytes(cache.serialize()))
     return {
         "onnx": os.path.basename(onnx_path),
         "plan": os.path.basename(plan_path),
         "precision": precision,
         "strongly_typed": plan.strongly_typed,
         "builder_flags": list(plan.flags),
+        "cleared_builder_flags": list(plan.cleared_flags),
         "precision_note": plan.note,
         "fp32_pinned_layers": pinned,
         "workspace_bytes": workspace_bytes,
@@ -449,6 +486,8 @@ class TensorRTBuildParams:
     checkpoint: Optional[str] = None
     decoder_precision: str = "fp32"
     max_batch: int = 1
+    #: Images per encoder call to tune for; None: max_batch (a bundle built for batches is used with them).
+    opt_batch: Optional[int] = None
     max_points: int = 16
     max_prompts: int = 64
     opt_points: int = 2
@@ -470,6 +509,10 @@ class TensorRTBuildParams:
             raise ValueError(f"decoder precision must be one of {ENGINE_PRECISIONS}; got {self.decoder_precision!r}")
         _check_counts(max_batch=self.max_batch, max_points=self.max_points, max_prompts=self.max_prompts,
                       opt_points=self.opt_points, opt_prompts=self.opt_prompts)
+        if self.opt_batch is not None:
+            _check_counts(opt_batch=self.opt_batch)
+            if self.opt_batch > self.max_batch:
+                raise ValueError(f"opt_batch ({self.opt_batch}) must not exceed max_batch ({self.max_batch})")
 
     @classmethod
     def from_args(cls, args: Any) -> "TensorRTBuildParams":
@@ -573,10 +616,15 @@ def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: 
     The hook for `sam-edge build --backend tensorrt`: build the ONNX bundle at
     the same precision first (the fp16 encoder with fp32 islands, or the QDQ
     int8 encoder), then call this. Writes into a staging directory next to
-    out_dir and renames it into place only when complete.
+    out_dir and moves it into place only when complete, with the modes the umask
+    gives (export.build.move_bundle_into_place, as for ONNX Runtime bundles).
     """
+    from .build import move_bundle_into_place
+
     params = params_or_args if isinstance(params_or_args, TensorRTBuildParams) else TensorRTBuildParams.from_args(params_or_args)
     paths, base = _onnx_graphs(onnx_dir_or_paths)
+    for name, path in paths.items():  # before any TensorRT work: contrib ops cannot be parsed
+        prep.check_onnx_domain(path, f"{name} graph {path}")
     if base and base.get("precision") not in (params.precision, None):
         raise ValueError(
             f"the ONNX bundle's encoder is {base.get('precision')!r}; a TensorRT {params.precision} build needs the "
@@ -595,13 +643,17 @@ def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: 
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.building-", dir=parent)
     try:
         jobs = {
-            "encoder": (params.precision, [encoder_profile(params.max_batch, image_size)]),
+            "encoder": (params.precision, [encoder_profile(params.max_batch, image_size,
+                                                           params.opt_batch or params.max_batch)]),
             "decoder": (params.decoder_precision, decoder_profiles(
                 params.max_points, params.max_prompts, params.opt_points, params.opt_prompts, grid)),
         }
         engines, sources = {}, {}
         for name, (precision, profiles) in jobs.items():
-            prepared = prep.prepare_for_tensorrt(paths[name], os.path.join(staging, f".{name}.trt.onnx"), name)
+            # int8 encoders, strongly typed, run the graph's float parts in the graph's types: fp16.
+            fp16_float_parts = name == "encoder" and precision == "int8" and not params.weakly_typed
+            prepared = prep.prepare_for_tensorrt(paths[name], os.path.join(staging, f".{name}.trt.onnx"), name,
+                                                 fp16_float_parts=fp16_float_parts)
             if name == "decoder":  # cheap: catch a profile the graph cannot take before a TensorRT build
                 for profile in profiles:
                     prep.check_profile_with_onnxruntime(prepared["path"], profile)
@@ -613,6 +665,7 @@ def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: 
                 version_compatible=params.version_compatible,
             )
             engines[name]["qdq"] = prepared["qdq"]
+            engines[name]["fp16_float_parts"] = prepared["fp16_float_parts"]
             sources[name] = dict(_sha256(paths[name]), file=os.path.basename(paths[name]))
             if prepared["path"] != paths[name]:
                 os.remove(prepared["path"])
@@ -621,23 +674,14 @@ def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: 
         manifest.setdefault("image_size", image_size)
         manifest.setdefault("embedding_size", grid)
         manifest.setdefault("mask_input_size", 4 * grid)
-        _atomic_write(os.path.join(staging, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-        _replace_dir(staging, out_dir)
+        # Plainly opened: its mode is the umask's, which move_bundle_into_place gives every file.
+        with open(os.path.join(staging, "manifest.json"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        move_bundle_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
-
-
-def _replace_dir(staging: str, output: str) -> None:
-    """Rename staging to output; an old output is moved aside and deleted only afterwards."""
-    old = None
-    if os.path.exists(output):
-        old = f"{output}.old-{os.getpid()}"
-        os.replace(output, old)
-    os.replace(staging, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def add_tensorrt_build_arguments(parser) -> None:
@@ -647,6 +691,8 @@ def add_tensorrt_build_arguments(parser) -> None:
     group.add_argument("--decoder-precision", choices=ENGINE_PRECISIONS, default=defaults.decoder_precision,
                        help="decoder engine precision (default fp32: its logits are what users threshold)")
     group.add_argument("--max-batch", type=int, default=defaults.max_batch, help="most images per encoder call")
+    group.add_argument("--opt-batch", type=int, default=None,
+                       help="images per encoder call to tune for (default: --max-batch)")
     group.add_argument("--max-points", type=int, default=defaults.max_points,
                        help="most points per prompt, counting the padding point or the 2 box corners")
     group.add_argument("--max-prompts", type=int, default=defaults.max_prompts, help="most prompts per decoder call")

@@ -1,6 +1,11 @@
 """ONNX-side preparation of our graphs for TensorRT. Needs onnx (and numpy), not TensorRT.
 
-Three things TensorRT needs that ONNX Runtime does not:
+Four things TensorRT needs that ONNX Runtime does not:
+
+* Standard ops only. TensorRT's ONNX parser has no importer for ONNX Runtime's
+  contrib ops (com.microsoft.MultiHeadAttention, which `sam-edge build` writes
+  for ONNX Runtime; NVIDIA/TensorRT #3558). `check_onnx_domain` refuses any node
+  outside the ONNX domain, with the command that rebuilds the graph without them.
 
 * No graph input may decide a shape. An engine's shapes are fixed per
   optimization profile; an input whose *value* reaches the shape operand of a
@@ -16,7 +21,10 @@ Three things TensorRT needs that ONNX Runtime does not:
 * FP16 needs fp32 islands where fp16 overflows or loses the row: LayerNorm
   statistics, softmax, and the decomposed rel-pos bias chain.
   `fp32_island_nodes` names those ONNX nodes; the TensorRT build pins the
-  layers imported from them to fp32 when it builds a weakly typed network.
+  layers imported from them to fp32 when it builds a weakly typed network, and
+  `qdq_float_parts_to_fp16` keeps them fp32 when it turns the rest of a QDQ
+  graph's float parts to fp16 (a strongly typed int8 engine runs the graph's
+  own types, so without it every non-quantized op would run in fp32).
 """
 
 from dataclasses import dataclass
@@ -60,6 +68,14 @@ SHAPE_OPERANDS: Dict[str, Tuple[int, ...]] = {
 }
 #: Ops whose outputs depend only on the *shape* of their input: value dependence stops here.
 SHAPE_ONLY_OPS = ("Shape", "Size")
+#: The domains of standard ONNX ops, the only ones TensorRT's parser imports.
+ONNX_DOMAINS = ("", "ai.onnx")
+#: Ops kept in fp32 by qdq_float_parts_to_fp16 whatever their place: ONNX gives them no float16 type.
+FP32_ONLY_OPS = ("Range",)
+#: Float operands that ONNX types as float32 whatever the data's type (Resize's scales).
+FLOAT32_OPERANDS: Dict[str, Tuple[int, ...]] = {"Resize": (2,), "Upsample": (1,)}
+#: The opset from which QuantizeLinear / DequantizeLinear take float16 scales (and then give float16).
+FP16_QDQ_OPSET = 19
 
 
 @dataclass(frozen=True)
@@ -170,6 +186,22 @@ def value_dependent_shape_uses(path_or_model) -> List[ShapeDependency]:
                             next_frontier.append(out)
             frontier = next_frontier
     return found
+
+
+def check_onnx_domain(path_or_model, what: str = "graph") -> None:
+    """Raise ValueError, naming the nodes, if any node is outside the ONNX domain (TensorRT's
+    parser imports standard ops only; ONNX Runtime's contrib ops have no importer)."""
+    model = load_graph(path_or_model)
+    foreign = [n for n in model.graph.node if n.domain not in ONNX_DOMAINS]
+    if foreign:
+        ops = sorted({f"{n.domain}.{n.op_type}" for n in foreign})
+        raise ValueError(
+            f"{what} cannot be a TensorRT engine: {len(foreign)} node(s) are outside the ONNX domain ({', '.join(ops)}), "
+            "and TensorRT's ONNX parser imports standard ops only. These are ONNX Runtime contrib ops, which "
+            "`sam-edge build` writes for ONNX Runtime. Rebuild the graphs with standard ops: "
+            "`sam-edge build --backend tensorrt ...` does it for you; for an ONNX bundle to build engines from, "
+            "`sam-edge build --backend onnxruntime --plain-attention ...` (build_bundle(..., fused_attention=False))."
+        )
 
 
 def check_static_shape_graph(path_or_model, what: str = "graph") -> None:
@@ -379,14 +411,21 @@ def fp32_island_nodes(path_or_model) -> List[str]:
     """Names of the nodes to keep in fp32 under fp16: LayerNormalization and Softmax,
     the decomposed LayerNorm2d of the neck (ReduceMean, Pow, Sqrt and their
     Sub / Add / Div consumers), and the rel-pos bias from each rel-pos product
-    (quantize.rel_pos_nodes) down to the Softmax it feeds."""
+    (quantize.rel_pos_nodes) down to the Softmax it feeds.
+
+    In a QDQ graph a linear layer's weight is a DequantizeLinear of a stored int8
+    tensor, which rel_pos_nodes would take for a rel-pos table (computed from
+    weights alone): MatMuls fed by a DequantizeLinear are not rel-pos products. The
+    chain follows data, not shapes: it does not pass through Shape / Size."""
     from .quantize import rel_pos_nodes
 
     model = load_graph(path_or_model)
     consumers: Dict[str, list] = {}
+    producers = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+        producers.update({out: node.op_type for out in node.output})
     keep = set()
     for node in model.graph.node:
         if node.op_type in ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt"):
@@ -394,7 +433,8 @@ def fp32_island_nodes(path_or_model) -> List[str]:
             if node.op_type in ("ReduceMean", "Pow", "Sqrt"):
                 for out in node.output:
                     keep.update(c.name for c in consumers.get(out, []) if c.op_type in ("Sub", "Add", "Div"))
-    frontier = rel_pos_nodes(model)
+    frontier = [n for n in rel_pos_nodes(model)
+                if not (n.op_type == "MatMul" and producers.get(n.input[1]) == "DequantizeLinear")]
     seen = set()
     while frontier:
         node = frontier.pop()
@@ -406,8 +446,148 @@ def fp32_island_nodes(path_or_model) -> List[str]:
             continue
         for out in node.output:
             # Not into the attention MatMuls: the chain ends at the Softmax.
-            frontier.extend(c for c in consumers.get(out, []) if c.op_type != "MatMul")
+            frontier.extend(c for c in consumers.get(out, []) if c.op_type not in ("MatMul",) + SHAPE_ONLY_OPS)
     return sorted(n for n in keep if n)
+
+
+def qdq_float_parts_to_fp16(model, islands: Optional[Sequence[str]] = None) -> Tuple[object, Dict[str, int]]:
+    """A copy of a QDQ model whose float parts are fp16 except the fp32 islands; returns (model, counts).
+
+    For a strongly typed TensorRT int8 engine, which runs the graph's own types: the
+    Q/DQ pairs and their MatMul / Conv stay adjacent (DequantizeLinear gives fp16
+    directly: its scales become fp16, from opset 19), the island nodes
+    (`fp32_island_nodes`, or `islands`) and FP32_ONLY_OPS keep fp32 with Casts at
+    their borders, and the graph's inputs and outputs stay float32. A graph below
+    opset 19 is converted to it first (onnx.version_converter).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    if _default_opset(model) < FP16_QDQ_OPSET:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, FP16_QDQ_OPSET)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    island = set(fp32_island_nodes(out) if islands is None else islands)
+    inferred = onnx.shape_inference.infer_shapes(out)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    constants = {}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                types[node.output[0]] = value.data_type
+                constants[node.output[0]] = node
+    for node in graph.node:
+        missing = [o for o in node.output if o and o not in types]
+        if missing:
+            raise ValueError(f"{node.op_type} {node.name!r}: ONNX shape inference gives no type for {missing}")
+
+    def in_fp32(node) -> bool:
+        return node.name in island or node.op_type in FP32_ONLY_OPS
+
+    def wanted(node, index: int):
+        """The type a float operand must have: None when the op reads only its shape."""
+        if node.op_type in SHAPE_ONLY_OPS:
+            return None
+        if in_fp32(node) or index in FLOAT32_OPERANDS.get(node.op_type, ()):
+            return FLOAT
+        return HALF
+
+    consumers: Dict[str, list] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name:
+                consumers.setdefault(name, []).append((node, index))
+    half = {o for node in graph.node if node.op_type != "Constant" and not in_fp32(node)
+            for o in node.output if types[o] == FLOAT}
+    counts = {"fp32_island_nodes": len(island), "fp16_tensors": 0, "fp16_constants": 0, "casts_added": 0,
+              "fp16_subnormal_scales": 0}
+    # Weights and constants become fp16 when every reader wants fp16 (else they stay, and Casts feed the others).
+    stored = {t.name: t for t in graph.initializer}
+    for name in list(stored) + list(constants):
+        wants = {wanted(node, index) for node, index in consumers.get(name, [])} - {None}
+        if types[name] != FLOAT or wants != {HALF}:
+            continue
+        tensor = stored[name] if name in stored else next(a.t for a in constants[name].attribute if a.name == "value")
+        values = numpy_helper.to_array(tensor)
+        converted = values.astype(np.float16)
+        if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") and index == 1
+               for node, index in consumers.get(name, [])):
+            if not (np.isfinite(converted).all() and (converted > 0).all()):
+                raise ValueError(f"quantization scale {name!r} is not representable in float16: {values}")
+            counts["fp16_subnormal_scales"] += int((np.abs(converted) < np.finfo(np.float16).tiny).sum())
+        tensor.CopyFrom(numpy_helper.from_array(converted, name))
+        half.add(name)
+        counts["fp16_constants"] += 1
+
+    nodes, casts = [], {}
+
+    def cast(name: str, to: int) -> str:
+        if (name, to) not in casts:
+            target = f"{name}_as_{'fp16' if to == HALF else 'fp32'}"
+            nodes.append(helper.make_node("Cast", [name], [target], name=f"{target}_Cast", to=to))
+            casts[(name, to)] = target
+            counts["casts_added"] += 1
+        return casts[(name, to)]
+
+    for node in list(graph.node):
+        for index, name in enumerate(node.input):
+            if not name or types.get(name) != FLOAT:
+                continue
+            want, have = wanted(node, index), HALF if name in half else FLOAT
+            if want is not None and want != have:
+                node.input[index] = cast(name, want)
+        if not in_fp32(node):
+            for attr in node.attribute:
+                if node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT:
+                    attr.i = HALF
+                if node.op_type == "ConstantOfShape" and attr.name == "value" and attr.t.data_type == FLOAT:
+                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16)))
+        nodes.append(node)
+    # Outputs stay float32: the fp16 tensor gets an internal name and a Cast gives the output its own.
+    for output in graph.output:
+        if output.name in half:
+            internal = f"{output.name}_fp16"
+            for node in nodes:
+                node.input[:] = [internal if i == output.name else i for i in node.input]
+                node.output[:] = [internal if o == output.name else o for o in node.output]
+            nodes.append(helper.make_node("Cast", [internal], [output.name], name=f"{output.name}_Cast", to=FLOAT))
+            counts["casts_added"] += 1
+    counts["fp16_tensors"] = len(half)
+    del graph.node[:]
+    graph.node.extend(topologically_sorted(nodes, {i.name for i in graph.input} | set(stored)))
+    del graph.value_info[:]  # the old types; ONNX shape inference recomputes them
+    return out, counts
+
+
+def _default_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), 1)
+
+
+def topologically_sorted(nodes: Sequence, available: Sequence[str]) -> list:
+    """`nodes` in an order where each node follows the producers of its inputs (ONNX requires it;
+    ONNX Runtime's QDQ quantizer appends its nodes at the end). Keeps the given order where it can."""
+    ready = set(available) | {""}
+    pending, ordered = list(nodes), []
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):
+            names = [f"{n.op_type} {n.name!r}" for n in remaining[:5]]
+            raise ValueError(f"the graph has a cycle or inputs nobody produces: {names}")
+        pending = remaining
+    return ordered
 
 
 def layer_is_island(layer_name: str, island_nodes: Sequence[str]) -> bool:
@@ -440,11 +620,16 @@ def random_feed(specs: Dict[str, InputSpec], shapes: Dict[str, Tuple[int, ...]],
     return feed
 
 
-def run_onnxruntime(path_or_bytes, feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
-    """Outputs of a graph (path or serialized bytes) on the CPU provider."""
+def run_onnxruntime(path_or_bytes, feed: Dict[str, np.ndarray], optimize: bool = True) -> List[np.ndarray]:
+    """Outputs of a graph (path or serialized bytes) on the CPU provider. optimize=False runs
+    each node as written (Q/DQ as float math), not ONNX Runtime's fused integer kernels, whose
+    results depend on the CPU's int8 instructions: what graph rewrites are checked against."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(path_or_bytes, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
     return session.run(None, feed)
 
 
@@ -470,10 +655,13 @@ def check_profile_with_onnxruntime(path: str, profile: Dict[str, Tuple[tuple, tu
     return shapes_out
 
 
-def prepare_for_tensorrt(src: str, dst: Optional[str] = None, what: str = "graph") -> Dict[str, object]:
-    """Check `src` for value-dependent shapes, make its quantizers TensorRT's (symmetric int8),
-    and write the result to `dst` if given and anything changed. Returns a record:
-    {"path": the graph to build from, "qdq": counts or None, "float_types": [...]}.
+def prepare_for_tensorrt(src: str, dst: Optional[str] = None, what: str = "graph",
+                         fp16_float_parts: bool = False) -> Dict[str, object]:
+    """Check `src` for nodes outside the ONNX domain and value-dependent shapes, make its
+    quantizers TensorRT's (symmetric int8), with fp16_float_parts turn a QDQ graph's float
+    parts to fp16 outside its fp32 islands (qdq_float_parts_to_fp16), and write the result to
+    `dst` if given and anything changed. Returns a record: {"path": the graph to build from,
+    "qdq": counts or None, "fp16_float_parts": counts or None, "float_types": [...]}.
 
     External weights (ViT-H) are not rewritten: a QDQ graph with external data
     is refused with a message, since our int8 encoders are below 2 GB.
@@ -481,17 +669,24 @@ def prepare_for_tensorrt(src: str, dst: Optional[str] = None, what: str = "graph
     import onnx
 
     model = load_graph(src)
+    check_onnx_domain(model, what)
     check_static_shape_graph(model, what)
-    record: Dict[str, object] = {"path": src, "qdq": None, "float_types": graph_float_types(model)}
+    record: Dict[str, object] = {"path": src, "qdq": None, "fp16_float_parts": None}
     quantizers, dequantizers = qdq_node_counts(model)
     if quantizers or dequantizers:
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
             raise ValueError(f"{src}: QDQ graphs with external weights are not supported by the TensorRT preparation")
         converted, counts = to_symmetric_int8_qdq(model)
         record["qdq"] = dict(counts, quantize_nodes=quantizers, dequantize_nodes=dequantizers)
-        if counts["quantizers_converted"] or counts["weights_requantized"]:
+        changed = bool(counts["quantizers_converted"] or counts["weights_requantized"])
+        if fp16_float_parts and "float16" not in graph_float_types(converted):
+            converted, record["fp16_float_parts"] = qdq_float_parts_to_fp16(converted)
+            changed = True
+        if changed:
             if dst is None:
-                raise ValueError(f"{src} needs its quantizers rewritten for TensorRT; give a destination path")
+                raise ValueError(f"{src} needs its graph rewritten for TensorRT; give a destination path")
             onnx.save_model(converted, dst)
             record["path"] = dst
+            model = converted
+    record["float_types"] = graph_float_types(model)
     return record

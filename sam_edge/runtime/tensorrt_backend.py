@@ -4,8 +4,7 @@ Embed once, query many: the image embedding stays on the GPU between
 queries; prompts go through pinned host buffers into persistent device
 buffers; the decoder of the interactive profile replays a CUDA graph per
 prompt shape; the masks are resized on the GPU by sam_edge.postprocess.cuda
-when _C_cuda is usable and results are torch or CuPy arrays (else on the host,
-in numpy, said by `postprocess_path`). Every call that touches the GPU makes
+when _C_cuda is usable (else on the host, in numpy, said by `postprocess_path`). Every call that touches the GPU makes
 the backend's device current and gives the caller's back afterwards.
 
 Device arrays are torch tensors when torch with CUDA is importable, else CuPy
@@ -445,19 +444,16 @@ def array_provider(library: str = "auto", device: int = 0):
 # ---------------------------------------------------------------- post-processing
 
 
-def _cuda_postprocess(array_library: Optional[str] = None):
+def _cuda_postprocess(device: Optional[int] = None):
     """(sam_edge.postprocess.cuda.upsample_threshold_stability, description) when the masks can be
-    resized on the GPU, else (None, why not). That function checks dtype and contiguity and
-    allocates its outputs with the input's library (torch or CuPy)."""
+    resized on the GPU, else (None, why not). That function checks every array it is given
+    (dtype, contiguity, device) before a pointer reaches _C_cuda."""
     if os.environ.get("SAM_EDGE_POSTPROCESS", "").strip().lower() == "numpy":
         return None, "numpy on the host (SAM_EDGE_POSTPROCESS=numpy)"
     from ..postprocess import cuda as postprocess_cuda
 
-    if not postprocess_cuda.available():
+    if not postprocess_cuda.available(device):
         return None, f"numpy on the host (sam_edge._C_cuda {postprocess_cuda.status()})"
-    if array_library == "cuda-python":
-        return None, ("numpy on the host (sam_edge.postprocess.cuda allocates its results with torch or CuPy; "
-                      "the cuda-python array library has neither)")
     return postprocess_cuda.upsample_threshold_stability, "CUDA (sam_edge.postprocess.cuda.upsample_threshold_stability)"
 
 
@@ -582,7 +578,7 @@ class TensorRTBackend:
         with self._device_scope():
             self._load(trt, encoder_plan, decoder_plan, image_size, array_library, version_compatible)
         self.cuda_graphs = bool(cuda_graphs)
-        self._gpu_postprocess, self.postprocess_path = _cuda_postprocess(self.arrays.name)
+        self._gpu_postprocess, self.postprocess_path = _cuda_postprocess(self.device_index)
 
     def _load(self, trt, encoder_plan, decoder_plan, image_size, array_library, version_compatible) -> None:
         """Engines, contexts and buffers, made with the backend's device current."""
@@ -809,7 +805,8 @@ class TensorRTBackend:
 
     def postprocess_masks(self, low_res: Any, input_size: Tuple[int, int], original_size: Tuple[int, int]) -> Any:
         """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size: on the
-        GPU through sam_edge.postprocess.cuda (same library as low_res), else numpy on the host."""
+        GPU through sam_edge.postprocess.cuda into arrays of the backend's library (numpy for the
+        cuda-python library, which has no elementwise ops), else numpy on the host."""
         h, w = (int(v) for v in input_size)
         out_h, out_w = (int(v) for v in original_size)
         if self._gpu_postprocess is None or isinstance(low_res, np.ndarray):
@@ -818,10 +815,15 @@ class TensorRTBackend:
             return mask_postprocess_reference(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
         with self._device_scope():
             self.arrays.take_over()
-            *_, logits = self._gpu_postprocess(
+            lead = tuple(int(d) for d in low_res.shape[:-2])
+            logits = self.arrays.empty(lead + (out_h, out_w), np.float32)
+            self._gpu_postprocess(
                 low_res, (h, w), (out_h, out_w), mask_threshold=self.mask_threshold, frame_size=self.image_size,
-                return_logits=True, stream=self.stream,
+                return_logits=True, stream=self.stream, return_masks=False, logits_out=logits,
+                stability_out=self.arrays.empty(lead, np.float32), boxes_out=self.arrays.empty(lead + (4,), np.int64),
             )
+            if self.arrays.name == "cuda-python":
+                return self.arrays.host(logits)
             self.arrays.hand_over()
         return logits
 
