@@ -4,6 +4,7 @@
     sam-edge info
     sam-edge serve BUNDLE --replicas 2 --host 127.0.0.1 --port 8000
     sam-edge export-triton BUNDLE --output model_repository/
+    sam-edge bench BUNDLE --reference --json out.json --plot out.png
 
 Exit status: 0 on success, 1 when the work fails (a message on stderr, no
 traceback unless SAM_EDGE_DEBUG=1), 2 on bad usage.
@@ -251,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_build_arguments(sub).set_defaults(func=run_build)
     add_validate_arguments(sub).set_defaults(func=run_validate)
+    from .bench.command import add_bench_arguments  # argparse only; the timing code loads when bench runs
+
+    add_bench_arguments(sub)
 
     p = sub.add_parser("serve", help="serve a bundle over HTTP on Ray Serve (pip install 'sam-edge[serve]')")
     p.add_argument("bundle", metavar="BUNDLE", help="a bundle built by `sam-edge build`")

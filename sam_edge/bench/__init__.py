@@ -1,0 +1,12 @@
+"""`sam-edge bench`: latency of every inference stage, on the user's own machine.
+
+    host.py      what machine measured (CPU model and features, cores, threads)
+    runner.py    the subjects (a bundle, the torch model, the official package) and the timing
+    schema.py    the results JSON: its documented layout, version and validator
+    table.py     the table printed at the end
+    compare.py   --compare A.json B.json: per-stage changes against the noise
+    plot.py      --plot F.png (matplotlib, imported only there)
+    command.py   the sub-command's arguments and run
+
+Importing this package costs nothing: every module above is imported where used.
+"""
