@@ -135,6 +135,7 @@ class Subject:
     predictor: Any
     decoder_image: Optional[Callable] = None
     decoder_image_skip: Optional[str] = None
+    prepare_decode: Optional[Callable] = None
     bundle: Optional[Dict[str, Any]] = None
     notes: List[str] = field(default_factory=list)
 
@@ -176,6 +177,7 @@ def _ours(name: str, kind: str, engine_or_model: Any, model_type: str, precision
     backend = predictor.backend
     transform = predictor.transform
     notes: List[str] = []
+    prepare_decode = None
 
     def resize(image):
         resized = transform.apply_image(image)
@@ -201,13 +203,14 @@ def _ours(name: str, kind: str, engine_or_model: Any, model_type: str, precision
             return backend.encoder.run(None, {"image": x})[0]
 
         if getattr(backend, "decoder_image", None) is not None:
-            def decoder_image(embedding):
-                # Forget the cached image part, as a new image would: this computes it and
-                # leaves it cached, so the decoder calls timed next run as they do in use.
-                backend._image_side = None
-                return backend.image_side(embedding)
+            names = [o.name for o in backend.decoder_image.get_outputs()]
 
-            skip = None
+            def decoder_image(embedding):
+                return backend.decoder_image.run(names, {"image_embeddings": embedding})
+
+            # The runtime keeps the image part with the embedding it was computed for:
+            # fill that cache untimed, so the decoder calls are timed as they run in use.
+            prepare_decode, skip = backend.image_side, None
         else:
             decoder_image, skip = None, "this bundle's decoder is one graph: its image part runs inside every call"
     else:
@@ -235,7 +238,7 @@ def _ours(name: str, kind: str, engine_or_model: Any, model_type: str, precision
                    encoder_mode=encoder_mode, weights=weights, image_size=backend.image_size,
                    preprocess=preprocess, encode=encode, decode=decode, postprocess=postprocess,
                    predictor=predictor, decoder_image=decoder_image, decoder_image_skip=skip,
-                   bundle=bundle, notes=notes)
+                   prepare_decode=prepare_decode, bundle=bundle, notes=notes)
 
 
 def bundle_subject(bundle_dir: str, threads: Optional[int]) -> Subject:
@@ -286,9 +289,10 @@ def reference_config_check(manifest: Dict[str, Any]) -> None:
     """ValueError unless the bundle is of an official size: the official package builds only those."""
     import dataclasses
 
-    from ..config import get_config
+    from ..config import SAM_CONFIGS
 
-    if manifest.get("config") != dataclasses.asdict(get_config(manifest["model_type"])):
+    official = SAM_CONFIGS.get(manifest.get("model_type"))
+    if official is None or manifest.get("config") != dataclasses.asdict(official):
         raise ValueError(f"--reference times the official {manifest['model_type']}, but this bundle was built "
                          "from a modified configuration (a reduced test model?): drop --reference for it")
 
@@ -408,6 +412,8 @@ def measure(
                     _, t = _timed(subject.decoder_image, embedding)
                     if record:
                         add("decoder_image", t)
+                if subject.prepare_decode is not None:
+                    subject.prepare_decode(embedding)
                 low_res = None
                 for p in prompts:
                     coords, labels = _prompts(rng, p, *input_size)

@@ -1,10 +1,12 @@
 """`sam-edge validate`: a bundle's fidelity to the PyTorch model it was built from.
 
-For every image and prompt kind (one point, positive + negative points, box,
-box + points, mask_input fed back), both run through `SamPredictor`:
-mask IoU, low-res logits rel-L2 and score error per kind; for the encoder,
-embedding cosine similarity and rel-L2 per image. Prints a table, writes JSON,
-and exits non-zero when a precision's tolerance is exceeded.
+For every image, `prompts_per_image` random prompts of every kind (one point,
+positive + negative points, box, box + points: three masks each; mask_input
+fed back: one mask), both run through `SamPredictor`: mask IoU, low-res logits
+rel-L2 and score error per kind, and the IoU distribution over every mask
+(min, p5, mean; also split into multimask and single-mask outputs); for the
+encoder, embedding cosine similarity and rel-L2 per image. Prints a table,
+writes JSON, and exits non-zero when a precision's tolerance is exceeded.
 """
 
 import argparse
@@ -21,6 +23,8 @@ TOLERANCES = {
     "int8-dynamic": (0.05, 0.95),
 }
 PROMPT_KINDS = ("one_point", "pos_neg_points", "box", "box_and_points", "mask_input")
+#: Random prompts of each kind per image: enough masks for a 5th percentile to mean something.
+PROMPTS_PER_IMAGE = 8
 
 
 def _rel_l2(x: np.ndarray, ref: np.ndarray) -> float:
@@ -36,6 +40,13 @@ def _cosine(x: np.ndarray, ref: np.ndarray) -> float:
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def iou_distribution(ious) -> Dict[str, Any]:
+    """min, 5th percentile, mean and count of mask IoUs."""
+    ious = np.asarray(ious, dtype=np.float64)
+    return {"min": float(ious.min()), "p5": float(np.percentile(ious, 5)), "mean": float(ious.mean()),
+            "count": int(ious.size)}
 
 
 def _prompts(shape, rng: np.random.Generator) -> Dict[str, dict]:
@@ -77,8 +88,11 @@ def validate_bundle(
     images: Optional[List[np.ndarray]] = None,
     seed: int = 0,
     progress: bool = True,
+    prompts_per_image: int = PROMPTS_PER_IMAGE,
 ) -> Dict[str, Any]:
     """Fidelity report of the bundle against its torch reference (see module docstring)."""
+    if int(prompts_per_image) < 1:
+        raise ValueError(f"prompts_per_image must be >= 1; got {prompts_per_image}")
     from tqdm import tqdm
 
     from ..runtime.bundle import load, sha256_file
@@ -104,20 +118,22 @@ def validate_bundle(
         emb, ref_emb = ours.get_image_embedding(), reference.backend.to_numpy(reference.get_image_embedding())
         encoder["cosine"].append(_cosine(emb, ref_emb))
         encoder["rel_l2"].append(_rel_l2(emb, ref_emb))
-        for kind, kwargs in _prompts(image.shape, rng).items():
-            m1, s1, l1 = ours.predict(multimask_output=True, **kwargs)
-            m2, s2, l2 = reference.predict(multimask_output=True, **kwargs)
-            _record(per_kind[kind], m1, s1, l1, m2, s2, l2)
-            if kind == "one_point":  # feed the reference's best logits back as a mask prompt
-                call = dict(kwargs, mask_input=l2[np.argmax(s2)][None])
-                m1, s1, l1 = ours.predict(multimask_output=False, **call)
-                m2, s2, l2 = reference.predict(multimask_output=False, **call)
-                _record(per_kind["mask_input"], m1, s1, l1, m2, s2, l2)
+        for _ in range(int(prompts_per_image)):
+            for kind, kwargs in _prompts(image.shape, rng).items():
+                m1, s1, l1 = ours.predict(multimask_output=True, **kwargs)
+                m2, s2, l2 = reference.predict(multimask_output=True, **kwargs)
+                _record(per_kind[kind], m1, s1, l1, m2, s2, l2)
+                if kind == "one_point":  # feed the reference's best logits back as a mask prompt
+                    call = dict(kwargs, mask_input=l2[np.argmax(s2)][None])
+                    m1, s1, l1 = ours.predict(multimask_output=False, **call)
+                    m2, s2, l2 = reference.predict(multimask_output=False, **call)
+                    _record(per_kind["mask_input"], m1, s1, l1, m2, s2, l2)
     max_rel_l2, min_iou = TOLERANCES[manifest["precision"]]
     kinds = {
         k: {
             "mask_iou_mean": float(np.mean(v["iou"])),
             "mask_iou_min": float(np.min(v["iou"])),
+            "mask_iou_p5": float(np.percentile(v["iou"], 5)),
             "logits_rel_l2_max": float(np.max(v["rel_l2"])),
             "score_abs_err_max": float(np.max(v["score_err"])),
         }
@@ -136,6 +152,12 @@ def validate_bundle(
             "embedding_rel_l2_max": float(np.max(encoder["rel_l2"])),
         },
         "prompts": kinds,
+        "prompts_per_image": int(prompts_per_image),
+        "mask_iou": dict(
+            iou_distribution([i for v in per_kind.values() for i in v["iou"]]),
+            multimask=iou_distribution([i for k, v in per_kind.items() if k != "mask_input" for i in v["iou"]]),
+            single_mask=iou_distribution(per_kind["mask_input"]["iou"]),
+        ),
         "tolerance": {"logits_rel_l2_max": max_rel_l2, "mask_iou_mean_min": min_iou},
         "passed": passed,
         "notes": notes,
@@ -162,6 +184,11 @@ def format_report(report: Dict[str, Any]) -> str:
             f"{kind:<16}{r['mask_iou_mean']:>10.4f}{r['mask_iou_min']:>10.4f}"
             f"{r['logits_rel_l2_max']:>15.2e}{r['score_abs_err_max']:>11.2e}"
         )
+    iou = report["mask_iou"]
+    lines.append(
+        f"mask IoU over {iou['count']} masks ({report['prompts_per_image']} prompts of each kind per image): "
+        f"min {iou['min']:.4f}, p5 {iou['p5']:.4f}, mean {iou['mean']:.4f}"
+    )
     tol = report["tolerance"]
     verdict = "PASS" if report["passed"] else "FAIL"
     lines.append(
@@ -185,6 +212,8 @@ def add_validate_arguments(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--images", default=None, help="directory of images (default: scikit-image's bundled photos)")
     parser.add_argument("--json", default=None, help="write the report as JSON to this path ('-' for stdout)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
+    parser.add_argument("--prompts-per-image", type=int, default=PROMPTS_PER_IMAGE, metavar="N",
+                        help=f"random prompts of each kind per image (default {PROMPTS_PER_IMAGE})")
     parser.set_defaults(func=run_validate)
     return parser
 
@@ -196,7 +225,10 @@ def run_validate(args: argparse.Namespace) -> int:
         from .quantize import calibration_images
 
         images, _ = calibration_images(args.images)
-    report = validate_bundle(args.bundle, args.checkpoint, images, seed=args.seed)
+    if args.prompts_per_image < 1:
+        raise ValueError(f"--prompts-per-image must be >= 1; got {args.prompts_per_image}")
+    report = validate_bundle(args.bundle, args.checkpoint, images, seed=args.seed,
+                             prompts_per_image=args.prompts_per_image)
     print(format_report(report))
     if args.json == "-":
         print(json.dumps(report, indent=2))
