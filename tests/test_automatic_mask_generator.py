@@ -142,3 +142,14 @@ def test_onnxruntime_bundle(tmp_path):
     ours = generator.generate(image)
     compare_records(ours, RefGenerator(reference, **params).generate(image))
     assert {"embed", "decode", "postprocess", "nms", "encode_output"} <= set(generator.last_timings)
+
+
+def test_no_surviving_masks_gives_no_records(synthetic):
+    """An image where every candidate is filtered out answers [], as the official generator does."""
+    from segment_anything import SamAutomaticMaskGenerator as RefGenerator
+
+    ref_model, our_model = synthetic
+    image = real_photos()["square"]
+    params = dict(points_per_side=4, pred_iou_thresh=1.5)
+    assert RefGenerator(ref_model, **params).generate(image) == []
+    assert sam_edge.SamAutomaticMaskGenerator(our_model, **params).generate(image) == []

@@ -8,6 +8,7 @@ No torch is needed on this path.
 """
 
 import math
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import postprocess as pp
-from .predictor import SamPredictor, validate_image
+from .predictor import PredictorThreadError, SamPredictor, validate_image
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -110,6 +111,10 @@ class SamAutomaticMaskGenerator:
 
     Arguments are those of the official generator; `model` may be a sam_edge
     Sam model or an engine from `sam_edge.load`.
+
+    One generator per thread, like SamPredictor (it holds one): the model or
+    engine is shared. A second thread calling generate() while one runs gets
+    PredictorThreadError.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class SamAutomaticMaskGenerator:
         elif len(point_grids) != crop_n_layers + 1:
             raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}); got {len(point_grids)}")
         self.predictor = SamPredictor(model)
+        self._busy = threading.Lock()
         self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -174,19 +180,31 @@ class SamAutomaticMaskGenerator:
         bbox (XYWH), predicted_iou, point_coords ([[x, y]]), stability_score,
         crop_box (XYWH), as the official generator.
         """
-        image = validate_image(image)
-        self._timings = defaultdict(float)
-        data = self._generate_masks(image)
-        if self.min_mask_region_area > 0:
-            with self._stage("small_regions"):
-                data = self._remove_small_regions(data, image.shape[:2])
-        with self._stage("encode_output"):
-            records = self._records(data)
-        self.last_timings = dict(self._timings)
+        image = validate_image(image, self.predictor.max_image_pixels)
+        # One generate at a time: each sets crops on the one predictor, and a
+        # second thread's crop would be answered for the first's points.
+        if not self._busy.acquire(blocking=False):
+            raise PredictorThreadError(
+                "SamAutomaticMaskGenerator.generate was called while another thread is inside it; "
+                "use one generator per thread (they can share one engine)"
+            )
+        try:
+            self._timings = defaultdict(float)
+            data = self._generate_masks(image)
+            if self.min_mask_region_area > 0:
+                with self._stage("small_regions"):
+                    data = self._remove_small_regions(data, image.shape[:2])
+            with self._stage("encode_output"):
+                records = self._records(data)
+            self.last_timings = dict(self._timings)
+        finally:
+            self._busy.release()
         return records
 
     def _records(self, data: "_Records") -> List[Dict[str, Any]]:
         records = []
+        if not len(data):
+            return records  # nothing survived: no columns were ever added
         for i, rle in enumerate(data["rles"]):
             if self.output_mode == "coco_rle":
                 compressed = pp.compress_rle(rle)
