@@ -2,6 +2,10 @@
 
 The torch model path is imported lazily, so the ONNX Runtime path works
 without torch installed.
+
+Threads: an engine from `load` (and a torch Sam model) may be shared by any
+number of threads; a SamPredictor or SamAutomaticMaskGenerator holds one
+image and is used by one thread at a time (misuse raises PredictorThreadError).
 """
 
 __version__ = "0.1.0"
@@ -24,6 +28,7 @@ _LAZY = {
     "CheckpointError": "builder",
     "Sam": "modeling",
     "info": "info",
+    "PredictorThreadError": "runtime.predictor",
     "load": "runtime.bundle",
 }
 

@@ -6,6 +6,7 @@ returns all four mask tokens' low-res logits and scores; the multimask choice
 and the resize to the image happen here, in numpy.
 """
 
+import threading
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -78,6 +79,10 @@ class OnnxRuntimeBackend:
             segments with sam-edge's fused global attention between them
             (segmented_encoder.SegmentedEncoder) instead of encoder_path; None
             for the single graph. `encoder_mode` says which runs.
+
+    Shared by threads: any number may call embed and decode at once
+    (InferenceSession.run is thread-safe, the attention kernel's scratch is per
+    thread, and the split decoder's cached image part is kept per thread).
     """
 
     name = "onnxruntime"
@@ -106,8 +111,9 @@ class OnnxRuntimeBackend:
             image_path, prompt_path = split_decoder_paths
             self.decoder_image = ort.InferenceSession(image_path, options, providers=providers)
             self.decoder_prompt = ort.InferenceSession(prompt_path, options, providers=providers)
-        # (a copy of the embedding, the image part's outputs for it): one image's worth.
-        self._image_side: Optional[Tuple[np.ndarray, dict]] = None
+        # .value: (a copy of the embedding, the image part's outputs for it), one
+        # image's worth per thread, so threads on different images do not evict each other.
+        self._image_side = threading.local()
         # ORT's memory pattern plans one block for a whole run on top of what the
         # arena already holds, so the encoder's second run faults in gigabytes
         # more. Without it the arena reuses the freed 805 MB attention maps:
@@ -203,12 +209,12 @@ class OnnxRuntimeBackend:
         first prompt against it and reused while the embedding is the same. "The
         same" is by value (a 4 MB comparison, well under a millisecond), so an
         embedding changed in place is never answered from a stale cache."""
-        cached = self._image_side
+        cached = getattr(self._image_side, "value", None)
         if cached is not None and cached[0].shape == embedding.shape and np.array_equal(cached[0], embedding):
             return cached[1]
         names = [o.name for o in self.decoder_image.get_outputs()]
         outputs = dict(zip(names, self.decoder_image.run(names, {"image_embeddings": embedding})))
-        self._image_side = (embedding.copy(), outputs)
+        self._image_side.value = (embedding.copy(), outputs)
         return outputs
 
     def binary_masks(

@@ -1,6 +1,15 @@
 """Embed once, query many: a drop-in for `segment_anything.SamPredictor`
-over any backend (the torch model, or an engine from `sam_edge.load`)."""
+over any backend (the torch model, or an engine from `sam_edge.load`).
 
+Threads: an engine (or torch model) is shared by any number of threads; a
+SamPredictor holds one image's state and belongs to one thread at a time.
+Two threads inside one predictor at once, or a thread asking for masks of an
+image that another thread set, raise PredictorThreadError instead of mixing
+two images' embeddings.
+"""
+
+import functools
+import threading
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -9,6 +18,10 @@ from .backend import Backend
 from .transforms import ResizeLongestSide
 
 IMAGE_FORMATS = ("RGB", "BGR")
+#: Default bound on H * W of an image: 2**27 pixels (an 11585 x 11585 image,
+#: 384 MB as uint8). Resizing holds a few copies of the image, so far larger
+#: ones could exhaust memory; SamPredictor(max_image_pixels=...) moves it.
+MAX_IMAGE_PIXELS = 1 << 27
 #: The official normalisation mean, float32 as both backends hold it.
 _PIXEL_MEAN = np.array((123.675, 116.28, 103.53), dtype=np.float32)
 
@@ -19,6 +32,34 @@ class ImageNotSetError(RuntimeError, ValueError):
     A RuntimeError, as in the official package, and a ValueError, as for every
     other misuse of the predictor's inputs.
     """
+
+
+class PredictorThreadError(RuntimeError):
+    """A SamPredictor used by two threads at once, or asked for masks on a thread
+    other than the one that set its image. A predictor holds one image: give each
+    thread its own (they can share one engine)."""
+
+
+def _exclusive(method):
+    """Run `method` with the predictor to itself: a second thread entering while it
+    runs raises PredictorThreadError (a non-blocking lock, so nothing waits)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not self._busy.acquire(blocking=False):
+            raise PredictorThreadError(
+                f"SamPredictor.{method.__name__} was called while another thread is inside "
+                f"SamPredictor.{self._active}; a predictor holds one image, so use one predictor "
+                "per thread (they can share one engine)"
+            )
+        try:
+            self._active = method.__name__
+            return method(self, *args, **kwargs)
+        finally:
+            self._active = None
+            self._busy.release()
+
+    return wrapper
 
 
 def as_backend(model_or_engine: Any) -> Backend:
@@ -48,8 +89,9 @@ def _as_float_array(value: Any, name: str) -> np.ndarray:
     return array
 
 
-def validate_image(image: Any) -> np.ndarray:
-    """An (H, W, 3) uint8 image, or a ValueError/TypeError that says what is wrong."""
+def validate_image(image: Any, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An (H, W, 3) uint8 image of at most `max_pixels` pixels (None: no bound),
+    or a ValueError/TypeError that says what is wrong."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array (H, W, 3) uint8; got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -58,6 +100,11 @@ def validate_image(image: Any) -> np.ndarray:
         raise ValueError(f"image is empty: shape {image.shape}")
     if image.dtype != np.uint8:
         raise TypeError(f"image must be uint8 with values in [0, 255]; got dtype {image.dtype}")
+    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
+        raise ValueError(
+            f"image of {image.shape[0]} x {image.shape[1]} pixels is over the limit of {max_pixels} pixels "
+            "(max_image_pixels); downscale it first, or raise the limit where memory allows"
+        )
     return image
 
 
@@ -66,30 +113,45 @@ class SamPredictor:
 
     Arguments:
         sam_model: a `sam_edge` Sam model, or an engine from `sam_edge.load`.
+        max_image_pixels: set_image refuses images with more pixels (H * W), with
+            a ValueError; None for no bound.
+
+    One predictor per thread: the model or engine is shared, the predictor is
+    not. Its image belongs to the thread that set it; predict() on another
+    thread, or two threads inside it at once, raise PredictorThreadError.
+    Handing a predictor between threads is fine when the new thread sets
+    its own image first.
     """
 
-    def __init__(self, sam_model: Any) -> None:
+    def __init__(self, sam_model: Any, max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> None:
+        if max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
+            raise ValueError(f"max_image_pixels must be a positive int or None; got {max_image_pixels!r}")
+        self.max_image_pixels = max_image_pixels
         self.model = sam_model
         self.backend = as_backend(sam_model)
         self.transform = ResizeLongestSide(self.backend.image_size)
-        self.reset_image()
+        self._busy = threading.Lock()
+        self._active: Optional[str] = None
+        self._reset()
 
     @property
     def device(self) -> Any:
         return self.backend.device
 
     # ---- embedding -------------------------------------------------------
+    @_exclusive
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Embed an (H, W, 3) uint8 image in `image_format` ("RGB" or "BGR")."""
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}; got {image_format!r}")
-        image = validate_image(image)
+        image = validate_image(image, self.max_image_pixels)
         if image_format != self.backend.image_format:
             image = image[..., ::-1]
         input_image = self.transform.apply_image(np.ascontiguousarray(image))
         batch = np.ascontiguousarray(input_image.transpose(2, 0, 1)[None])
         self._embed(self.backend.from_numpy(batch), image.shape[:2])
 
+    @_exclusive
     def set_image_batch(self, images: Sequence[np.ndarray], image_format: str = "RGB") -> None:
         """Embed N (H_i, W_i, 3) uint8 images in one encoder call (sizes may differ).
 
@@ -100,7 +162,7 @@ class SamPredictor:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}; got {image_format!r}")
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise TypeError("set_image_batch takes a sequence of (H, W, 3) images; use set_image for one image")
-        images = [validate_image(image) for image in images]
+        images = [validate_image(image, self.max_image_pixels) for image in images]
         if not images:
             raise ValueError("set_image_batch needs at least one image")
         size = self.backend.image_size
@@ -115,18 +177,24 @@ class SamPredictor:
             resized = self.transform.apply_image(np.ascontiguousarray(image))
             batch[i, :, : resized.shape[0], : resized.shape[1]] = resized.transpose(2, 0, 1)
             input_sizes.append(resized.shape[:2])
-        self.reset_image()
+        self._reset()
         self._batch_features = self.backend.embed(self.backend.from_numpy(batch))
         self._batch_sizes = [(tuple(image.shape[:2]), tuple(s)) for image, s in zip(images, input_sizes)]
-        self.select_image(0)
+        self._owner = threading.get_ident()
+        self._select(0)
 
     @property
     def num_images(self) -> int:
         """How many images set_image_batch embedded (1 after set_image)."""
         return len(self._batch_sizes) if self._batch_sizes else int(self.is_image_set)
 
+    @_exclusive
     def select_image(self, index: int) -> None:
         """Answer prompts for image `index` of the last set_image_batch."""
+        self._require_owner()
+        self._select(index)
+
+    def _select(self, index: int) -> None:
         if not self._batch_sizes:
             raise ImageNotSetError("select_image needs images set with .set_image_batch(...)")
         if not 0 <= index < len(self._batch_sizes):
@@ -135,6 +203,7 @@ class SamPredictor:
         self.features = self._batch_features[index : index + 1]
         self.is_image_set = True
 
+    @_exclusive
     def set_torch_image(self, transformed_image: Any, original_image_size: Tuple[int, ...]) -> None:
         """Embed a (1, 3, h, w) tensor already resized by `transform.apply_image`,
         whose original size was `original_image_size` (H, W)."""
@@ -149,18 +218,26 @@ class SamPredictor:
         self._embed(transformed_image, original_image_size)
 
     def _embed(self, input_image: Any, original_size: Tuple[int, ...]) -> None:
-        self.reset_image()
+        self._reset()
         self.original_size = tuple(int(s) for s in original_size)
         self.input_size = tuple(int(s) for s in input_image.shape[-2:])
         self.features = self.backend.embed(input_image)
+        self._owner = threading.get_ident()
         self.is_image_set = True
 
+    @_exclusive
     def get_image_embedding(self) -> Any:
         """The (1, C, g, g) embedding of the current image."""
         self._require_image()
         return self.features
 
+    @_exclusive
     def reset_image(self) -> None:
+        """Forget the image (any thread may)."""
+        self._reset()
+
+    def _reset(self) -> None:
+        self._owner = None  # the thread that set the image
         self._batch_features = None
         self._batch_sizes = None
         self.is_image_set = False
@@ -171,8 +248,17 @@ class SamPredictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
+        self._require_owner()
+
+    def _require_owner(self) -> None:
+        if self._owner is not None and self._owner != threading.get_ident():
+            raise PredictorThreadError(
+                "this SamPredictor's image was set on another thread; a predictor holds one image, so use "
+                "one predictor per thread (they can share one engine), or call set_image on this thread first"
+            )
 
     # ---- prompts -----------------------------------------------------------
+    @_exclusive
     def predict(
         self,
         point_coords: Optional[np.ndarray] = None,
@@ -228,6 +314,7 @@ class SamPredictor:
         masks, scores, low_res = self._predict(coords, labels, boxes, masks_in, multimask_output, return_logits)
         return b.to_numpy(masks[0]), b.to_numpy(scores[0]), b.to_numpy(low_res[0])
 
+    @_exclusive
     def predict_torch(
         self,
         point_coords: Optional[Any],

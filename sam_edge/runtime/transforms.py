@@ -11,9 +11,12 @@ from PIL import Image
 
 
 def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> Tuple[int, int]:
-    """(h, w) of an (oldh, oldw) image resized so that its longest side is long_side_length."""
+    """(h, w) of an (oldh, oldw) image resized so that its longest side is long_side_length.
+
+    A side never rounds to 0 pixels (a 1 x 10000 image resizes to 1 x 1024),
+    where the official rounding would leave nothing to resize to."""
     scale = long_side_length * 1.0 / max(oldh, oldw)
-    return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+    return max(1, int(oldh * scale + 0.5)), max(1, int(oldw * scale + 0.5))
 
 
 class ResizeLongestSide:
