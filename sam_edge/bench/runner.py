@@ -8,6 +8,7 @@ imported only for --reference, torch only for torch models and the reference.
 """
 
 import gc
+import json
 import os
 import resource
 import sys
@@ -292,7 +293,8 @@ def reference_config_check(manifest: Dict[str, Any]) -> None:
     from ..config import SAM_CONFIGS
 
     official = SAM_CONFIGS.get(manifest.get("model_type"))
-    if official is None or manifest.get("config") != dataclasses.asdict(official):
+    # Compared as JSON holds it (tuples become lists in the manifest).
+    if official is None or manifest.get("config") != json.loads(json.dumps(dataclasses.asdict(official))):
         raise ValueError(f"--reference times the official {manifest['model_type']}, but this bundle was built "
                          "from a modified configuration (a reduced test model?): drop --reference for it")
 
