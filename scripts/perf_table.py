@@ -1,0 +1,184 @@
+"""The README's performance table, generated from `sam-edge bench` results so it cannot drift from the data.
+
+    python scripts/perf_table.py                       # print the markdown table
+    python scripts/perf_table.py --write README.md     # put it between the markers
+    python scripts/perf_table.py --check README.md     # exit 1 if the README's table differs
+
+Reads benchmarks/results/*.json written by `sam-edge bench --json` (other
+results files are skipped). One column per host, where a host is its tag and
+its CPU features: machines that differ in AVX-512 or AMX get separate columns
+even under one name. Per host and row (model, precision, kind) the latest run
+is shown. A cell is the median in ms with, where the run had --reference, the
+speed-up over the official segment_anything measured in the same process.
+"""
+
+import argparse
+import difflib
+import glob
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # a checkout tool: the package from this tree
+
+from sam_edge.bench.schema import SCHEMA_NAME, load_result  # noqa: E402
+
+BEGIN, END = "<!-- perf-table:begin -->", "<!-- perf-table:end -->"
+DEFAULT_RESULTS = os.path.join(REPO, "benchmarks", "results")
+#: (row label, stage) of the figures shown per run; e2e rows use the K the run has.
+METRICS = (
+    ("encoder", "encoder"),
+    ("decoder, 1 prompt", "decoder_call_p1"),
+    ("decoder, per prompt of 16", "decoder_prompt_p16"),
+    ("masks at original size", "mask_postprocess"),
+    ("embed + 10 queries", "e2e_query_10"),
+)
+
+
+def feature_label(features: List[str]) -> str:
+    """The CPU features that pick kernels, in a word or two."""
+    if "amx_tile" in features:
+        return "AMX"
+    if "avx512f" in features:
+        return "AVX-512" + (" FP16" if "avx512_fp16" in features else "")
+    return "AVX2" if "avx2" in features else "no AVX2"
+
+
+def load_results(directory: str) -> List[Dict[str, Any]]:
+    """Every `sam-edge bench` results file in `directory`, validated (SchemaError names a broken one)."""
+    docs = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        with open(path, encoding="utf-8") as f:
+            try:
+                head = json.load(f)
+            except ValueError:
+                continue  # not ours to judge
+        if isinstance(head, dict) and head.get("schema") == SCHEMA_NAME:
+            doc = load_result(path)
+            doc["_file"] = os.path.basename(path)
+            docs.append(doc)
+    return docs
+
+
+def _host(doc: Dict[str, Any]) -> Tuple[str, Tuple[str, ...]]:
+    return doc["host"]["tag"], tuple(doc["host"].get("cpu_features") or [])
+
+
+def _cell(doc: Dict[str, Any], run: Dict[str, Any], stage: str) -> str:
+    summary = run["stages"].get(stage)
+    if not summary or "p50_ms" not in summary:
+        return "n/a"
+    ms = summary["p50_ms"]
+    text = f"{ms:.0f} ms" if ms >= 100 else f"{ms:.1f} ms" if ms >= 1 else f"{ms:.2f} ms"
+    ratio = (run.get("ratio_to_reference") or {}).get(stage)
+    if ratio is not None:
+        text += f" ({ratio:.2f}x)"
+    return text
+
+
+def _validate_cell(doc: Dict[str, Any], run: Dict[str, Any]) -> Optional[str]:
+    report = (doc.get("validate") or {}).get(run["name"])
+    if not report or "mask_iou" not in report:
+        return None
+    iou = report["mask_iou"]
+    return f"{iou['mean']:.3f} / {iou['p5']:.3f}"
+
+
+def generate_table(docs: List[Dict[str, Any]]) -> str:
+    """The markdown table (and its footnote) for these results."""
+    hosts: Dict[Tuple[str, Tuple[str, ...]], Dict[str, Any]] = {}
+    latest: Dict[Tuple[Any, Tuple[str, str, str]], Tuple[Dict[str, Any], Dict[str, Any]]] = {}
+    for doc in docs:
+        host = _host(doc)
+        hosts.setdefault(host, doc["host"])
+        for run in doc["runs"]:
+            if run["kind"] == "reference":
+                continue
+            row = (run["model_type"], run["precision"], run["kind"] if run["kind"] != "bundle" else run["backend"])
+            seen = latest.get((host, row))
+            if seen is None or doc["created"] > seen[0]["created"]:
+                latest[(host, row)] = (doc, run)
+    if not latest:
+        return "_No `sam-edge bench` results in benchmarks/results yet._"
+    columns = sorted(hosts)
+    rows = sorted({row for _, row in latest})
+    header = ["model", "precision", "runtime", "stage (p50)"] + [
+        f"{tag}: {hosts[(tag, f)].get('cpu_model')} ({feature_label(list(f))})" for tag, f in columns
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    flagged = False
+    for row in rows:
+        labels = list(METRICS) + [("mask IoU mean / p5", None)]
+        for label, stage in labels:
+            cells = []
+            for host in columns:
+                found = latest.get((host, row))
+                if found is None:
+                    cells.append("")
+                    continue
+                doc, run = found
+                cell = _cell(doc, run, stage) if stage else _validate_cell(doc, run)
+                if cell is None:
+                    cells.append("")
+                    continue
+                if doc.get("notes"):
+                    cell += " †"
+                    flagged = True
+                cells.append(cell)
+            if stage is None and not any(cells):
+                continue
+            lines.append("| " + " | ".join(list(row) + [label] + cells) + " |")
+    lines.append("")
+    lines.append("Medians of `sam-edge bench` runs, the latest per host; (N.NNx): the official segment_anything "
+                 "(fp32, torch) median over ours, measured in the same process. Mask IoU: `sam-edge validate` "
+                 "against the fp32 torch model. Generated by `scripts/perf_table.py` from "
+                 "`benchmarks/results/*.json`.")
+    if flagged:
+        lines.append("† the run's results file carries notes (such as a shared CPU): read them before relying on it.")
+    return "\n".join(lines)
+
+
+def _between_markers(text: str, path: str) -> Tuple[int, int]:
+    begin, end = text.find(BEGIN), text.find(END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{path} has no {BEGIN} ... {END} markers for the table")
+    return begin + len(BEGIN), end
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help="directory of results JSON")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", metavar="README", help="exit 1 if README's table differs from the generated one")
+    mode.add_argument("--write", metavar="README", help="replace README's table with the generated one")
+    args = parser.parse_args(argv)
+    table = generate_table(load_results(args.results))
+    if not args.check and not args.write:
+        print(table)
+        return 0
+    path = args.check or args.write
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        start, stop = _between_markers(text, path)
+    except ValueError as exc:
+        print(f"perf_table: {exc}", file=sys.stderr)
+        return 1
+    current = text[start:stop].strip()
+    if args.check:
+        if current == table.strip():
+            return 0
+        print(f"perf_table: the table in {path} differs from the results; run "
+              f"python scripts/perf_table.py --write {path}", file=sys.stderr)
+        sys.stderr.writelines(difflib.unified_diff(current.splitlines(True), table.strip().splitlines(True),
+                                                   "README", "generated"))
+        return 1
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:start] + "\n" + table.strip() + "\n" + text[stop:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

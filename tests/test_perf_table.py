@@ -1,0 +1,117 @@
+"""scripts/perf_table.py: the README's performance table from `sam-edge bench` results.
+
+The results here are schema-valid documents built from random samples (every
+stage summarised by the same summarize_stage bench uses); the table is read
+back cell by cell, so these checks do not depend on its exact wording.
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sam_edge.bench.schema import stage_names, summarize_stage, validate_result
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def perf_table():
+    spec = importlib.util.spec_from_file_location("perf_table", os.path.join(REPO, "scripts", "perf_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _doc(tag, features, created, encoder_ms, rng, precision="int8", notes=()):
+    """A bench result with one bundle run and its reference, encoder samples around encoder_ms."""
+    prompts, queries = [1, 16], [1, 10, 100]
+
+    def run(name, kind, scale):
+        stages = {}
+        for stage in stage_names(prompts, queries):
+            centre = encoder_ms * scale if stage == "encoder" else rng.uniform(1, 50)
+            stages[stage] = summarize_stage(list(rng.normal(centre, centre * 0.01, 6) / 1e3), "item")
+        return {"name": name, "kind": kind, "model_type": "vit_b", "precision": precision if kind == "bundle" else
+                "fp32", "backend": "onnxruntime" if kind == "bundle" else "torch", "encoder_mode": "x",
+                "bundle": None, "memory": {"rss_before_load_mib": 1.0, "rss_loaded_mib": 2.0, "peak_rss_mib": 3.0,
+                                           "added_rss_mib": 2.0, "method": "test"}, "stages": stages}
+
+    ours, reference = run(f"vit_b-{precision}", "bundle", 1.0), run("reference-vit_b", "reference", 3.0)
+    ours["ratio_to_reference"] = {s: reference["stages"][s]["p50_ms"] / v["p50_ms"] for s, v in ours["stages"].items()}
+    doc = {"schema": "sam-edge-bench", "schema_version": 1, "created": created, "sam_edge_version": "0.1.0",
+           "command": ["sam-edge", "bench"], "notes": list(notes), "runs": [ours, reference],
+           "host": {"tag": tag, "cpu_model": "Test CPU", "cpus": 2, "cpu_features": list(features)},
+           "settings": {"repeat": 6, "warmup": 0, "prompts": prompts, "queries": queries, "threads": {},
+                        "images": {"source": "test", "count": 1, "sizes": [[10, 10]]}}}
+    return validate_result(doc)
+
+
+def _write(directory, name, doc):
+    with open(directory / name, "w") as f:
+        json.dump(doc, f)
+
+
+def _parse(table):
+    """(header cells, {(model, precision, runtime, stage): [cells per host]}) of the markdown table."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+    header, body = rows[0], rows[2:]
+    return header, {tuple(r[:4]): r[4:] for r in body}
+
+
+def test_latest_run_per_host_and_different_features_apart(perf_table, tmp_path):
+    rng = np.random.default_rng(0)
+    old = _doc("box", ["avx2"], "2026-11-01T00:00:00+00:00", 900.0, rng)
+    new = _doc("box", ["avx2"], "2026-12-01T00:00:00+00:00", 500.0, rng, notes=["shared CPU"])
+    amx = _doc("box", ["avx2", "avx512f", "amx_tile"], "2026-11-15T00:00:00+00:00", 200.0, rng)
+    for name, doc in (("a.json", new), ("b.json", old), ("c.json", amx)):
+        _write(tmp_path, name, doc)
+    (tmp_path / "other.json").write_text(json.dumps({"median_ms": 1.0}))  # another benchmark's file: skipped
+    header, rows = _parse(perf_table.generate_table(perf_table.load_results(str(tmp_path))))
+    assert len(header) == 4 + 2  # one column per (tag, features), though both hosts are called "box"
+    avx2_col = [i for i, h in enumerate(header[4:]) if "(AVX2)" in h]
+    amx_col = [i for i, h in enumerate(header[4:]) if "(AMX)" in h]
+    assert len(avx2_col) == len(amx_col) == 1
+    encoder = rows[("vit_b", "int8", "onnxruntime", "encoder")]
+    expected_new = new["runs"][0]["stages"]["encoder"]["p50_ms"]
+    assert encoder[avx2_col[0]].startswith(f"{expected_new:.0f} ms")  # the later run, not the 900 ms one
+    assert f"({new['runs'][0]['ratio_to_reference']['encoder']:.2f}x)" in encoder[avx2_col[0]]
+    assert encoder[avx2_col[0]].endswith("†") and not encoder[amx_col[0]].endswith("†")  # notes flagged
+    assert encoder[amx_col[0]].startswith(f"{amx['runs'][0]['stages']['encoder']['p50_ms']:.0f} ms")
+    assert not any(key[2] == "torch" for key in rows)  # reference runs are ratios, not rows
+
+
+def test_check_passes_on_the_written_table_and_fails_when_data_moves(perf_table, tmp_path):
+    rng = np.random.default_rng(1)
+    results = tmp_path / "results"
+    results.mkdir()
+    doc = _doc("box", ["avx2"], "2026-12-01T00:00:00+00:00", 700.0, rng)
+    _write(results, "run.json", doc)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\ntext\n{perf_table.BEGIN}\nhand-typed\n{perf_table.END}\nmore\n")
+    argv = ["--results", str(results)]
+    assert perf_table.main(argv + ["--check", str(readme)]) == 1  # the hand-typed table differs
+    assert perf_table.main(argv + ["--write", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\ntext\n") and text.endswith(f"{perf_table.END}\nmore\n")
+    assert perf_table.main(argv + ["--check", str(readme)]) == 0
+    doc["runs"][0]["stages"]["encoder"] = summarize_stage([0.35] * 6, "item")
+    _write(results, "run.json", doc)
+    assert perf_table.main(argv + ["--check", str(readme)]) == 1
+
+
+def test_check_without_markers_fails(perf_table, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no table here\n")
+    assert perf_table.main(["--results", str(tmp_path), "--check", str(readme)]) == 1
+    assert "markers" in capsys.readouterr().err
+
+
+def test_committed_readme_table_matches_committed_results(perf_table):
+    readme = os.path.join(REPO, "README.md")
+    with open(readme, encoding="utf-8") as f:
+        if perf_table.BEGIN not in f.read():
+            pytest.skip("README.md has no perf-table markers yet (the lead adds them with the table)")
+    assert perf_table.main(["--check", readme]) == 0
