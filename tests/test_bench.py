@@ -185,3 +185,18 @@ def test_validate_reports_the_iou_distribution(tiny):
     assert "p5" in format_report(report)
     with pytest.raises(ValueError, match="prompts_per_image"):
         validate_bundle(bundle, checkpoint, images=[photos()["square"]], prompts_per_image=0)
+
+
+def test_reference_accepts_an_official_size_bundle():
+    """A full-size bundle's manifest holds its config as JSON does (lists, not tuples);
+    comparing it with the dataclass as-is refused every real bundle."""
+    import dataclasses
+
+    from sam_edge.config import get_config
+
+    for model_type in ("vit_b", "vit_l", "vit_h"):
+        manifest = {"model_type": model_type, "config": json.loads(json.dumps(dataclasses.asdict(get_config(model_type))))}
+        runner.reference_config_check(manifest)  # no ValueError
+        manifest["config"]["encoder_depth"] += 1
+        with pytest.raises(ValueError, match="modified configuration"):
+            runner.reference_config_check(manifest)
