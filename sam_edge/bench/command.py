@@ -24,24 +24,19 @@ def _counts(text: str) -> List[int]:
     return sorted(set(values))
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+def _integer_at_least(minimum: int):
+    """An argparse type: an integer >= minimum, or a usage error saying so."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}")
+        return value
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
-    return value
+    return parse
 
 
 def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
@@ -62,9 +57,10 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
                    help="prompts per decoder call (default 1,16)")
     p.add_argument("--queries", type=_counts, default=[1, 10, 100], metavar="K[,K...]",
                    help="predict() calls per image for the end-to-end runs (default 1,10,100)")
-    p.add_argument("--repeat", type=_positive, default=3, metavar="N", help="timed passes over the images (default 3)")
-    p.add_argument("--warmup", type=_non_negative, default=1, metavar="N", help="untimed passes first (default 1)")
-    p.add_argument("--threads", type=_positive, metavar="N",
+    p.add_argument("--repeat", type=_integer_at_least(1), default=3, metavar="N",
+                   help="timed passes over the images (default 3)")
+    p.add_argument("--warmup", type=_integer_at_least(0), default=1, metavar="N", help="untimed passes first (default 1)")
+    p.add_argument("--threads", type=_integer_at_least(1), metavar="N",
                    help="intra-op threads for ONNX Runtime, torch and the post-processing kernels (default: theirs)")
     p.add_argument("--reference", action="store_true",
                    help="also time the official segment_anything with the same weights; report ratios")

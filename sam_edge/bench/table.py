@@ -43,7 +43,8 @@ def format_table(doc: Dict[str, Any]) -> str:
     lines = [f"sam-edge bench {doc['sam_edge_version']} on {host.get('tag')}: {host.get('cpu_model')}, "
              f"{host.get('cpus')} cpus, features {', '.join(host.get('cpu_features') or []) or 'none listed'}",
              f"images: {settings['images']['count']} from {settings['images']['source']}; repeat "
-             f"{settings['repeat']}, warmup {settings['warmup']}; threads {settings['threads']}"]
+             f"{settings['repeat']}, warmup {settings['warmup']}",
+             "threads: " + "; ".join(f"{k} {v}" for k, v in settings["threads"].items() if v is not None)]
     for run in doc["runs"]:
         lines.append("")
         lines.extend(format_run(run))
