@@ -18,7 +18,8 @@ def _counts(text: str) -> List[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 1,16; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, e.g. 1,16; got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers; got {text!r}")
     return sorted(set(values))
@@ -59,7 +60,8 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
                    help="predict() calls per image for the end-to-end runs (default 1,10,100)")
     p.add_argument("--repeat", type=_integer_at_least(1), default=3, metavar="N",
                    help="timed passes over the images (default 3)")
-    p.add_argument("--warmup", type=_integer_at_least(0), default=1, metavar="N", help="untimed passes first (default 1)")
+    p.add_argument("--warmup", type=_integer_at_least(0), default=1, metavar="N",
+                   help="untimed passes first (default 1)")
     p.add_argument("--threads", type=_integer_at_least(1), metavar="N",
                    help="intra-op threads for ONNX Runtime, torch and the post-processing kernels (default: theirs)")
     p.add_argument("--reference", action="store_true",

@@ -15,7 +15,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'sam-edge[bench]' (or pip install matplotlib)") from None
+        raise ImportError("--plot needs matplotlib: pip install 'sam-edge[bench]' (or pip install matplotlib)") \
+            from None
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 

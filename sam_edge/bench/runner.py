@@ -260,7 +260,9 @@ def torch_subject(model_type: str, checkpoint: Optional[str]) -> Subject:
     model = torch_model(model_type, checkpoint)
     backends = sorted({block.attn.backend for block in model.image_encoder.blocks})
     env = os.environ.get("SAM_EDGE_ATTENTION_BACKEND")
-    mode = f"torch eager, attention backend {'/'.join(backends)}" + (f" (SAM_EDGE_ATTENTION_BACKEND={env})" if env else "")
+    mode = f"torch eager, attention backend {'/'.join(backends)}"
+    if env:
+        mode += f" (SAM_EDGE_ATTENTION_BACKEND={env})"
     weights = {"source": "checkpoint", "checkpoint": os.path.basename(checkpoint)} if checkpoint else \
         {"source": "random", "seed": _random_seed()}
     return _ours(f"{model_type}-torch", "torch", model, model_type, "fp32", weights, mode)
@@ -307,7 +309,8 @@ def reference_subject(model_type: str, checkpoint: Optional[str], manifest: Opti
         from segment_anything import SamPredictor as OfficialPredictor
         from segment_anything import sam_model_registry as official_registry
     except ImportError as exc:
-        raise ImportError(f"--reference needs the official package: pip install segment-anything torch ({exc})") from None
+        raise ImportError(
+            f"--reference needs the official package: pip install segment-anything torch ({exc})") from None
     from ..config import get_config
 
     if manifest is not None:
