@@ -227,3 +227,46 @@ def test_external_data_bundle(bundle, tmp_path, monkeypatch):
     data.write_bytes(data.read_bytes()[:-4])
     with pytest.raises(BundleError, match="encoder.onnx.data has"):
         sam_edge.load(str(out))
+
+
+def test_a_flipped_byte_in_any_file_is_refused(bundle, tmp_path):
+    """Every file the manifest lists is hashed, not only the graphs: the shared
+    weights, the segments and the kernel's tables too."""
+    path = _copy(bundle[1], tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert {"encoder.onnx.data", "encoder_attention.npz", "encoder_segment_0.onnx"} <= set(manifest["files"])
+    for name in manifest["files"]:
+        target = path / name
+        original = target.read_bytes()
+        data = bytearray(original)
+        data[len(data) // 3] ^= 0x01  # same size, one bit changed
+        target.write_bytes(bytes(data))
+        with pytest.raises(BundleError, match=f"{name} does not match its sha256"):
+            sam_edge.load(path)
+        target.write_bytes(original)
+    sam_edge.load(path)  # restored: accepted again
+
+
+@pytest.mark.parametrize("part", ["segment", "tables"])
+def test_encoder_plan_files_must_be_hashed(bundle, tmp_path, part):
+    """A plan that names a segment or tables file the manifest does not hash is refused,
+    as a graph outside the hashed files is."""
+    path = _copy(bundle[1], tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    name = manifest["encoder_split"]["segments"][1]["file"] if part == "segment" else manifest["encoder_split"]["tables"]
+    del manifest["files"][name]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"encoder plan.*{name}.*not among its hashed files"):
+        sam_edge.load(path)
+
+
+def test_a_thousand_queries_do_not_grow_rss(bundle):
+    """benchmarks/soak.py's loop, shortened for CI: 1,000 decoder queries and 20
+    encoder calls. A leak of one low-res mask a query (48 KB) would add ~48 MB,
+    of one full-size mask far more; warm-up growth of arenas is excluded."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    from soak import soak
+
+    result = soak(sam_edge.load(bundle[1]), queries=1000, encoder_calls=20, seed=1)
+    assert result["samples"][-1][:2] == (1000, 20)
+    assert result["growth_mb"] < 40, result

@@ -92,6 +92,12 @@ def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) ->
     for graph, name in manifest["graphs"].items():
         if name not in manifest["files"]:
             raise BundleError(f"manifest of {bundle_dir}: graph {graph!r} -> {name!r} is not among its hashed files")
+    split = manifest.get("encoder_split")
+    if split is not None:
+        plan_files = [segment["file"] for segment in split["segments"]] + ([split["tables"]] if "tables" in split else [])
+        for name in plan_files:
+            if name not in manifest["files"]:
+                raise BundleError(f"manifest of {bundle_dir}: the encoder plan's {name!r} is not among its hashed files")
     return manifest
 
 
