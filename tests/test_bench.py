@@ -202,3 +202,21 @@ def test_reference_accepts_an_official_size_bundle():
         manifest["config"]["encoder_depth"] += 1
         with pytest.raises(ValueError, match="modified configuration"):
             runner.reference_config_check(manifest)
+
+
+def test_a_bundle_benches_on_the_lean_runtime(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """No torch, scikit-image or matplotlib (a plain `pip install sam-edge`): a bundle is
+    timed on a synthetic image, said so; --plot fails with the extra to install."""
+    import sys
+
+    for name in ("torch", "skimage", "matplotlib"):
+        monkeypatch.setitem(sys.modules, name, None)  # import NAME -> ImportError
+    out = tmp_path / "lean.json"
+    argv = ["bench", str(tiny_bundle), "--repeat", "1", "--warmup", "0", "--prompts", "1", "--queries", "1",
+            "--json", str(out), "--plot", str(tmp_path / "lean.png")]
+    assert main(argv) == 1
+    assert "sam-edge[bench]" in capsys.readouterr().err
+    doc = load_result(str(out))
+    assert doc["settings"]["images"]["source"].startswith("synthetic")
+    assert any("scikit-image is not installed" in n for n in doc["notes"])
+    assert doc["settings"]["threads"]["torch"] is None
