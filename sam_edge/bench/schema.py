@@ -25,12 +25,14 @@ A run:
     bundle                     the manifest summary (bundle runs; else null):
                                path, bytes, precision, sam_edge_version,
                                manifest_sha256, weights
+    load_s                     seconds to load the bundle or model
     memory                     rss_before_load_mib, rss_loaded_mib, peak_rss_mib,
                                added_rss_mib (peak minus before load), method
     stages                     {stage: stage summary, or {"skipped": reason}}
     ratio_to_reference         {stage: reference p50 / this run's p50} (runs
                                other than the reference, with --reference;
                                above 1 means this run is faster)
+    reference                  the name of the run those ratios are against
 
 A stage summary: unit (what one item is), n, samples_ms (every timed sample,
 in order), min_ms, p50_ms, p90_ms, p99_ms, max_ms, mean_ms, iqr_ms (p75 - p25:
