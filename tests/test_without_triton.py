@@ -42,3 +42,36 @@ def test_package_works_without_triton():
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+OLD_TRITON_SCRIPT = textwrap.dedent(
+    """
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
+    # Installed Triton reports 2.3.1: importable, but without tl.dot(input_precision=).
+    importlib.metadata.version = lambda name: "2.3.1" if "triton" in name else real_version(name)
+    import torch
+    import sam_edge.kernels as K
+
+    q = torch.randn(1, 2, 16, 64)
+    table = torch.randn(7, 64)
+    reason = K.available_backends(q)["triton"]
+    assert reason is not None and "2.3.1" in reason and ">= 3.0" in reason, reason
+    assert K.available_mask_backends(q)["triton"] == reason
+    assert K.resolve_backend(q) != "triton"
+    try:
+        K.rel_pos_attention(q, q, q, table, table, (4, 4), (4, 4), backend="triton")
+        raise SystemExit("forcing triton with Triton 2.3.1 did not raise")
+    except RuntimeError as e:
+        assert ">= 3.0" in str(e), e
+    assert "triton" in K.kernel_status("cpu")["triton"] and ">= 3.0" in K.kernel_status("cpu")["triton"]
+    """
+)
+
+
+def test_triton_older_than_3_is_reported_unavailable():
+    """The kernels use tl.dot(input_precision=), new in Triton 3.0: an older Triton is refused with the reason."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", OLD_TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
