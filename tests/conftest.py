@@ -16,6 +16,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Fuzz tests: "ci" is derandomized (a fixed seed) with a bounded example count,
+# so CI is repeatable and quick; SAM_EDGE_HYPOTHESIS_PROFILE=dev searches longer.
+settings.register_profile(
+    "ci", max_examples=60, derandomize=True, deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "dev", max_examples=3000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("SAM_EDGE_HYPOTHESIS_PROFILE", "ci"))
 
 from sam_edge.config import get_config  # noqa: E402
 

@@ -79,6 +79,11 @@ def as_backend(model_or_engine: Any) -> Backend:
     )
 
 
+#: Largest magnitude of a prompt value (pixels, or mask logits): past it the
+#: float32 prompt encodings overflow to inf and the masks come out NaN.
+VALUE_LIMIT = 1e9
+
+
 def _as_float_array(value: Any, name: str) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
@@ -86,6 +91,9 @@ def _as_float_array(value: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be numeric array-like; got {type(value).__name__}") from exc
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} contains NaN or infinite values")
+    if array.size and np.abs(array).max() > VALUE_LIMIT:
+        raise ValueError(f"{name} has values of magnitude up to {np.abs(array).max():.3g}; "
+                         f"prompts must stay within +-{VALUE_LIMIT:.0e}")
     return array
 
 
@@ -344,14 +352,14 @@ class SamPredictor:
                 raise ValueError(
                     f"point_labels must be {tuple(point_coords.shape[:2])}; got {tuple(point_labels.shape)}"
                 )
-            if not bool(point_coords.isfinite().all()):
-                raise ValueError("point_coords contains NaN or infinite values")
+            if not bool(point_coords.isfinite().all()) or bool((point_coords.abs() > VALUE_LIMIT).any()):
+                raise ValueError(f"point_coords must be finite and within +-{VALUE_LIMIT:.0e}")
             batch.append(point_coords.shape[0])
         if boxes is not None:
             if boxes.dim() != 2 or boxes.shape[-1] != 4:
                 raise ValueError(f"boxes must be (B, 4) XYXY; got {tuple(boxes.shape)}")
-            if not bool(boxes.isfinite().all()):
-                raise ValueError("boxes contains NaN or infinite values")
+            if not bool(boxes.isfinite().all()) or bool((boxes.abs() > VALUE_LIMIT).any()):
+                raise ValueError(f"boxes must be finite and within +-{VALUE_LIMIT:.0e}")
             batch.append(boxes.shape[0])
         if mask_input is not None:
             m = self.backend.mask_input_size
