@@ -131,6 +131,29 @@ def test_fused_thresholds_and_strided_input():
     check_against_reference(low, (48, 64), (70, 90), 64, threshold=0.5, offset=2.0)
 
 
+def test_many_masks_stay_within_grid_limits(monkeypatch):
+    """70000 masks (more than a grid axis 1 holds) launch on axis 0 with every config autotune can pick."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from sam_edge.kernels import mask_postprocess_triton as kernels
+
+    from .test_triton_attention import GRID_LIMITS, LaunchRecorder
+
+    recorder = LaunchRecorder(kernels._mask_postprocess_kernel, kernels.MASK_CONFIGS)
+    monkeypatch.setattr(kernels, "_mask_postprocess_kernel", recorder)
+    kernels.mask_postprocess_triton(torch.zeros(7, 10000, 4, 4, device=DEVICE), (16, 16), (3, 5), image_size=16)
+    assert len(recorder.grids) == len(kernels.MASK_CONFIGS)
+    for grid in recorder.grids:
+        assert all(0 < n <= limit for n, limit in zip(grid, GRID_LIMITS)), grid
+
+
+def test_outputs_past_int32_indexing_are_refused():
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from sam_edge.kernels.mask_postprocess_triton import mask_postprocess_triton
+
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        mask_postprocess_triton(torch.zeros(1, 1, 4, 4, device=DEVICE), (16, 16), (50000, 50000), image_size=16)
+
+
 def test_fused_empty_and_full_masks():
     pytest.importorskip("triton", reason="Triton is not installed")
     low = torch.empty(1, 3, 16, 16, device=DEVICE)
@@ -162,10 +185,17 @@ def test_reference_matches_official_sam(input_size, original_size):
     assert torch.equal(boxes, amg.batched_mask_to_box(official_logits > 0.0))
 
 
+@pytest.mark.skipif(
+    DEVICE == "cpu" and not triton_support.interpreting(),
+    reason="no CUDA device and TRITON_INTERPRET is not 1: the Triton kernel cannot run here",
+)
 def test_auto_dispatch_and_env_switch(monkeypatch):
-    low = torch.zeros(1, 1, 16, 16)
+    pytest.importorskip("triton", reason="Triton is not installed")
+    low = torch.zeros(1, 1, 16, 16, device=DEVICE)
     monkeypatch.delenv("SAM_EDGE_MASK_BACKEND", raising=False)
-    assert resolve_mask_backend(low) == "reference"  # CPU tensors never pick the interpreter
+    # CUDA tensors get the kernel; CPU tensors never pick the interpreter.
+    assert resolve_mask_backend(low) == ("triton" if low.is_cuda else "reference")
+    assert resolve_mask_backend(low.cpu()) == "reference"
     monkeypatch.setenv("SAM_EDGE_MASK_BACKEND", "triton")
     assert resolve_mask_backend(low) == "triton"
     monkeypatch.setenv("SAM_EDGE_MASK_BACKEND", "bogus")

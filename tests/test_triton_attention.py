@@ -24,6 +24,7 @@ from sam_edge.kernels import (
     windowed_rel_pos_attention_reference,
 )
 from sam_edge.kernels import triton_support
+from sam_edge.kernels.rel_pos_attention import auto_backend_order
 
 pytest.importorskip("triton", reason="Triton is not installed")
 from sam_edge.kernels.triton_attention import (  # noqa: E402
@@ -164,6 +165,41 @@ def test_windowed_attention_matches_float64(grid_window, head_dim, dtype):
     check_error(out, ref, torch_out, dtype)
 
 
+class PinnedConfig:
+    """The autotuned attention kernel launched with one given config instead of tuning."""
+
+    __slots__ = ("kernel", "config")
+
+    def __init__(self, kernel, config):
+        self.kernel = kernel
+        self.config = config
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel.fn[grid](*args, **kwargs, **self.config.all_kwargs())
+
+
+@pytest.mark.parametrize("config_index", range(3))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_every_autotune_config_matches_float64(monkeypatch, config_index, dtype):
+    """Each config autotune can pick on a GPU (the interpreter runs only the first): the query blocks of a
+    window, partial last blocks and folded (batch, window) program ids must cover every output exactly once."""
+    from sam_edge.kernels import triton_attention
+
+    assert len(triton_attention.ATTENTION_CONFIGS) == 3
+    config = triton_attention.ATTENTION_CONFIGS[config_index]
+    monkeypatch.setattr(
+        triton_attention, "_rel_pos_attention_kernel", PinnedConfig(triton_attention._rel_pos_attention_kernel, config)
+    )
+    (H, W), window, head_dim = (16, 13), 7, 80
+    q, k, v, rph, rpw = make_inputs(2, 2, H * W, head_dim, 2 * window - 1, 2 * window - 1, dtype, seed=config_index)
+    pad_k, pad_v = (t[0, :, 0] for t in make_inputs(1, 2, 1, head_dim, 1, 1, dtype, seed=99)[:2])
+    out = torch.full_like(q, float("nan"))
+    windowed_rel_pos_attention_triton(q, k, v, rph, rpw, (H, W), window, pad_k, pad_v, out=out)
+    ref = windowed_attention_f64(q, k, v, rph, rpw, (H, W), window, pad_k, pad_v)
+    torch_out = windowed_rel_pos_attention_reference(q, k, v, rph, rpw, (H, W), window, pad_k, pad_v)
+    check_error(out, ref, torch_out, dtype)
+
+
 @pytest.mark.parametrize(
     "q_size, k_size, table_h, table_w",
     [
@@ -226,6 +262,63 @@ def test_public_ops_dispatch_to_triton():
     assert torch.equal(direct, public)
 
 
+# CUDA's limits on launch grids: axis 0 up to 2**31 - 1 programs, axes 1 and 2 up to 65535.
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+class LaunchRecorder:
+    """Stands in for an autotuned Triton kernel: records the grid of each config autotune can launch.
+
+    It checks the call against the kernel's own argument names, launches nothing,
+    and has no other attributes (so a launcher using more of the kernel fails here).
+    """
+
+    __slots__ = ("arg_names", "configs", "grids")
+
+    def __init__(self, kernel, configs):
+        self.arg_names = kernel.arg_names
+        self.configs = configs
+        self.grids = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            meta = dict(zip(self.arg_names, args), **kwargs)
+            tuned = set(self.configs[0].kwargs)
+            missing = set(self.arg_names) - set(meta) - tuned
+            unknown = set(meta) - set(self.arg_names)
+            if missing or unknown or tuned & set(meta):
+                raise TypeError(f"launch does not match the kernel: missing {missing}, unknown {unknown}")
+            for config in self.configs:
+                self.grids.append(tuple(grid(dict(meta, **config.kwargs))))
+
+        return launch
+
+
+def test_large_batches_stay_within_grid_limits(monkeypatch):
+    """70000 windows (more than a grid axis 1 holds) launch on axis 0 with every config autotune can pick."""
+    from sam_edge.kernels import triton_attention
+
+    recorder = LaunchRecorder(triton_attention._rel_pos_attention_kernel, triton_attention.ATTENTION_CONFIGS)
+    monkeypatch.setattr(triton_attention, "_rel_pos_attention_kernel", recorder)
+    q = torch.zeros(70000, 2, 4, 16, device=DEVICE)
+    table = torch.zeros(3, 16, device=DEVICE)
+    rel_pos_attention_triton(q, q, q, table, table, (2, 2), (2, 2))
+    # The fused windowed launch: 4 images of 280 x 250 tokens in 2 x 2 windows.
+    q = torch.zeros(4, 1, 280 * 250, 16, device=DEVICE)
+    windowed_rel_pos_attention_triton(q, q, q, table, table, (280, 250), 2)
+    assert len(recorder.grids) == 2 * len(triton_attention.ATTENTION_CONFIGS)
+    for grid in recorder.grids:
+        assert all(0 < n <= limit for n, limit in zip(grid, GRID_LIMITS)), grid
+
+
+def test_grids_beyond_cuda_limits_are_refused():
+    assert triton_support.folded_grid(4, 70000, 16) == (280000, 16)
+    with pytest.raises(ValueError, match="split the batch"):
+        triton_support.folded_grid(4, 2**30)
+    with pytest.raises(ValueError, match="70000 on axis 1"):
+        triton_support.folded_grid(1, 1, 70000)
+
+
 def test_empty_batch():
     q = torch.zeros(0, 2, 25, 64, device=DEVICE)
     table = torch.zeros(9, 64, device=DEVICE)
@@ -233,19 +326,42 @@ def test_empty_batch():
     assert windowed_rel_pos_attention_triton(q, q, q, table, table, (5, 5), 5).shape == q.shape
 
 
-def test_auto_dispatch(monkeypatch):
-    """auto runs Triton on CUDA tensors, and never the slow interpreter on CPU ones."""
+@pytest.mark.parametrize(
+    "dtype, first",
+    [(torch.float16, "triton"), (torch.bfloat16, "triton"), (torch.float32, "sdpa"), (torch.float64, "sdpa")],
+    ids=str,
+)
+def test_auto_order_by_device_and_dtype(dtype, first):
+    """On CUDA, auto tries Triton first for fp16/bf16 only: its fp32 path runs IEEE matmuls off the
+    tensor cores (and spilled registers in every config before configs were pruned by head dim),
+    and it has no fp64 path. CPU tensors never go to the slow interpreter."""
+    assert auto_backend_order("cuda", dtype)[0] == first
+    assert auto_backend_order("cuda", dtype)[-1] == "sdpa"
+    assert auto_backend_order("cpu", dtype) == ("sdpa",)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_auto_dispatch(monkeypatch, dtype):
+    """auto runs Triton on fp16/bf16 CUDA tensors, sdpa on fp32 ones, never the interpreter on CPU ones."""
     monkeypatch.delenv("SAM_EDGE_ATTENTION_BACKEND", raising=False)
-    q = torch.zeros(1, 1, 4, 64, device=DEVICE)
+    q = torch.zeros(1, 1, 4, 64, device=DEVICE, dtype=dtype)
     if q.is_cuda:
-        assert resolve_backend(q, "auto") == "triton"
+        assert resolve_backend(q, "auto") == ("sdpa" if dtype == torch.float32 else "triton")
     else:
         assert resolve_backend(q, "auto") in set(available_backends(q)) - {"triton"}
     assert available_backends(q)["triton"] is None
 
 
+# Tensors the Triton kernels can run on here: CUDA ones, or CPU ones under the interpreter.
+needs_runnable_triton = pytest.mark.skipif(
+    DEVICE == "cpu" and not triton_support.interpreting(),
+    reason="no CUDA device and TRITON_INTERPRET is not 1: the Triton kernels cannot run here",
+)
+
+
+@needs_runnable_triton
 def test_env_switch_forces_backend(monkeypatch):
-    q = torch.zeros(1, 1, 4, 64)
+    q = torch.zeros(1, 1, 4, 64, device=DEVICE)
     monkeypatch.setenv("SAM_EDGE_ATTENTION_BACKEND", "triton")
     assert resolve_backend(q, "auto") == "triton"
     monkeypatch.setenv("SAM_EDGE_ATTENTION_BACKEND", "reference")

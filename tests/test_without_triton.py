@@ -73,5 +73,7 @@ OLD_TRITON_SCRIPT = textwrap.dedent(
 def test_triton_older_than_3_is_reported_unavailable():
     """The kernels use tl.dot(input_precision=), new in Triton 3.0: an older Triton is refused with the reason."""
     env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", OLD_TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", OLD_TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -22,20 +22,20 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_support import autotune_configs
+from .triton_support import autotune_configs, folded_grid
 
 #: Kernels are built for the CPU interpreter when this is set at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# 4 pixels per thread keeps the 16 gathers per pixel in registers (ptxas, sm_90: no spills).
-_CONFIGS = autotune_configs(
-    [
-        triton.Config({"BLOCK": 1024}, num_warps=8),
-        triton.Config({"BLOCK": 512}, num_warps=4),
-        triton.Config({"BLOCK": 2048}, num_warps=16),
-        triton.Config({"BLOCK": 1024}, num_warps=4),
-    ]
-)
+# 4 pixels per thread keeps the 16 gathers per pixel in registers (no spills on sm_80/87/90;
+# tests/test_triton_compile.py compiles every config).
+MASK_CONFIGS = [
+    triton.Config({"BLOCK": 1024}, num_warps=8),
+    triton.Config({"BLOCK": 512}, num_warps=4),
+    triton.Config({"BLOCK": 2048}, num_warps=16),
+    triton.Config({"BLOCK": 1024}, num_warps=4),
+]
+_CONFIGS = autotune_configs(MASK_CONFIGS)
 
 
 @triton.jit
@@ -73,11 +73,14 @@ def _mask_postprocess_kernel(
     size_class,  # autotuning key only
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    plane_id = tl.program_id(1)  # b * C + c
+    # The plane (b * C + c) and the pixel block within it share axis 0 (see folded_grid).
+    n_blocks = tl.cdiv(H * W, BLOCK)
+    pid = tl.program_id(0) % n_blocks
+    plane_id = tl.program_id(0) // n_blocks
     b = plane_id // C
     c = plane_id % C
-    plane = LOW + b * stride_lb + c * stride_lc
+    # 64-bit plane offset: b * stride_lb passes 2**31 elements in large batches.
+    plane = LOW + b.to(tl.int64) * stride_lb + c.to(tl.int64) * stride_lc
 
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     valid = offs < H * W
@@ -137,6 +140,8 @@ def mask_postprocess_triton(
     B, C, LH, LW = low.shape
     h, w = input_size
     H, W = original_size
+    if H * W > 2**31 - 1:
+        raise ValueError(f"original_size {(H, W)} has more than 2**31 - 1 pixels, which the kernel indexes in int32")
     device = low.device
     if out is None:
         masks = torch.empty(B, C, H, W, dtype=torch.uint8, device=device)
@@ -151,7 +156,7 @@ def mask_postprocess_triton(
     boxes[:, 1] = H
 
     def grid(meta):
-        return (triton.cdiv(H * W, meta["BLOCK"]), B * C)
+        return folded_grid(triton.cdiv(H * W, meta["BLOCK"]), B * C)
 
     if B * C == 0:
         return masks.view(torch.bool), torch.zeros(B, C, device=device), torch.zeros(B, C, 4, dtype=torch.long, device=device)

@@ -115,8 +115,17 @@ _BACKENDS: Dict[str, Tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor],
 #: Environment switch that forces a backend for every call that asks for "auto".
 BACKEND_ENV = "SAM_EDGE_ATTENTION_BACKEND"
 
-# Backends tried, in order, for backend="auto" on CUDA tensors.
-_AUTO_CUDA_ORDER = ("triton",)
+
+def auto_backend_order(device_type: str, dtype: torch.dtype) -> Tuple[str, ...]:
+    """Backends that backend="auto" tries, in order, for queries on `device_type` in `dtype`.
+
+    The first one that can run the call is used; "sdpa" ends every list. Triton
+    is tried for fp16/bf16 CUDA tensors only: its fp32 path runs IEEE matmuls off
+    the tensor cores and is not shown faster than sdpa, and it has no fp64 path.
+    """
+    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return ("triton", "sdpa")
+    return ("sdpa",)
 
 
 def register_backend(
@@ -145,10 +154,9 @@ def resolve_backend(q: torch.Tensor, backend: str = "auto") -> str:
         if forced and forced != "auto":
             backend = forced
         else:
-            if q.is_cuda:
-                for name in _AUTO_CUDA_ORDER:
-                    if name in _BACKENDS and _BACKENDS[name][1](q) is None:
-                        return name
+            for name in auto_backend_order(q.device.type, q.dtype):
+                if name in _BACKENDS and _BACKENDS[name][1](q) is None:
+                    return name
             return "sdpa"
     if backend not in _BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; known: {sorted(_BACKENDS)}")
@@ -178,7 +186,7 @@ def rel_pos_attention(
         rel_pos_h: (2 * max(q_h, k_h) - 1, head_dim) table along rows.
         rel_pos_w: (2 * max(q_w, k_w) - 1, head_dim) table along columns.
         q_size, k_size: (rows, cols) of the query and key grids.
-        backend: "auto" (Triton for CUDA tensors when available, else "sdpa";
+        backend: "auto" (Triton for fp16/bf16 CUDA tensors when available, else "sdpa";
             the environment variable SAM_EDGE_ATTENTION_BACKEND overrides it),
             or a registered name: "reference" (plain math, what ONNX export
             uses), "sdpa" (torch's fused attention with an additive bias), "triton".

@@ -40,26 +40,45 @@ import triton
 import triton.language as tl
 
 from .rel_pos_attention import Size2, get_rel_pos
-from .triton_support import autotune_configs, triton_unavailable_reason
+from .triton_support import autotune_configs, folded_grid, triton_unavailable_reason
 
 #: Kernels are built for the CPU interpreter when this is set at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 unavailable_reason = triton_unavailable_reason
 
 
-# The first config is the interpreter's and the default: with 8 warps a 64-query
-# block holds its bias factors and accumulators without spilling (ptxas, sm_90,
-# fp16/bf16, head dims 64 and 80, windowed and global); the rest let the
-# autotuner trade occupancy for block size per shape. Few configs: each costs
-# a compile (seconds) on first use of a shape.
-_ATTENTION_CONFIGS = autotune_configs(
-    [
-        triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2),
-    ]
+# Each config with the largest head dim it holds in registers without spilling,
+# on sm_80, sm_87 and sm_90, fp16/bf16, SAM's windowed and global shapes
+# (tests/test_triton_compile.py compiles every pairing autotune can pick).
+# 128-query blocks are absent: they spill at head dim 80, and at 64 on sm_80.
+# The first config is the interpreter's. Few configs: each costs a compile on
+# first use of a shape.
+_CONFIGS_WITH_HEAD_DIM_LIMIT = (
+    (triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=2), 64),
+    (triton.Config({"BLOCK_M": 32}, num_warps=8, num_stages=2), 80),
+    # An explicit register cap (.maxnreg) steers ptxas's allocation; without it this config spills on sm_90.
+    (triton.Config({"BLOCK_M": 16}, num_warps=4, num_stages=2, maxnreg=255), 80),
 )
+ATTENTION_CONFIGS = [config for config, _ in _CONFIGS_WITH_HEAD_DIM_LIMIT]
+_ATTENTION_CONFIGS = autotune_configs(ATTENTION_CONFIGS)
+
+
+def _head_dim_limit(config: triton.Config) -> int:
+    return next(limit for known, limit in _CONFIGS_WITH_HEAD_DIM_LIMIT if known is config)
+
+
+def _prune_attention_configs(configs: list, named_args: dict, **kwargs) -> list:
+    """Autotune's early_config_prune: the configs that hold HEAD_DIM without spilling.
+
+    A head dim no config was checked for gets the config with the most room, and
+    so do fp32 inputs (reached only by forcing backend="triton"): their fp32
+    operands need about twice the registers, and one config skips tuning.
+    """
+    head_dim = kwargs["HEAD_DIM"]
+    fits = [c for c in configs if _head_dim_limit(c) >= head_dim]
+    if not fits or named_args["Q"].dtype == torch.float32:
+        return [max(configs, key=_head_dim_limit)]
+    return fits
 
 
 @triton.jit
@@ -76,6 +95,7 @@ def _row_dot(q0f, q1f, row_ptr, offs_d0, offs_d1, m_mask, d1_mask, HAS_TAIL: tl.
 @triton.autotune(
     configs=_ATTENTION_CONFIGS,
     key=["WIN_QH", "WIN_QW", "WIN_KH", "WIN_KW", "HEAD_DIM", "N_WIN", "PADDED"],
+    prune_configs_by={"early_config_prune": _prune_attention_configs},
 )
 @triton.jit
 def _rel_pos_attention_kernel(
@@ -93,10 +113,11 @@ def _rel_pos_attention_kernel(
     PADDED: tl.constexpr, UPCAST: tl.constexpr, IEEE_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
 ):
-    # Program ids: query block within a window, (batch, window), head.
-    pid_m = tl.program_id(0)
-    pid_bw = tl.program_id(1)
-    head = tl.program_id(2)
+    # Program ids: (batch, window) and the query block within it share axis 0 (see folded_grid), head on axis 1.
+    N_M_BLOCKS: tl.constexpr = (WIN_QH * WIN_QW + BLOCK_M - 1) // BLOCK_M
+    pid_m = tl.program_id(0) % N_M_BLOCKS
+    pid_bw = tl.program_id(0) // N_M_BLOCKS
+    head = tl.program_id(1)
     batch = pid_bw // N_WIN
     win = pid_bw % N_WIN
     win_r = win // N_WIN_W
@@ -339,7 +360,7 @@ def _launch(
     block_n = max(16, triton.next_power_of_2(k_window[1]))
 
     def grid(meta):
-        return (triton.cdiv(q_window[0] * q_window[1], meta["BLOCK_M"]), B * n_win_h * n_win_w, heads)
+        return folded_grid(triton.cdiv(q_window[0] * q_window[1], meta["BLOCK_M"]), B * n_win_h * n_win_w, heads)
 
     _rel_pos_attention_kernel[grid](
         q, k, v, out, Rh, Rw, pad_k, pad_v,
