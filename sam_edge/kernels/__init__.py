@@ -1,8 +1,9 @@
 """Fused operations of sam-edge, each with a plain reference implementation.
 
 Backends are picked per call with ``backend="auto"``: the Triton kernels for
-CUDA tensors when Triton is installed (and the input needs no grad), else the
-torch references. Environment overrides: SAM_EDGE_ATTENTION_BACKEND for the
+fp16/bf16 CUDA tensors when Triton is installed (and the input needs no grad;
+fp32 attention goes to ``sdpa``, where the kernel would spill registers), else
+the torch references. Environment overrides: SAM_EDGE_ATTENTION_BACKEND for the
 attention ops, SAM_EDGE_MASK_BACKEND for mask post-processing.
 :func:`kernel_status` says which path is active.
 """
