@@ -235,6 +235,7 @@ def test_quantized_linear_fusion_against_float64():
     from onnx import TensorProto, helper, numpy_helper
 
     from sam_edge.export.split_encoder import _fuse_quantized_linear_bias
+    from sam_edge.runtime.onnxruntime_backend import session_options
 
     rng = np.random.default_rng(11)
     k, n = 96, 80
@@ -264,7 +265,8 @@ def test_quantized_linear_fusion_against_float64():
                                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 7, n])], inits)
         model = helper.make_model(graph, opset_imports=opsets)
         model.ir_version = 9
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        # The runtime's options: without VNNI, ORT's default u8s8 kernel saturates here.
+        session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
         return session.run(None, {"x": x})[0]
 
     x = rng.uniform(-3.5, 4.0, size=(2, 7, k)).astype(np.float32)
