@@ -51,6 +51,17 @@ const T* typed_data(const py::array& a, int ndim, const char* name) {
 
 py::array_t<bool> new_bool(std::vector<py::ssize_t> shape) { return py::array_t<bool>(shape); }
 
+// OpenMP aborts the process when it cannot start a team, so an absurd thread
+// count is refused here; below 1 means all cores.
+constexpr int kMaxThreads = 1024;
+
+int checked_threads(int threads) {
+  if (threads > kMaxThreads)
+    throw std::invalid_argument("threads must be at most " + std::to_string(kMaxThreads) + " (0 for all cores), got " +
+                                std::to_string(threads));
+  return threads;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -61,6 +72,7 @@ PYBIND11_MODULE(_C, m) {
       "set_num_threads",
       [](int threads) {
         if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+        checked_threads(threads);
 #ifdef _OPENMP
         omp_set_num_threads(threads);
 #endif
@@ -83,6 +95,7 @@ PYBIND11_MODULE(_C, m) {
       "rel_pos_attention",
       [](const py::array& q, const py::array& k, const py::array& v, const py::array& rel_h,
          const py::array& rel_w, int64_t k_h, int64_t k_w, double scale, int threads, bool force_portable, bool fp16) {
+        checked_threads(threads);
         const float* qp = typed_data<float>(q, 3, "q");
         const float* kp = typed_data<float>(k, 3, "k");
         const float* vp = typed_data<float>(v, 3, "v");
@@ -116,12 +129,20 @@ PYBIND11_MODULE(_C, m) {
       "rel_pos_attention_qkv",
       [](const py::array& qkv, const py::array& rel_pos_h, const py::array& rel_pos_w, const py::object& kv_bias,
          int64_t heads, int64_t window, double scale, int threads, bool force_portable, bool fp16, bool bf16) {
+        checked_threads(threads);
         const float* xp = typed_data<float>(qkv, 4, "qkv");
         const float* hp = typed_data<float>(rel_pos_h, 2, "rel_pos_h");
         const float* wp = typed_data<float>(rel_pos_w, 2, "rel_pos_w");
         const int64_t b = qkv.shape(0), height = qkv.shape(1), width = qkv.shape(2);
-        if (heads < 1 || window < 0 || qkv.shape(3) % (3 * heads) != 0)
-          throw std::invalid_argument("rel_pos_attention_qkv: qkv's last axis must be 3 * heads * head_dim");
+        if (heads < 1 || window < 0 || heads > qkv.shape(3) || qkv.shape(3) % (3 * heads) != 0)
+          throw std::invalid_argument("rel_pos_attention_qkv: qkv's last axis must be 3 * heads * head_dim "
+                                      "(heads >= 1, window >= 0)");
+        // A window past the grid only adds padded keys (a window of 1000 over 20 x 20
+        // tokens is 10^6 keys per window); no SAM block has one.
+        if (window > std::max(height, width))
+          throw std::invalid_argument("rel_pos_attention_qkv: window " + std::to_string(window) +
+                                      " is larger than the " + std::to_string(height) + " x " +
+                                      std::to_string(width) + " grid");
         const int64_t d = qkv.shape(3) / (3 * heads);
         const int64_t s_h = window > 0 ? window : height, s_w = window > 0 ? window : width;
         if (rel_pos_h.shape(0) != 2 * s_h - 1 || rel_pos_h.shape(1) != d || rel_pos_w.shape(0) != 2 * s_w - 1 ||
