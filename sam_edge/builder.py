@@ -82,13 +82,17 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} is not a state_dict (a dict of tensors); got {type(state).__name__}")
+    odd = [k for k in state if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(f"checkpoint {path} is not a state_dict: its keys must be parameter names (str); "
+                              f"found {type(odd[0]).__name__} {odd[0]!r}")
     return state
 
 
 def infer_model_type(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
     """The official size ("vit_b", "vit_l", "vit_h") a state_dict matches, or None."""
     proj = state_dict.get("image_encoder.patch_embed.proj.weight")
-    if proj is None:
+    if proj is None or proj.dim() == 0:
         return None
     depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
     for name, cfg in SAM_CONFIGS.items():

@@ -64,7 +64,41 @@ def read_manifest(bundle_dir: str) -> Dict[str, Any]:
     for key in ("files", "graphs", "image_size", "backend"):
         if key not in manifest:
             raise BundleError(f"{path} lacks the field {key!r}")
+    _check_form(manifest, path)
     return manifest
+
+
+def _check_form(manifest: Dict[str, Any], path: str) -> None:
+    """The types of the fields that load() reads, so that a hand-edited or damaged
+    manifest is a BundleError naming the field, not a KeyError deep in a backend."""
+
+    def bad(field: str, expected: str, value: Any) -> BundleError:
+        return BundleError(f"{path}: {field} must be {expected}; got {type(value).__name__} {str(value)[:60]!r}")
+
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise bad("files", "an object of file name -> {sha256, bytes}", files)
+    for name, record in files.items():
+        if (not isinstance(record, dict) or not isinstance(record.get("sha256"), str)
+                or type(record.get("bytes")) is not int or record["bytes"] < 0):
+            raise bad(f"files[{name!r}]", "{sha256: str, bytes: int >= 0}", record)
+    graphs = manifest["graphs"]
+    if not isinstance(graphs, dict) or not all(isinstance(v, str) for v in graphs.values()):
+        raise bad("graphs", "an object of graph -> file name", graphs)
+    if manifest["backend"] == "onnxruntime":
+        for graph in ("encoder", "decoder"):
+            if graph not in graphs:
+                raise BundleError(f"{path}: graphs lacks {graph!r}")
+    if type(manifest["image_size"]) is not int or manifest["image_size"] < 1:
+        raise bad("image_size", "a positive int", manifest["image_size"])
+    if not isinstance(manifest["backend"], str):
+        raise bad("backend", "a string", manifest["backend"])
+    split = manifest.get("encoder_split")
+    if split is not None:
+        if (not isinstance(split, dict) or not isinstance(split.get("segments"), list)
+                or not all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in split["segments"])
+                or not isinstance(split.get("tables", ""), str)):
+            raise bad("encoder_split", "a plan with segments [{file: str, ...}] and tables: str", split)
 
 
 def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -129,6 +163,8 @@ def load(
         an OnnxRuntimeBackend, with the manifest as `.manifest`.
     """
     bundle_dir = os.fspath(bundle_dir)
+    if attention_compute not in (None, "fp32", "fp16", "bf16"):
+        raise ValueError(f"attention_compute must be 'fp32', 'fp16', 'bf16' or None; got {attention_compute!r}")
     manifest = read_manifest(bundle_dir)
     if verify:
         verify_bundle(bundle_dir, manifest)
@@ -140,11 +176,47 @@ def load(
         raise BundleError(
             f"bundle {bundle_dir} is for backend {manifest['backend']!r}; load() runs onnxruntime bundles"
         )
+    try:
+        encoder_split = _encoder_split(bundle_dir, manifest.get("encoder_split"), providers, native_attention,
+                                       attention_compute)
+        engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_split)
+    except BundleError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # ONNX Runtime's own exception types, or a plan of the wrong form
+        raise BundleError(
+            f"bundle {bundle_dir} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
+            "its files may be damaged: rebuild it, or load it with verify=True to find the changed file"
+        ) from exc
+    engine.manifest = manifest
+    engine.bundle_dir = bundle_dir
+    return engine
+
+
+def _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_split):
     from .onnxruntime_backend import OnnxRuntimeBackend
 
     graphs = manifest["graphs"]
+    return OnnxRuntimeBackend(
+        os.path.join(bundle_dir, graphs["encoder"]),
+        os.path.join(bundle_dir, graphs["decoder"]),
+        image_size=manifest["image_size"],
+        providers=providers,
+        threads=threads,
+        split_decoder_paths=(
+            (os.path.join(bundle_dir, graphs["decoder_image"]), os.path.join(bundle_dir, graphs["decoder_prompt"]))
+            if "decoder_image" in graphs and "decoder_prompt" in graphs
+            else None
+        ),
+        encoder_split=encoder_split,
+    )
+
+
+def _encoder_split(bundle_dir, split, providers, native_attention, attention_compute):
+    """OnnxRuntimeBackend's encoder_split for the manifest's plan `split`, or None
+    for the single encoder graph (see load's native_attention)."""
     encoder_split = None
-    split = manifest.get("encoder_split")
     if native_attention is not False:
         from .global_attention import fast_compute, kernel_status
 
@@ -169,19 +241,4 @@ def load(
                                   f"{sorted({(a['head_dim'], tuple(a['k_size'])) for a in split['attention']})})")
             if None not in computes:
                 encoder_split = {"dir": bundle_dir, "plan": split, "compute": computes}
-    engine = OnnxRuntimeBackend(
-        os.path.join(bundle_dir, graphs["encoder"]),
-        os.path.join(bundle_dir, graphs["decoder"]),
-        image_size=manifest["image_size"],
-        providers=providers,
-        threads=threads,
-        split_decoder_paths=(
-            (os.path.join(bundle_dir, graphs["decoder_image"]), os.path.join(bundle_dir, graphs["decoder_prompt"]))
-            if "decoder_image" in graphs and "decoder_prompt" in graphs
-            else None
-        ),
-        encoder_split=encoder_split,
-    )
-    engine.manifest = manifest
-    engine.bundle_dir = bundle_dir
-    return engine
+    return encoder_split
