@@ -133,10 +133,10 @@ def test_bad_inputs_are_refused():
         rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, compute="int4")
     with pytest.raises(ValueError, match="4 dimensions"):
         rel_pos_attention(q[0], k, v, rel_h, rel_w, 0.125)
-    if STATUS["avx512_fp16"]:
-        q, k, v, rel_h, rel_w = _inputs(1, 2, (4, 4), (4, 16), 80, 1.0, seed=1)
-        with pytest.raises(ValueError, match="fp16 compute needs"):
-            rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, compute="fp16")
+    # head_dim 80 has no fp16 path on any CPU: refused with or without AVX512-FP16.
+    q, k, v, rel_h, rel_w = _inputs(1, 2, (4, 4), (4, 16), 80, 1.0, seed=1)
+    with pytest.raises(ValueError, match="fp16 compute needs"):
+        rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, compute="fp16")
 
 
 @pytest.mark.parametrize("amx, fp16, expected", [
@@ -336,9 +336,8 @@ def test_qkv_bad_inputs_are_refused():
         rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias[:, :1], 2, 4, 0.25)
     with pytest.raises(ValueError, match="compute must be one of"):
         rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="int8")
-    if STATUS["avx512_fp16"]:
-        with pytest.raises(ValueError, match="fp16 compute needs"):
-            rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="fp16")  # head_dim 16
-    if STATUS["amx_bf16"]:
-        with pytest.raises(ValueError, match="bf16 compute needs"):
-            rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="bf16")  # head_dim 16
+    # head_dim 16 has no reduced-precision path on any CPU: refused with or without the feature.
+    with pytest.raises(ValueError, match="fp16 compute needs"):
+        rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="fp16")
+    with pytest.raises(ValueError, match="bf16 compute needs"):
+        rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25, compute="bf16")

@@ -296,7 +296,8 @@ def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path):
     status = kernel_status()
     if not status["avx512"]:
         assert engine.encoder_mode == "single ONNX Runtime graph"
-        return
+        pytest.skip("no AVX-512 here: the ViT-H bundle loads its single encoder graph (checked), so the "
+                    "kernel's head_dim-80 cuts cannot be compared with the official model")
     assert engine.encoder_mode.endswith("bf16)" if status["amx_bf16"] else "fp32)"), engine.encoder_mode
     image = photos()["portrait"]
     predictor = sam_edge.SamPredictor(engine)
