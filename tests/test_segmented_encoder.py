@@ -307,3 +307,53 @@ def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path):
     with torch.no_grad():
         ref = official.get_image_embedding().numpy()
     assert rel_l2(predictor.get_image_embedding(), ref) <= 0.05
+
+
+def test_int8_tables_of_every_cut_are_the_checkpoint_s(int8_bundle):
+    """Exact tables for the windowed cuts too: their padded keys and values are the
+    qkv bias's k and v parts (a padded token is zero after the norm), so a table
+    of zeros, or of another block's bias, is a wrong encoder."""
+    reference, path = int8_bundle
+    state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+    plan = json.loads((path / "manifest.json").read_text())["encoder_split"]
+    assert any(a["window"] for a in plan["attention"])
+    with np.load(path / plan["tables"]) as tables:
+        for j, a in enumerate(plan["attention"]):
+            key = f"image_encoder.blocks.{a['block']}.attn."
+            np.testing.assert_array_equal(tables[f"rel_pos_h_{j}"], state[key + "rel_pos_h"])
+            np.testing.assert_array_equal(tables[f"rel_pos_w_{j}"], state[key + "rel_pos_w"])
+            np.testing.assert_array_equal(tables[f"kv_bias_{j}"], state[key + "qkv.bias"].reshape(3, 12, 64)[1:])
+            assert np.abs(tables[f"kv_bias_{j}"]).max() > 0
+
+
+def test_fully_cut_fp32_encoder_matches_the_single_graph(tmp_path, monkeypatch):
+    """The fp32 bundle's encoder cut at every block, the windowed ones (padded
+    16 -> 28) too, the kernel in fp32 against the bundle's single graph: the
+    same math, so they agree to float32 rounding (1e-5), deterministically,
+    where padding with the wrong key/value would not. The kernel's portable
+    path runs where no fast one does, so this runs on every CPU."""
+    import shutil
+
+    from sam_edge.export.split_encoder import split_at_global_attention
+    from sam_edge.runtime import global_attention
+
+    if not kernel_status()["available"]:
+        pytest.skip("sam_edge._C is not built")
+    # The plain graph (no fused attention, not split), then cut at every block here.
+    _, _, path = build_test_bundle(tmp_path, reduced_config(depth=4), seed=6, official_decoder=False,
+                                   fused_attention=False, split_encoder=False)
+    copy = shutil.copytree(path, tmp_path / "cut-everywhere")
+    plan = split_at_global_attention(str(copy / "encoder.onnx"), str(copy), reduced_config(depth=4), windowed=True)
+    assert [a["window"] for a in plan["attention"]] == [14, 0, 14, 0]
+    plan["compute"] = "fp32"
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["encoder_split"] = plan
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(global_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
+    cut = sam_edge.load(str(copy), native_attention=True, verify=False)
+    assert cut.encoder_mode == "segments + sam-edge attention kernel (4 cuts, fp32)", cut.encoder_mode
+    monkeypatch.undo()
+    single = sam_edge.load(str(path), native_attention=False)
+    images = np.random.default_rng(3).uniform(0, 255, (1, 3, 256, 200)).astype(np.float32)
+    a, b = cut.embed(images), single.embed(images)
+    assert rel_l2(a, b) <= 1e-5, rel_l2(a, b)
