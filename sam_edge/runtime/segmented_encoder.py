@@ -38,6 +38,10 @@ class SegmentedEncoder:
             (global_attention.fast_compute).
         threads: the kernel's threads (all when None).
         shared_arena: one ONNX Runtime CPU arena for all segments (default).
+
+    Thread-safe: run() keeps its tensors in locals, the sessions' run is
+    thread-safe, and the kernel's scratch is per calling thread (each Python
+    thread gets its own OpenMP team); the tables are only read.
     """
 
     def __init__(

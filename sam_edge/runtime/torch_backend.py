@@ -9,6 +9,13 @@ from ..modeling import Sam
 
 
 class TorchBackend:
+    """The torch model behind the Backend interface.
+
+    Shared by threads: embed and decode only read the model's weights, under
+    torch.no_grad (grad mode is per thread); each SamPredictor wraps the model
+    in its own TorchBackend, so nothing here holds per-image state.
+    """
+
     name = "torch"
 
     def __init__(self, model: Sam) -> None:
