@@ -72,7 +72,9 @@ def randomize_(sam, seed: int) -> None:
         elif "norm" in name or "neck.1" in name or "neck.3" in name or "upscaling.1" in name or "downscaling.1" in name or "downscaling.4" in name:
             p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
         elif name.endswith("bias"):
-            p.copy_(0.02 * noise)
+            # As large as rel-pos: what depends on the biases (padding by the qkv
+            # bias, bias fusion, the neck) must be exercised, not hidden under 0.02.
+            p.copy_(float(0.2 + 0.3 * torch.rand((), generator=gen)) * noise)
         else:
             fan_in = max(p[0].numel(), 1) if p.dim() > 1 else p.numel()
             p.copy_(noise / fan_in**0.5)
