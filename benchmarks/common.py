@@ -35,12 +35,28 @@ def summarize(times: List[float]) -> Dict[str, float]:
     return {"median_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1], "iqr_ms": q[2] - q[0], "n": len(ms)}
 
 
-def write_results(name: str, payload: Dict[str, object], tag: str = None) -> str:
-    """Write JSON to benchmarks/results/<device>-<date>-<name>.json; return the path."""
+def results_path(benchmark: str, tag: str = None, date: str = None, directory: str = RESULTS_DIR) -> str:
+    """benchmarks/results/<host>-<date>-<benchmark>.json, numbered -2, -3, ... after the first of a day,
+    so a repeat never overwrites a result."""
+    date = date or datetime.date.today().isoformat()
+    stem = os.path.join(directory, f"{tag or device_tag()}-{date}-{benchmark}")
+    path, n = stem + ".json", 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{stem}-{n}.json"
+    return path
+
+
+def write_results(name: str, payload: Dict[str, object], tag: str = None, variant: str = None) -> str:
+    """Write JSON to benchmarks/results/<host>-<date>-<name>.json (see results_path); return the path.
+
+    `name` is the benchmark (e.g. "cpu-attention", "amg-vit_b"); what is being compared (a code
+    state, a build option) goes in `variant`, a field of the file, never into its name.
+    """
     os.makedirs(RESULTS_DIR, exist_ok=True)
     date = datetime.date.today().isoformat()
-    path = os.path.join(RESULTS_DIR, f"{tag or device_tag()}-{date}-{name}.json")
-    payload = dict(payload, date=date, hardware=hardware())
+    path = results_path(name, tag, date)
+    payload = {"variant": variant, **payload, "date": date, "hardware": hardware()}
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
     return path
