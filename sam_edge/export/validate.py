@@ -82,6 +82,44 @@ def reference_model(manifest: Dict[str, Any], checkpoint: Optional[str]):
     return random_weights_model(config, int(weights["seed"]))
 
 
+def run_record(root: Optional[str] = None) -> Dict[str, Any]:
+    """What made a report and where: the time, the package version; the git commit, and whether
+    tracked files differed from it, when `root` (default: the directory holding this sam_edge
+    package) is the top of a git checkout, else None; the host as `sam-edge bench` describes it
+    (tag, CPU model and features, cores, threads)."""
+    import datetime
+    import os
+    import subprocess
+
+    from .. import __version__
+    from ..bench.host import device_tag, hardware
+
+    root = os.path.abspath(root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    record: Dict[str, Any] = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                              "sam_edge_version": __version__, "git_commit": None, "git_dirty": None}
+
+    def git(*args: str) -> Optional[str]:
+        # the repository is root's own, and reading must not take the index lock from a concurrent commit
+        env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+        env["GIT_OPTIONAL_LOCKS"] = "0"
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, env=env)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    # only the checkout the package itself lives in: an install inside some other repository is not one
+    if top and os.path.isdir(top) and os.path.samefile(top, root):
+        record["git_commit"] = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+        record["git_dirty"] = None if status is None else bool(status)
+    host = hardware()
+    host["tag"] = device_tag()
+    record["host"] = host
+    return record
+
+
 def validate_bundle(
     bundle_dir: str,
     checkpoint: Optional[str] = None,
@@ -161,6 +199,7 @@ def validate_bundle(
         "tolerance": {"logits_rel_l2_max": max_rel_l2, "mask_iou_mean_min": min_iou},
         "passed": passed,
         "notes": notes,
+        "record": run_record(),
     }
 
 
