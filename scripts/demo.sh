@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${1:-}
 bash scripts/setup.sh >/dev/null
-PY=${PYTHON:-python3}
+source scripts/python_env.sh
+PY=$(sam_edge_python)
 BUNDLE=out/bundles/vit_b-onnxruntime-fp32
 if [ -n "$CKPT" ]; then
   [ -f "$CKPT" ] || { echo "demo: checkpoint not found: $CKPT" >&2; exit 1; }

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-PY=${PYTHON:-python3}
+source scripts/python_env.sh
+PY=$(sam_edge_python)
 exec $PY -m pytest -q -p no:cacheprovider --durations=15 "$@"
