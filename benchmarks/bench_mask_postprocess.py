@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         "speedup_vs_reference", "byte_floor_ms", "fraction_of_floor", "differing_pixels", "cuda_differing_pixels",
         "boxes_equal",
     ]
-    print(f"device: {device_name}; sam_edge._C_cuda: {postprocess_cuda.status()}")
+    print(f"device: {device_name}; sam_edge._C_cuda: {postprocess_cuda.status()["summary"]}")
     gpu_common.print_table(rows, columns)
     if not args.cpu_interpret or args.json:
         payload = {
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
             "environment": gpu_common.environment(device_name),
             "peaks": {"tbps": args.peak_tbps, "datasheet": peaks},
             "settings": {"repeats": args.repeats, "image_size": image_size, "low_res": low_res},
-            "cuda_kernel": postprocess_cuda.status(),
+            "cuda_kernel": postprocess_cuda.status()["summary"],
             "rows": rows,
         }
         print("wrote", gpu_common.write_results("mask_postprocess", device_name, payload, args.json))

@@ -33,7 +33,8 @@ IMAGE_HW = (1000, 1500)
 def requirements() -> str:
     """Why this benchmark cannot run here, or '' when it can."""
     try:
-        from sam_edge.runtime.tensorrt_backend import CudaError, tensorrt_runtime_info
+        from sam_edge.runtime.cuda_buffers import CudaError
+        from sam_edge.runtime.tensorrt_compat import tensorrt_runtime_info
 
         tensorrt_runtime_info()
     except ImportError as exc:

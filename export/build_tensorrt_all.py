@@ -158,7 +158,8 @@ def main(argv=None) -> int:
         if p not in TENSORRT_PRECISIONS:
             parser.error(f"unknown precision {p!r}; expected {list(TENSORRT_PRECISIONS)}")
 
-    from sam_edge.runtime.tensorrt_backend import CudaError, tensorrt_runtime_info
+    from sam_edge.runtime.cuda_buffers import CudaError
+    from sam_edge.runtime.tensorrt_compat import tensorrt_runtime_info
 
     try:
         runtime = tensorrt_runtime_info()

@@ -37,7 +37,7 @@ def info() -> Dict[str, str]:
         report["postprocess"] = postprocess.active_path()
         from .postprocess import cuda as postprocess_cuda
 
-        report["postprocess_cuda"] = postprocess_cuda.status()
+        report["postprocess_cuda"] = postprocess_cuda.status()["summary"]
     except Exception as exc:
         report["postprocess"] = report.get("postprocess", f"unavailable ({exc})")
     from .runtime.global_attention import kernel_status
@@ -50,7 +50,7 @@ def info() -> Dict[str, str]:
                  + (" + AMX-BF16" if kernel["amx_bf16"] else "")) if kernel["avx512"] else (
             "portable loop only: ORT bundles run their single graph")
         report["cpu_attention_kernel"] = f"sam_edge._C ({paths}, {kernel['threads']} threads)"
-    from .runtime.tensorrt_backend import tensorrt_status
+    from .runtime import tensorrt_compat
 
-    report["tensorrt_runtime"] = tensorrt_status()
+    report["tensorrt_runtime"] = tensorrt_compat.status()["summary"]
     return report

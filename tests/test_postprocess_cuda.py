@@ -26,12 +26,13 @@ import torch
 
 import sam_edge.postprocess as pp
 import sam_edge.postprocess.cuda as pc
+from sam_edge.runtime.cuda_buffers import from_dlpack_capsule
 
 amg = pytest.importorskip("segment_anything.utils.amg")
 
 _GPU_SKIP = pytest.mark.skipif(
     not (pc.available() and torch.cuda.is_available()),
-    reason=f"needs sam_edge._C_cuda and a CUDA device (CUDA path: {pc.status()})",
+    reason=f"needs sam_edge._C_cuda and a CUDA device (CUDA path: {pc.status()['summary']})",
 )
 
 
@@ -75,7 +76,7 @@ def test_cuda_array_interface_is_read():
 
 def test_dlpack_capsule_is_read_and_cpu_rejected():
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4)[1:]
-    parsed = pc._from_dlpack_capsule(t.__dlpack__(), t)
+    parsed = from_dlpack_capsule(t.__dlpack__(), t)
     assert parsed.ptr == t.data_ptr()
     assert parsed.shape == (2, 4) and parsed.dtype == np.float32
     with pytest.raises(TypeError, match="not on a CUDA device"):
@@ -85,8 +86,9 @@ def test_dlpack_capsule_is_read_and_cpu_rejected():
 
 
 def test_status_explains_itself():
-    s = pc.status()
-    assert s.startswith(("not built: ", "built"))
+    status = pc.status()
+    assert status["summary"].startswith(("not built: ", "built"))
+    assert status["available"] == pc.available()
 
 
 # ---------------------------------------------------------------- targets
@@ -196,7 +198,7 @@ def test_a_device_without_code_for_it_is_not_available(with_fake):
     assert not pc.available()
     assert not pc.available(0)
     assert calls == [("probe", 0)]  # probed once per device, on first use
-    status = pc.status()
+    status = pc.status()["summary"]
     assert "cudaErrorNoKernelImageForDevice" in status and "80;86;87;89;90+PTX" in status
     assert "on the host" in status
     with pytest.raises(RuntimeError, match="cudaErrorNoKernelImageForDevice"):
@@ -207,7 +209,21 @@ def test_a_device_whose_probe_runs_is_available(with_fake):
     calls = with_fake(probe_error="")
     assert pc.available() and pc.available()
     assert calls == [("probe", 0)]
-    assert "kernels run on device 0" in pc.status()
+    assert "kernels run on device 0" in pc.status()["summary"]
+
+
+def test_sam_edge_postprocess_numpy_turns_the_cuda_path_off(with_fake, monkeypatch):
+    """SAM_EDGE_POSTPROCESS=numpy sends callers that choose a path to the host, on a device where
+    the kernels run; the ops themselves still run when called."""
+    with_fake(probe_error="", stability_scores=lambda *args: None)
+    monkeypatch.setenv("SAM_EDGE_POSTPROCESS", "numpy")
+    status = pc.status()
+    assert not pc.available() and not status["available"]
+    assert status["summary"].startswith("disabled by SAM_EDGE_POSTPROCESS=numpy")
+    monkeypatch.setattr(pc, "_empty", lambda like, shape, dtype: fake_device_array(0x9000, tuple(shape), "<f4"))
+    assert pc.stability_score(fake_device_array(0x1000, (2, 4, 4), "<f4")).__cuda_array_interface__["data"][0] == 0x9000
+    monkeypatch.delenv("SAM_EDGE_POSTPROCESS")
+    assert pc.available() and pc.status()["available"]
 
 
 def test_sam_edge_info_says_why_the_cuda_path_is_not_used(with_fake):

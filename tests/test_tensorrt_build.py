@@ -16,7 +16,7 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from sam_edge.export import tensorrt_build as build  # noqa: E402
 from sam_edge.export import tensorrt_prepare as prep  # noqa: E402
-from sam_edge.runtime.tensorrt_backend import check_engine_compatibility, rebuild_command  # noqa: E402
+from sam_edge.runtime.tensorrt_compat import check_engine_compatibility, rebuild_command  # noqa: E402
 
 from ._tensorrt_graphs import EMBED_DIM, GRID, export_mlp, export_tiny_decoder, quantize_mlp_qdq  # noqa: E402
 
@@ -527,14 +527,14 @@ def fake_trt(monkeypatch):
     sam-edge imports them; returns the fake `tensorrt` module."""
     import sys
 
-    from sam_edge.runtime import tensorrt_backend
+    from sam_edge.runtime import cuda_buffers
 
     from ._tensorrt_fakes import FakeCudaRuntime, fake_tensorrt
 
     cuda = FakeCudaRuntime()
     trt = fake_tensorrt(cuda)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(tensorrt_backend, "cudart", lambda: cuda)
+    monkeypatch.setattr(cuda_buffers, "cudart", lambda: cuda)
     return trt
 
 

@@ -1,14 +1,17 @@
-"""The TensorRT runtime: engine compatibility (pure), CUDA error reporting and the
-prompt layout; and, where TensorRT and a GPU exist, engines
-built at a reduced size checked against the PyTorch reference."""
+"""The TensorRT runtime: engine compatibility and profiles (tensorrt_compat, pure), CUDA
+buffers and error reporting (cuda_buffers), the backend's plumbing over spec'd fakes; and,
+where TensorRT and a GPU exist, engines built at a reduced size checked against the
+PyTorch reference."""
 
 import os
+import types
 
 import numpy as np
 import pytest
 
+from sam_edge.runtime import cuda_buffers, tensorrt_compat
 from sam_edge.runtime import tensorrt_backend as trb
-from sam_edge.runtime.tensorrt_backend import EngineCompatibilityError, check_engine_compatibility
+from sam_edge.runtime.tensorrt_compat import EngineCompatibilityError, ShapeTuple, check_engine_compatibility
 
 
 def manifest(version="10.13.0.35", cc="8.6", gpu="NVIDIA A10", hardware="none", version_compatible=False, **build):
@@ -50,20 +53,20 @@ def test_compatible(built, runtime):
 
 
 @pytest.mark.parametrize(
-    "built,runtime,reasons",
+    "built,runtime,reasons,problems",
     [
-        (manifest(cc="8.6"), here(cc="9.0", gpu="NVIDIA H100"), ["compute capability 8.6", "NVIDIA H100 has 9.0"]),
-        (manifest(cc="8.7", gpu="Orin"), here(cc="8.6"), ["8.7 (Orin)"]),
-        (manifest(version="10.13.0"), here(version="10.12.0"), ["TensorRT 10.13.0", "10.12.0"]),
-        (manifest(version="10.3.0"), here(version="10.3.1"), ["built with TensorRT 10.3.0"]),
-        (manifest(hardware="ampere_plus"), here(cc="7.5", gpu="Tesla T4"), ["Ampere", "Tesla T4 has 7.5"]),
-        (manifest(version_compatible=True, version="10.13.0"), here(version="10.12.0"), ["version-compatible"]),
-        (manifest(version_compatible=True, version="10.13.0"), here(version="11.0.0"), ["major version 10"]),
-        (manifest(cc="8.6", version="10.3.0"), here(cc="8.9", version="10.4.0"), ["8.6", "10.3.0"]),
-        (manifest(hardware="turing_plus"), here(), ["unknown hardware compatibility"]),
+        (manifest(cc="8.6"), here(cc="9.0", gpu="NVIDIA H100"), ["compute capability 8.6", "NVIDIA H100 has 9.0"], 1),
+        (manifest(cc="8.7", gpu="Orin"), here(cc="8.6"), ["8.7 (Orin)"], 1),
+        (manifest(version="10.13.0"), here(version="10.12.0"), ["TensorRT 10.13.0", "10.12.0"], 1),
+        (manifest(version="10.3.0"), here(version="10.3.1"), ["built with TensorRT 10.3.0"], 1),
+        (manifest(hardware="ampere_plus"), here(cc="7.5", gpu="Tesla T4"), ["Ampere", "Tesla T4 has 7.5"], 1),
+        (manifest(version_compatible=True, version="10.13.0"), here(version="10.12.0"), ["version-compatible"], 1),
+        (manifest(version_compatible=True, version="10.13.0"), here(version="11.0.0"), ["major version 10"], 1),
+        (manifest(cc="8.6", version="10.3.0"), here(cc="8.9", version="10.4.0"), ["8.6", "10.3.0"], 2),
+        (manifest(hardware="turing_plus"), here(), ["unknown hardware compatibility"], 1),
     ],
 )
-def test_incompatible_says_why_and_how_to_rebuild(built, runtime, reasons):
+def test_incompatible_says_why_and_how_to_rebuild(built, runtime, reasons, problems):
     with pytest.raises(EngineCompatibilityError) as info:
         check_engine_compatibility(built, runtime, "/bundles/vit_l-int8")
     message = str(info.value)
@@ -73,16 +76,11 @@ def test_incompatible_says_why_and_how_to_rebuild(built, runtime, reasons):
         "sam-edge build --model vit_l --checkpoint sam_vit_l_0b3195.pth --backend tensorrt --precision int8"
     )
     assert expected in message and "--output /bundles/vit_l-int8 --overwrite" in message
-    assert message.count("\n  - ") == sum(
-        [built["tensorrt"]["compute_capability"] != runtime["compute_capability"] and built["tensorrt"]["hardware_compatibility"] == "none",
-         built["tensorrt"]["hardware_compatibility"] == "ampere_plus",
-         built["tensorrt"]["hardware_compatibility"] not in ("none", "ampere_plus"),
-         trb._parse_version(built["tensorrt"]["version"]) != trb._parse_version(runtime["tensorrt"])]
-    ), "one line per problem"
+    assert message.count("\n  - ") == problems, "one line per problem"
 
 
 def test_rebuild_command_keeps_non_default_options():
-    command = trb.rebuild_command(manifest(max_points=8, hardware_compatibility="ampere_plus", version_compatible=True))
+    command = tensorrt_compat.rebuild_command(manifest(max_points=8, hardware_compatibility="ampere_plus", version_compatible=True))
     assert "--max-points 8" in command and "--hardware-compatibility ampere_plus" in command
     assert "--version-compatible" in command and "--output BUNDLE_DIR" in command
 
@@ -102,28 +100,73 @@ def test_malformed_inputs_are_value_errors(built, runtime, message):
         check_engine_compatibility(built, runtime)
 
 
+# ---------------------------------------------------------------- profiles and versions (pure)
+
+
+@pytest.mark.parametrize("shape,inside", [
+    ((1, 1, 2), True), ((3, 4, 2), True), ((2, 3, 2), True),  # both ends and between
+    ((4, 1, 2), False), ((1, 5, 2), False), ((0, 1, 2), False), ((1, 1, 3), False),  # one axis out
+    ((1, 1), False), ((1, 1, 2, 1), False),  # another rank
+])
+def test_shape_tuple_holds(shape, inside):
+    shapes = ShapeTuple(min=(1, 1, 2), opt=(1, 2, 2), max=(3, 4, 2))
+    assert (shapes.min, shapes.opt, shapes.max) == ((1, 1, 2), (1, 2, 2), (3, 4, 2))
+    assert shapes.holds(shape) is inside
+
+
+def test_profile_holds_every_input_it_names():
+    profile = {"point_coords": ShapeTuple((1, 1, 2), (1, 2, 2), (3, 4, 2)), "has_mask_input": ShapeTuple((1,), (1,), (3,))}
+    assert tensorrt_compat.profile_holds(profile, {"point_coords": (2, 4, 2), "has_mask_input": (3,), "other": (9,)})
+    assert not tensorrt_compat.profile_holds(profile, {"point_coords": (2, 4, 2)})  # has_mask_input missing
+    assert not tensorrt_compat.profile_holds(profile, {"point_coords": (2, 4, 2), "has_mask_input": (4,)})
+    assert tensorrt_compat.describe_profile(profile) == "point_coords (1, 1, 2)..(3, 4, 2), has_mask_input (1,)..(3,)"
+
+
+@pytest.mark.parametrize("text,expected", [("10.13.0.35", (10, 13, 0)), ("10.3.1", (10, 3, 1)), ("10.3", (10, 3)),
+                                           ("11", (11,))])
+def test_parse_version_keeps_major_minor_patch(text, expected):
+    assert tensorrt_compat.parse_version(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [("8.6", (8, 6)), ("10.0", (10, 0)), ("12.1", (12, 1))])
+def test_parse_compute_capability(text, expected):
+    assert tensorrt_compat.parse_compute_capability(text) == expected
+
+
+@pytest.mark.parametrize("text", ["sm_86", "8", "8.6.1", ""])
+def test_parse_compute_capability_refuses(text):
+    with pytest.raises(ValueError, match="compute capability must look like '8.6'"):
+        tensorrt_compat.parse_compute_capability(text)
+
+
+@pytest.mark.parametrize("section,allowed", [({"version_compatible": True}, True), ({"version_compatible": False}, False),
+                                             ({}, False), (None, False)])
+def test_host_code_allowed_only_for_version_compatible_plans(section, allowed):
+    assert tensorrt_compat.host_code_allowed({"tensorrt": section}) is allowed
+
+
 # ---------------------------------------------------------------- CUDA errors
 
 
 def test_cuda_errors_carry_cuda_s_message():
     runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python (cuda-bindings)")
     status = runtime.cudaError_t.cudaErrorInvalidValue
-    with pytest.raises(trb.CudaError, match=r"cudaMalloc\(8\) failed: cudaErrorInvalidValue: invalid argument"):
-        trb.cuda_check((status, None), "cudaMalloc(8)")
-    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess, 7), "x") == 7
-    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess, 1, 2), "x") == (1, 2)
-    assert trb.cuda_check((runtime.cudaError_t.cudaSuccess,), "x") is None
+    with pytest.raises(cuda_buffers.CudaError, match=r"cudaMalloc\(8\) failed: cudaErrorInvalidValue: invalid argument"):
+        cuda_buffers.cuda_check((status, None), "cudaMalloc(8)")
+    assert cuda_buffers.cuda_check((runtime.cudaError_t.cudaSuccess, 7), "x") == 7
+    assert cuda_buffers.cuda_check((runtime.cudaError_t.cudaSuccess, 1, 2), "x") == (1, 2)
+    assert cuda_buffers.cuda_check((runtime.cudaError_t.cudaSuccess,), "x") is None
 
 
 def test_a_real_cuda_call_is_checked():
     runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python (cuda-bindings)")
     result = runtime.cudaGetDeviceCount()
     if int(result[0]) == 0:
-        assert trb.cuda_check(result, "cudaGetDeviceCount") >= 0
+        assert cuda_buffers.cuda_check(result, "cudaGetDeviceCount") >= 0
     else:  # no driver or no GPU here: the error names itself
         name = runtime.cudaGetErrorName(result[0])[1].decode()
-        with pytest.raises(trb.CudaError, match=f"cudaGetDeviceCount failed: {name}"):
-            trb.cuda_check(result, "cudaGetDeviceCount")
+        with pytest.raises(cuda_buffers.CudaError, match=f"cudaGetDeviceCount failed: {name}"):
+            cuda_buffers.cuda_check(result, "cudaGetDeviceCount")
 
 
 # ---------------------------------------------------------------- host paths
@@ -161,16 +204,23 @@ def test_decoder_feed_layout():
         assert all(v.dtype == np.float32 for v in feed.values())
 
 
-def test_host_postprocess_is_the_onnx_runtime_one():
-    """Without sam_edge._C_cuda the masks are resized on the host by the same function as
-    the ONNX Runtime backend (one reference for both)."""
-    from sam_edge.runtime.onnxruntime_backend import mask_postprocess_reference
+def test_host_postprocess_matches_the_official_one():
+    """Without sam_edge._C_cuda the masks are resized on the host: against the official
+    Sam.postprocess_masks run in float64. Each output is a convex combination of the inputs
+    through two float32 resizes, so its error is a few float32 ulps of the largest input;
+    the bound allows 16."""
+    torch = pytest.importorskip("torch")
+    from segment_anything.modeling import Sam
 
     backend = _feed_backend()
     backend._gpu_postprocess, backend.image_size = None, 32
-    low_res = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    low_res = np.random.default_rng(seed).standard_normal((2, 3, 8, 8)).astype(np.float32)
     ours = backend.postprocess_masks(low_res, (32, 20), (45, 28))
-    np.testing.assert_allclose(ours, mask_postprocess_reference(low_res, 32, (32, 20), (45, 28)), rtol=1e-6, atol=1e-6)
+    model = types.SimpleNamespace(image_encoder=types.SimpleNamespace(img_size=32))  # all postprocess_masks reads
+    official = Sam.postprocess_masks(model, torch.from_numpy(low_res).double(), (32, 20), (45, 28)).numpy()
+    bound = 16 * np.finfo(np.float32).eps * float(np.abs(low_res).max())
+    np.testing.assert_allclose(ours, official, rtol=0, atol=bound, err_msg=f"seed {seed}")
 
 
 class _FakeAllocation:
@@ -182,7 +232,7 @@ class _FakeAllocation:
                                                 (slice(2, 1), 120, (0, 3, 5))])
 def test_device_array_views(index, offset, shape):
     """Views on the first axis are the parent's memory at row offsets (float32, rows of 3 x 5)."""
-    parent = trb.DeviceArray((4, 3, 5), np.float32, _FakeAllocation())
+    parent = cuda_buffers.DeviceArray(_FakeAllocation.ptr, (4, 3, 5), np.float32, owner=_FakeAllocation())
     view = parent[index]
     assert view.ptr == parent.ptr + offset and view.shape == shape
     assert view.__cuda_array_interface__["data"] == (view.ptr, False)
@@ -192,7 +242,7 @@ def test_device_array_views(index, offset, shape):
 @pytest.mark.parametrize("index,error", [(4, IndexError), (-5, IndexError), (slice(0, 4, 2), ValueError), ((0, 1), TypeError)])
 def test_device_array_rejects(index, error):
     with pytest.raises(error):
-        trb.DeviceArray((4, 3), np.float32, _FakeAllocation())[index]
+        cuda_buffers.DeviceArray(_FakeAllocation.ptr, (4, 3), np.float32, owner=_FakeAllocation())[index]
 
 
 def test_load_without_tensorrt_says_so(tmp_path):
@@ -208,7 +258,7 @@ def test_load_without_tensorrt_says_so(tmp_path):
 
 def test_array_provider_rejects_unknown_library():
     with pytest.raises(ValueError, match="array library"):
-        trb.array_provider("jax")
+        cuda_buffers.array_provider("jax")
 
 
 # ---------------------------------------------------------------- with TensorRT and a GPU
@@ -239,13 +289,13 @@ def requires_gpu(test):
 
 @requires_gpu
 def test_device_array_round_trip():
-    provider = trb.array_provider("cuda-python")
+    provider = cuda_buffers.array_provider("cuda-python")
     host = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    device = trb.DeviceArray(host.shape, host.dtype)
-    staged = trb._PinnedArray(host.shape, host.dtype)
+    device = cuda_buffers.DeviceArray.empty(host.shape, host.dtype)
+    staged = cuda_buffers.PinnedArray(host.shape, host.dtype)
     staged.array[...] = host
-    rt = trb.cudart()
-    trb.cuda_check(rt.cudaMemcpyAsync(device.ptr, staged.ptr, host.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+    rt = cuda_buffers.cudart()
+    cuda_buffers.cuda_check(rt.cudaMemcpyAsync(device.ptr, staged.ptr, host.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
                                       provider.stream_handle), "cudaMemcpyAsync")
     np.testing.assert_array_equal(provider.host(device), host)
     np.testing.assert_array_equal(provider.host(device[1]), host[1])
@@ -266,9 +316,9 @@ BOUNDS = {"fp16": {"logits_rel_l2": 1e-2}, "int8": {"logits_rel_l2": 0.05, "mean
 def test_engine_parity_with_pytorch(tmp_path, small_config, precision):
     """A reduced ViT-B bundle built for TensorRT against the PyTorch model on the same
     prompts: low-res logits rel-L2 and (int8) mean mask IoU within the ONNX bundles' bounds."""
-    onnx_build = pytest.importorskip("sam_edge.export.build", reason="needs the onnx branch's `sam-edge build`")
     torch = pytest.importorskip("torch")
     from sam_edge.builder import build_sam_from_config
+    from sam_edge.export import build as onnx_build
     from sam_edge.export.tensorrt_build import TensorRTBuildParams, build_tensorrt_bundle
     from sam_edge.runtime.predictor import SamPredictor
 
@@ -311,10 +361,12 @@ def test_engine_parity_with_pytorch(tmp_path, small_config, precision):
 
 
 def test_status_line_without_tensorrt():
+    status = tensorrt_compat.status()
+    assert status["available"] == (_gpu_reason() is None)
     if _gpu_reason() is None:
-        assert trb.tensorrt_status().startswith("TensorRT ")
+        assert status["summary"].startswith("TensorRT ")
     else:
-        assert trb.tensorrt_status().startswith("unavailable (")
+        assert status["summary"].startswith("unavailable (")
 
 
 # ---------------------------------------------------------------- the backend's plumbing, with host doubles
@@ -325,7 +377,7 @@ def _install(monkeypatch, stack):
     import sys
 
     monkeypatch.setitem(sys.modules, "tensorrt", stack.trt)
-    monkeypatch.setattr(trb, "cudart", lambda: stack.cuda)
+    monkeypatch.setattr(cuda_buffers, "cudart", lambda: stack.cuda)
 
 
 @pytest.fixture
@@ -367,6 +419,8 @@ def test_backend_selects_mask_channels(fake_backend):
 
 
 def test_backend_feeds_the_prompt_layout(fake_backend):
+    """What reaches the decoder engine, written out: a 64 x 64 image in a 64-pixel frame is not
+    rescaled, so the point (1, 2) comes first, then the box corners (3, 4), (5, 6) labelled 2 and 3."""
     from sam_edge import SamPredictor
 
     backend, _, fake = fake_backend()
@@ -374,9 +428,8 @@ def test_backend_feeds_the_prompt_layout(fake_backend):
     predictor.set_image(np.zeros((64, 64, 3), np.uint8))
     predictor.predict(np.array([[1.0, 2.0]]), np.array([0]), box=np.array([3.0, 4.0, 5.0, 6.0]))
     coords, labels = fake.fed[-1]
-    expected = backend.decoder_feed(np.array([[[1.0, 2.0]]]), np.array([[0]]), np.array([[3.0, 4.0, 5.0, 6.0]]), None)
-    np.testing.assert_array_equal(coords, expected["point_coords"])
-    np.testing.assert_array_equal(labels, expected["point_labels"])
+    np.testing.assert_array_equal(coords, np.array([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]], np.float32))
+    np.testing.assert_array_equal(labels, np.array([[0, 2, 3]], np.float32))
 
 
 def test_backend_batched_prompts(fake_backend):
@@ -427,9 +480,14 @@ def test_cuda_graphs_per_shape_with_eviction(fake_backend, monkeypatch):
 
 def test_embed_batches_beyond_max_batch(fake_backend):
     """Four images through an engine of max batch 2: two calls, each embedding written at its own offset."""
-    from sam_edge import SamPredictor
-    from sam_edge.runtime.tensorrt_backend import PIXEL_MEAN, PIXEL_STD
+    import inspect
 
+    from segment_anything.modeling import Sam
+
+    from sam_edge import SamPredictor
+
+    official = inspect.signature(Sam.__init__).parameters  # the normalisation the checkpoints were trained with
+    PIXEL_MEAN, PIXEL_STD = official["pixel_mean"].default, official["pixel_std"].default
     backend, _, _ = fake_backend()
     predictor = SamPredictor(backend)
     images = [np.full((30 + 10 * i, 64, 3), 40 * i + 10, np.uint8) for i in range(4)]
@@ -567,3 +625,44 @@ def test_gpu_postprocess_refuses_what_postprocess_cuda_refuses():
         backend.postprocess_masks(transposed, (64, 40), (90, 57))
     with pytest.raises(TypeError, match="float32"):
         backend.postprocess_masks(_DeviceBuffer((2, 3, 16, 16), "<f8"), (64, 40), (90, 57))
+
+
+def test_engine_profiles_are_shape_tuples(fake_backend):
+    """The fakes' engines (see fake_backend): encoder batch 1..2; decoder profile 0 one prompt,
+    profile 1 up to 3 prompts, 1..4 points, tuned for 2."""
+    backend, _, _ = fake_backend()
+    assert backend.encoder.profiles == [{"image": ShapeTuple((1, 3, 64, 64), (1, 3, 64, 64), (2, 3, 64, 64))}]
+    interactive, batched = backend.decoder.profiles
+    assert interactive["point_coords"] == ShapeTuple((1, 1, 2), (1, 2, 2), (1, 4, 2))
+    assert batched["point_coords"] == ShapeTuple((1, 1, 2), (1, 2, 2), (3, 4, 2))
+    assert batched["mask_input"].max == (3, 1, 16, 16) and "image_embeddings" not in batched  # static input
+    assert (backend.max_batch, backend.max_prompts, backend.max_points) == (2, 3, 4)
+    one = {"point_coords": (1, 2, 2), "point_labels": (1, 2), "mask_input": (1, 1, 16, 16), "has_mask_input": (1,)}
+    assert backend.decoder.choose_profile(one) == 0
+    assert backend.decoder.choose_profile(dict(one, point_coords=(3, 2, 2), point_labels=(3, 2))) == 1
+    with pytest.raises(ValueError, match=r"point_coords \(1, 1, 2\)\.\.\(3, 4, 2\)"):
+        backend.decoder.choose_profile(dict(one, point_coords=(1, 5, 2), point_labels=(1, 5)))
+
+
+def test_status_with_tensorrt_and_a_gpu(fake_backend):
+    """With the fakes installed: what an engine must match, and where masks are resized."""
+    from ._tensorrt_fakes import COMPUTE_CAPABILITY, GPU_NAME, TENSORRT_VERSION
+
+    fake_backend()  # installs the fakes
+    status = tensorrt_compat.status()
+    assert status["available"] and status["tensorrt"] == TENSORRT_VERSION and status["gpu"] == GPU_NAME
+    assert status["compute_capability"] == "%d.%d" % COMPUTE_CAPABILITY
+    assert status["summary"].startswith(f"TensorRT {TENSORRT_VERSION} on {GPU_NAME} (compute capability ")
+    assert status["summary"].endswith("mask postprocess: " + status["mask_postprocess"])
+
+
+def test_one_device_array_type():
+    """sam_edge.postprocess.cuda reads arrays into the DeviceArray the backend allocates; a
+    DeviceArray (or a view of one) passes through unchanged."""
+    from sam_edge.postprocess import cuda as postprocess_cuda
+
+    parent = cuda_buffers.DeviceArray(_FakeAllocation.ptr, (4, 3), np.float32, owner=_FakeAllocation())
+    view = postprocess_cuda.device_array(parent[1:3], "low_res_logits")
+    assert isinstance(view, cuda_buffers.DeviceArray) and (view.ptr, view.shape) == (parent.ptr + 12, (2, 3))
+    read = postprocess_cuda.device_array(_DeviceBuffer((2, 3, 16, 16)))
+    assert isinstance(read, cuda_buffers.DeviceArray) and (read.ptr, read.shape, read.dtype) == (0x1000, (2, 3, 16, 16), np.float32)

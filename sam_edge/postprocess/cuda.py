@@ -22,11 +22,13 @@ pipeline runs them on CPU masks too.
 
 from __future__ import annotations
 
-import ctypes
-from dataclasses import dataclass
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from ..runtime.cuda_buffers import DeviceArray, device_array
+from . import BACKEND_ENV
 
 try:
     from .. import _C_cuda  # type: ignore[attr-defined]
@@ -69,22 +71,38 @@ def _problem(device: Optional[int] = None) -> Optional[str]:
     return None
 
 
+def _disabled() -> Optional[str]:
+    if os.environ.get(BACKEND_ENV, "").strip().lower() == "numpy":
+        return f"disabled by {BACKEND_ENV}=numpy"
+    return None
+
+
 def available(device: Optional[int] = None) -> bool:
-    """Whether the CUDA kernels were built, a device is visible, and a kernel runs on `device`
-    (default: the current device)."""
-    return _problem(device) is None
+    """Whether callers that choose a path (the TensorRT backend) should use these kernels on `device`
+    (default: the current one): built, a device visible, a kernel runs there, and not disabled by
+    SAM_EDGE_POSTPROCESS=numpy."""
+    return (_disabled() or _problem(device)) is None
 
 
-def status() -> str:
-    """Why the CUDA path is or is not usable on the current device, for people and logs."""
-    problem = _problem()
+def status(device: Optional[int] = None) -> Dict[str, Any]:
+    """Whether the CUDA path is usable on `device` (default: the current one), for the report.
+
+    Returns {"available": bool, "summary": one line for people}; when available also
+    "cuda_archs", "cuda_runtime", "devices" and "device", else "reason".
+    """
+    problem = _disabled() or _problem(device)
     if problem is not None:
-        return f"{problem}; device masks are post-processed on the host (sam_edge.postprocess)"
+        return {"available": False, "reason": problem,
+                "summary": f"{problem}; device masks are post-processed on the host (sam_edge.postprocess)"}
     version = _C_cuda.runtime_version()
-    return (
-        f"built for {_C_cuda.CUDA_ARCHS} (CUDA runtime {version // 1000}.{version % 1000 // 10}), "
-        f"{_C_cuda.device_count()} device(s), kernels run on device {_C_cuda.current_device()}"
-    )
+    runtime = f"{version // 1000}.{version % 1000 // 10}"
+    device = _C_cuda.current_device() if device is None else int(device)
+    return {
+        "available": True, "cuda_archs": _C_cuda.CUDA_ARCHS, "cuda_runtime": runtime,
+        "devices": _C_cuda.device_count(), "device": device,
+        "summary": (f"built for {_C_cuda.CUDA_ARCHS} (CUDA runtime {runtime}), "
+                    f"{_C_cuda.device_count()} device(s), kernels run on device {device}"),
+    }
 
 
 def _require(device: int):
@@ -94,98 +112,6 @@ def _require(device: int):
 
 
 # ---------------------------------------------------------------- device arrays
-
-_KDL_CUDA = 2
-_DL_CODES = {0: "i", 1: "u", 2: "f", 6: "b"}  # kDLInt, kDLUInt, kDLFloat, kDLBool
-
-
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("device", _DLDevice),
-        ("ndim", ctypes.c_int32),
-        ("dtype", _DLDataType),
-        ("shape", ctypes.POINTER(ctypes.c_int64)),
-        ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("byte_offset", ctypes.c_uint64),
-    ]
-
-
-@dataclass
-class DeviceArray:
-    """A borrowed view of a device buffer; ``owner`` keeps it alive."""
-
-    ptr: int
-    shape: Tuple[int, ...]
-    dtype: np.dtype
-    device_type: int
-    device_id: Optional[int]
-    owner: Any
-
-
-def _c_strides(shape, itemsize):
-    strides, step = [], itemsize
-    for s in reversed(shape):
-        strides.append(step)
-        step *= max(int(s), 1)
-    return tuple(reversed(strides))
-
-
-def _from_dlpack_capsule(capsule, owner) -> DeviceArray:
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype = ctypes.c_void_p
-    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    # The capsule is not consumed: its destructor releases the producer's tensor.
-    t = ctypes.cast(get(capsule, b"dltensor"), ctypes.POINTER(_DLTensor)).contents
-    if t.dtype.lanes != 1 or t.dtype.code not in _DL_CODES:
-        raise TypeError(f"unsupported DLPack dtype (code {t.dtype.code}, bits {t.dtype.bits}, lanes {t.dtype.lanes})")
-    dtype = np.dtype(f"{_DL_CODES[t.dtype.code]}{t.dtype.bits // 8}") if t.dtype.code != 6 else np.dtype(bool)
-    shape = tuple(t.shape[k] for k in range(t.ndim))
-    if t.strides:
-        strides = tuple(t.strides[k] * dtype.itemsize for k in range(t.ndim))
-        if any(s > 1 for s in shape) and strides != _c_strides(shape, dtype.itemsize):
-            raise ValueError(f"array must be C-contiguous, got shape {shape} and strides {strides}")
-    return DeviceArray(
-        ptr=(t.data or 0) + t.byte_offset,
-        shape=shape,
-        dtype=dtype,
-        device_type=t.device.device_type,
-        device_id=t.device.device_id,
-        owner=(owner, capsule),
-    )
-
-
-def device_array(x: Any, name: str = "array") -> DeviceArray:
-    """Pointer, shape and dtype of a C-contiguous CUDA array."""
-    if _library(x) == "torch":
-        x = x.detach()  # torch refuses the interface on tensors that require grad
-    if hasattr(x, "__cuda_array_interface__"):
-        cai = x.__cuda_array_interface__
-        shape = tuple(int(s) for s in cai["shape"])
-        dtype = np.dtype(cai["typestr"])
-        strides = cai.get("strides")
-        if strides is not None and any(s > 1 for s in shape) and tuple(strides) != _c_strides(shape, dtype.itemsize):
-            raise ValueError(f"{name} must be C-contiguous, got shape {shape} and strides {tuple(strides)}")
-        device = getattr(x, "device", None)
-        device_id = getattr(device, "index", getattr(device, "id", None))
-        return DeviceArray(int(cai["data"][0] or 0), shape, dtype, _KDL_CUDA, device_id, x)
-    if hasattr(x, "__dlpack__"):
-        array = _from_dlpack_capsule(x.__dlpack__(), x)
-        if array.device_type != _KDL_CUDA:
-            raise TypeError(f"{name} is not on a CUDA device (DLPack device type {array.device_type})")
-        return array
-    raise TypeError(
-        f"{name} must be a CUDA array (__cuda_array_interface__ or __dlpack__), got {type(x).__name__}; "
-        "CPU arrays go to sam_edge.postprocess"
-    )
 
 
 def _library(x):

@@ -4,460 +4,55 @@ Embed once, query many: the image embedding stays on the GPU between
 queries; prompts go through pinned host buffers into persistent device
 buffers; the decoder of the interactive profile replays a CUDA graph per
 prompt shape; the masks are resized on the GPU by sam_edge.postprocess.cuda
-when _C_cuda is usable (else on the host, in numpy, said by `postprocess_path`). Every call that touches the GPU makes
-the backend's device current and gives the caller's back afterwards.
+where its kernels run (else on the host; `postprocess_path` says which). Every
+call that touches the GPU makes the backend's device current and gives the
+caller's back afterwards.
 
-Device arrays are torch tensors when torch with CUDA is importable, else CuPy
-arrays, else this module's DeviceArray over cuda-python allocations
-(`cuda.bindings.runtime`), which exposes __cuda_array_interface__. Every CUDA
-call's status is checked and raised as CudaError with CUDA's own message.
-
-Imports numpy at module level only; TensorRT, cuda-python, torch and CuPy
-are imported when an engine is loaded. Not thread-safe: one backend per thread.
+Device memory and the library of device results are in cuda_buffers; whether
+a bundle's engines can run here is decided in tensorrt_compat. Imports numpy
+at module level only; TensorRT, cuda-python, torch and CuPy are imported when
+an engine is loaded. Not thread-safe: one backend per thread.
 """
 
 import contextlib
-import ctypes
 import functools
 import os
-import shlex
 import sys
 from collections import OrderedDict
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from . import cuda_buffers
+from .cuda_buffers import DeviceArray, PinnedArray, array_provider, cuda_check, device_array
 from .prompt_layout import decoder_prompt_feed
+from .tensorrt_compat import (
+    Profile,
+    ShapeTuple,
+    check_engine_compatibility,
+    describe_profile,
+    host_code_allowed,
+    import_tensorrt,
+    profile_holds,
+    tensorrt_runtime_info,
+)
 
 PIXEL_MEAN = np.array((123.675, 116.28, 103.53), dtype=np.float32)
 PIXEL_STD = np.array((58.395, 57.12, 57.375), dtype=np.float32)
-#: Array libraries for device results, in the order "auto" tries them.
-ARRAY_LIBRARIES = ("torch", "cupy", "cuda-python")
 #: Captured decoder graphs kept (one per prompt shape and embedding); least recently used go first.
 MAX_CUDA_GRAPHS = 16
 
 
-class CudaError(RuntimeError):
-    """A CUDA runtime call failed; the message names the call and CUDA's error."""
-
-
-class EngineCompatibilityError(RuntimeError):
-    """A TensorRT engine cannot run here (GPU architecture or TensorRT version); says how to rebuild."""
-
-
-# ---------------------------------------------------------------- TensorRT and CUDA, guarded
-
-
-def import_tensorrt():
-    """The tensorrt module (>= 10), or an ImportError that says how to get it."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise ImportError(
-            "TensorRT is not installed: install NVIDIA TensorRT >= 10 with its Python bindings "
-            f"(matching your CUDA and driver) to build or run TensorRT bundles ({exc})"
-        ) from exc
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise ImportError(f"sam-edge needs TensorRT >= 10; found {trt.__version__}")
-    return trt
-
-
-def cudart():
-    """cuda-python's runtime module (cuda.bindings.runtime; cuda.cudart before cuda-python 12.6)."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime  # type: ignore[no-redef]
-        except ImportError as exc:
-            raise ImportError("the TensorRT backend needs cuda-python: pip install cuda-python") from exc
-    return runtime
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).split(b"\0", 1)[0].decode(errors="replace")
-    return str(value)
-
-
-def cuda_check(result: Any, what: str) -> Any:
-    """Unwrap a cuda-python result `(status, *values)`: the value(s), or CudaError naming `what`."""
-    status, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
-    if int(status) != 0:
-        rt = cudart()
-        name = _text(rt.cudaGetErrorName(status)[1])
-        message = _text(rt.cudaGetErrorString(status)[1])
-        raise CudaError(f"{what} failed: {name}: {message}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
-
-
-def _parse_version(text: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in str(text).split(".")[:3])
-    except ValueError:
-        raise ValueError(f"not a version number: {text!r}") from None
-
-
-def _parse_compute_capability(text: Any) -> Tuple[int, int]:
-    try:
-        major, minor = str(text).split(".")
-        return int(major), int(minor)
-    except ValueError:
-        raise ValueError(f"compute capability must look like '8.6'; got {text!r}") from None
-
-
-def tensorrt_runtime_info(device: int = 0) -> Dict[str, str]:
-    """What an engine must match: {"tensorrt", "gpu", "compute_capability", "cuda_runtime"}."""
-    trt = import_tensorrt()
-    rt = cudart()
-    props = cuda_check(rt.cudaGetDeviceProperties(device), f"cudaGetDeviceProperties({device})")
-    version = cuda_check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
-    return {
-        "tensorrt": str(trt.__version__),
-        "gpu": _text(props.name),
-        "compute_capability": f"{props.major}.{props.minor}",
-        "cuda_runtime": f"{version // 1000}.{(version % 1000) // 10}",
-    }
-
-
-def tensorrt_status(device: int = 0) -> str:
-    """One line for sam_edge.info(): the TensorRT runtime and GPU, or why TensorRT bundles cannot run."""
-    try:
-        info = tensorrt_runtime_info(device)
-    except (ImportError, CudaError) as exc:
-        return f"unavailable ({exc})"
-    _, postprocess = _cuda_postprocess()
-    return (f"TensorRT {info['tensorrt']} on {info['gpu']} (compute capability {info['compute_capability']}, "
-            f"CUDA {info['cuda_runtime']}); mask postprocess: {postprocess}")
-
-
-# ---------------------------------------------------------------- compatibility (pure)
-
-
-#: Build options recorded in the manifest and the flag each takes on the command line.
-REBUILD_OPTIONS = (
-    "decoder_precision",
-    "max_batch",
-    "opt_batch",
-    "max_points",
-    "max_prompts",
-    "opt_points",
-    "opt_prompts",
-    "workspace_bytes",
-    "hardware_compatibility",
-)
-
-
-def rebuild_command(manifest: Mapping[str, Any], bundle_dir: Optional[str] = None) -> str:
-    """The `sam-edge build` command that rebuilds this TensorRT bundle on the current machine."""
-    section = manifest.get("tensorrt") or {}
-    build = dict(section.get("build") or {})
-    # Compatibility choices are also recorded beside the build options; either place counts.
-    for key in ("hardware_compatibility", "version_compatible"):
-        if key not in build and section.get(key) not in (None, "none", False):
-            build[key] = section[key]
-    weights = manifest.get("weights") or {}
-    parts = ["sam-edge", "build", "--model", str(build.get("model_type") or manifest.get("model_type", "MODEL"))]
-    checkpoint = build.get("checkpoint") or (weights.get("checkpoint") if weights.get("source") == "checkpoint" else None)
-    if checkpoint:
-        parts += ["--checkpoint", str(checkpoint)]
-    parts += ["--backend", "tensorrt", "--precision", str(build.get("precision") or manifest.get("precision", "fp16"))]
-    for option in REBUILD_OPTIONS:
-        if option in build:
-            parts += ["--" + option.replace("_", "-"), str(build[option])]
-    for flag in ("version_compatible", "weakly_typed"):
-        if build.get(flag):
-            parts.append("--" + flag.replace("_", "-"))
-    parts += ["--output", bundle_dir or "BUNDLE_DIR", "--overwrite"]
-    return shlex.join(parts)
-
-
-def check_engine_compatibility(
-    manifest: Mapping[str, Any], runtime_info: Mapping[str, Any], bundle_dir: Optional[str] = None
-) -> None:
-    """Raise EngineCompatibilityError, with the exact rebuild command, if the engines of a
-    TensorRT bundle cannot run with `runtime_info` (see tensorrt_runtime_info).
-
-    GPU: the same compute capability, or >= 8.0 for engines built with hardware
-    compatibility "ampere_plus". TensorRT: the same major.minor.patch, or for
-    version-compatible engines the same major and a runtime at least as new.
-    """
-    section = manifest.get("tensorrt")
-    if not isinstance(section, Mapping):
-        raise ValueError("not a TensorRT bundle manifest: it has no 'tensorrt' section")
-    for key in ("version", "compute_capability"):
-        if key not in section:
-            raise ValueError(f"the manifest's tensorrt section lacks {key!r}; rebuild the bundle")
-    for key in ("tensorrt", "compute_capability"):
-        if key not in runtime_info:
-            raise ValueError(f"runtime_info needs {key!r} (see tensorrt_runtime_info); got {sorted(runtime_info)}")
-    built_gpu = section.get("gpu", "unknown GPU")
-    here_gpu = runtime_info.get("gpu", "this GPU")
-    built_cc = _parse_compute_capability(section["compute_capability"])
-    here_cc = _parse_compute_capability(runtime_info["compute_capability"])
-    level = section.get("hardware_compatibility", "none")
-    problems = []
-    if level == "ampere_plus":
-        if here_cc < (8, 0):
-            problems.append(
-                f"the engines are hardware-compatible with Ampere and newer (compute capability >= 8.0); "
-                f"{here_gpu} has {here_cc[0]}.{here_cc[1]}"
-            )
-    elif level == "none":
-        if built_cc != here_cc:
-            problems.append(
-                f"the engines were built for compute capability {built_cc[0]}.{built_cc[1]} ({built_gpu}); "
-                f"{here_gpu} has {here_cc[0]}.{here_cc[1]}, and TensorRT engines run only on the GPU "
-                "architecture they were built for"
-            )
-    else:
-        problems.append(f"unknown hardware compatibility level {level!r} in the manifest")
-    built_v = _parse_version(section["version"])
-    here_v = _parse_version(runtime_info["tensorrt"])
-    if section.get("version_compatible"):
-        if here_v[0] != built_v[0] or here_v < built_v:
-            problems.append(
-                f"the engines are version-compatible from TensorRT {section['version']} within major version "
-                f"{built_v[0]}; this runtime is TensorRT {runtime_info['tensorrt']}"
-            )
-    elif here_v != built_v:
-        problems.append(
-            f"the engines were built with TensorRT {section['version']}; this runtime is TensorRT "
-            f"{runtime_info['tensorrt']}, and an engine loads only in the TensorRT version that built it"
-        )
-    if problems:
-        where = f"bundle {bundle_dir}: " if bundle_dir else ""
-        raise EngineCompatibilityError(
-            f"{where}cannot run these TensorRT engines here:\n  - " + "\n  - ".join(problems)
-            + "\nRebuild the bundle on this machine:\n  " + rebuild_command(manifest, bundle_dir)
-        )
-
-
-# ---------------------------------------------------------------- memory
-
-
-class _Allocation:
-    """Owns a cudaMalloc'ed (or, pinned, cudaMallocHost'ed) block; freed with the object."""
-
-    def __init__(self, nbytes: int, pinned: bool = False) -> None:
-        rt = cudart()
-        self.nbytes, self.pinned, self._rt = int(nbytes), pinned, rt
-        size = max(self.nbytes, 1)
-        if pinned:
-            self.ptr = int(cuda_check(rt.cudaMallocHost(size), f"cudaMallocHost({size})"))
-        else:
-            self.ptr = int(cuda_check(rt.cudaMalloc(size), f"cudaMalloc({size})"))
-
-    def __del__(self) -> None:
-        ptr, self.ptr = getattr(self, "ptr", 0), 0
-        if ptr:
-            # At interpreter exit the context may be gone; nothing useful to raise then.
-            (self._rt.cudaFreeHost if self.pinned else self._rt.cudaFree)(ptr)
-
-
-class DeviceArray:
-    """A C-contiguous device array over a cuda-python allocation (no torch or CuPy needed).
-
-    Supports .shape, .dtype, integer indexing on the first axis (a view), and
-    __cuda_array_interface__ so torch.as_tensor / cupy.asarray / numba can
-    take it without a copy.
-    """
-
-    def __init__(self, shape: Sequence[int], dtype: Any, allocation: Optional[_Allocation] = None, ptr: int = 0) -> None:
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-        self._allocation = allocation if allocation is not None else _Allocation(self.nbytes)
-        self.ptr = ptr or self._allocation.ptr
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: Any) -> "DeviceArray":
-        """a[i] or a[start:stop] on the first axis: a view (step 1 only, so it stays contiguous)."""
-        n = self.shape[0]
-        row = self.nbytes // n if n else 0
-        if isinstance(index, slice):
-            start, stop, step = index.indices(n)
-            if step != 1:
-                raise ValueError("DeviceArray slices must have step 1")
-            stop = max(stop, start)
-            return DeviceArray((stop - start,) + self.shape[1:], self.dtype, self._allocation, self.ptr + start * row)
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError(f"DeviceArray supports an integer or a slice on the first axis; got {index!r}")
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for first axis of size {n}")
-        return DeviceArray(self.shape[1:], self.dtype, self._allocation, self.ptr + (index % n) * row)
-
-    @property
-    def __cuda_array_interface__(self) -> Dict[str, Any]:
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3, "strides": None}
-
-    def __repr__(self) -> str:
-        return f"DeviceArray(shape={self.shape}, dtype={self.dtype}, ptr=0x{self.ptr:x})"
-
-
-class _PinnedArray:
-    """A numpy view of page-locked host memory (async copies need it)."""
-
-    def __init__(self, shape: Sequence[int], dtype: Any) -> None:
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self._allocation = _Allocation(nbytes, pinned=True)
-        raw = (ctypes.c_ubyte * max(nbytes, 1)).from_address(self._allocation.ptr)
-        self.array = np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
-        self.ptr = self._allocation.ptr
-
-
-class _TorchArrays:
-    name = "torch"
-
-    def __init__(self, device: int) -> None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ImportError("torch has no CUDA device")
-        self.torch, self.device = torch, torch.device("cuda", device)
-        self.stream = torch.cuda.Stream(device=self.device)
-        self.stream_handle = int(self.stream.cuda_stream)
-
-    def empty(self, shape, dtype):
-        # On the caller's stream, where the tensor will be used and freed; our stream waits
-        # for it (take_over) and the caller's waits for our results (hand_over).
-        return self.torch.empty(tuple(shape), dtype=getattr(self.torch, np.dtype(dtype).name), device=self.device)
-
-    def take_over(self) -> None:
-        """Make our stream wait for work the caller queued (allocations, producing the inputs)."""
-        self.stream.wait_stream(self.torch.cuda.current_stream(self.device))
-
-    def hand_over(self) -> None:
-        """Make the caller's current torch stream wait for our results (no host sync)."""
-        self.torch.cuda.current_stream(self.device).wait_stream(self.stream)
-
-    @staticmethod
-    def is_device_array(array) -> bool:
-        return getattr(array, "is_cuda", False)
-
-    @staticmethod
-    def host(array) -> np.ndarray:
-        return array.detach().cpu().numpy()
-
-
-class _CupyArrays:
-    name = "cupy"
-
-    def __init__(self, device: int) -> None:
-        import cupy
-
-        self.cupy = cupy
-        cupy.cuda.Device(device).use()
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.stream_handle = int(self.stream.ptr)
-
-    def empty(self, shape, dtype):
-        return self.cupy.empty(tuple(shape), dtype=np.dtype(dtype))
-
-    def take_over(self) -> None:
-        self.cupy.cuda.get_current_stream().synchronize()
-
-    def hand_over(self) -> None:
-        self.stream.synchronize()
-
-    @staticmethod
-    def is_device_array(array) -> bool:
-        return hasattr(array, "__cuda_array_interface__")
-
-    def host(self, array) -> np.ndarray:
-        return self.cupy.asnumpy(array)
-
-
-class _CudaPythonArrays:
-    name = "cuda-python"
-
-    def __init__(self, device: int) -> None:
-        rt = cudart()
-        cuda_check(rt.cudaSetDevice(device), f"cudaSetDevice({device})")
-        self._rt = rt
-        self.stream_handle = int(cuda_check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreate"))
-
-    @staticmethod
-    def empty(shape, dtype) -> DeviceArray:
-        return DeviceArray(shape, dtype)
-
-    def take_over(self) -> None:
-        """Nothing to wait for: every array of this library is written on our stream only."""
-
-    def hand_over(self) -> None:
-        cuda_check(self._rt.cudaStreamSynchronize(self.stream_handle), "cudaStreamSynchronize")
-
-    @staticmethod
-    def is_device_array(array) -> bool:
-        return isinstance(array, DeviceArray) or hasattr(array, "__cuda_array_interface__")
-
-    def host(self, array) -> np.ndarray:
-        ptr = device_pointer(array)
-        out = np.empty(array.shape, np.dtype(array.dtype))
-        rt = self._rt
-        cuda_check(rt.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                                      self.stream_handle), "cudaMemcpyAsync (device to host)")
-        cuda_check(rt.cudaStreamSynchronize(self.stream_handle), "cudaStreamSynchronize")
-        return out
-
-
-def device_pointer(array: Any) -> int:
-    """The device address of a torch CUDA tensor, a DeviceArray, or any __cuda_array_interface__ array."""
-    if isinstance(array, DeviceArray):
-        return array.ptr
-    if hasattr(array, "data_ptr"):
-        return int(array.data_ptr())
-    interface = getattr(array, "__cuda_array_interface__", None)
-    if interface is None:
-        raise TypeError(f"expected a CUDA device array; got {type(array).__name__}")
-    return int(interface["data"][0])
-
-
-_PROVIDERS = {"torch": _TorchArrays, "cupy": _CupyArrays, "cuda-python": _CudaPythonArrays}
-
-
-def array_provider(library: str = "auto", device: int = 0):
-    """The device-array library: "torch", "cupy", "cuda-python", or "auto" (the first that works)."""
-    if library != "auto":
-        if library not in _PROVIDERS:
-            raise ValueError(f"array library must be 'auto' or one of {ARRAY_LIBRARIES}; got {library!r}")
-        return _PROVIDERS[library](device)
-    reasons = []
-    for name in ARRAY_LIBRARIES:
-        try:
-            return _PROVIDERS[name](device)
-        except ImportError as exc:
-            reasons.append(f"{name}: {exc}")
-    raise ImportError("no CUDA array library is usable: " + "; ".join(reasons))
-
-
-# ---------------------------------------------------------------- post-processing
-
-
-def _cuda_postprocess(device: Optional[int] = None):
+def _cuda_postprocess(device: int):
     """(sam_edge.postprocess.cuda.upsample_threshold_stability, description) when the masks can be
     resized on the GPU, else (None, why not). That function checks every array it is given
     (dtype, contiguity, device) before a pointer reaches _C_cuda."""
-    if os.environ.get("SAM_EDGE_POSTPROCESS", "").strip().lower() == "numpy":
-        return None, "numpy on the host (SAM_EDGE_POSTPROCESS=numpy)"
     from ..postprocess import cuda as postprocess_cuda
 
-    if not postprocess_cuda.available(device):
-        return None, f"numpy on the host (sam_edge._C_cuda {postprocess_cuda.status()})"
+    where = postprocess_cuda.status(device)
+    if not where["available"]:
+        return None, f"numpy on the host (sam_edge._C_cuda {where['summary']})"
     return postprocess_cuda.upsample_threshold_stability, "CUDA (sam_edge.postprocess.cuda.upsample_threshold_stability)"
-
-
-# ---------------------------------------------------------------- engines
 
 
 class TensorRTEngine:
@@ -477,27 +72,23 @@ class TensorRTEngine:
             is_input = self.engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs)[tensor] = spec
         self.num_profiles = self.engine.num_optimization_profiles
+        self.profiles: List[Profile] = [self._read_profile(p) for p in range(self.num_profiles)]
         self._contexts: Dict[int, Any] = {}
 
-    def profile_shapes(self, profile: int) -> Dict[str, Tuple[Tuple[int, ...], ...]]:
-        """{input: (min, opt, max)} of one optimization profile."""
+    def _read_profile(self, index: int) -> Profile:
+        """The shape ranges of one optimization profile, for the dynamic inputs."""
         return {
-            name: tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, profile))
+            name: ShapeTuple(*(tuple(s) for s in self.engine.get_tensor_profile_shape(name, index)))
             for name, (shape, _) in self.inputs.items()
             if -1 in shape
         }
 
     def choose_profile(self, shapes: Mapping[str, Tuple[int, ...]]) -> int:
         """The first profile whose ranges hold `shapes`; ValueError listing the ranges otherwise."""
-        for profile in range(self.num_profiles):
-            ranges = self.profile_shapes(profile)
-            if all(
-                all(lo <= d <= hi for lo, d, hi in zip(ranges[n][0], shapes[n], ranges[n][2])) for n in ranges
-            ):
-                return profile
-        allowed = "; ".join(
-            ", ".join(f"{n} {r[0]}..{r[2]}" for n, r in self.profile_shapes(p).items()) for p in range(self.num_profiles)
-        )
+        for index, profile in enumerate(self.profiles):
+            if profile_holds(profile, shapes):
+                return index
+        allowed = "; ".join(describe_profile(profile) for profile in self.profiles)
         raise ValueError(
             f"{self.name}: input shapes {dict(shapes)} are outside every optimization profile ({allowed}); "
             "rebuild with larger --max-points / --max-prompts / --max-batch"
@@ -510,7 +101,7 @@ class TensorRTEngine:
                 raise RuntimeError(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
             if not context.set_optimization_profile_async(profile, self.stream):
                 raise RuntimeError(f"{self.name}: cannot select optimization profile {profile}")
-            cuda_check(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize (profile switch)")
+            cuda_check(cuda_buffers.cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize (profile switch)")
             self._contexts[profile] = context
         return self._contexts[profile]
 
@@ -560,6 +151,7 @@ class TensorRTBackend:
     name = "tensorrt"
     mask_threshold = 0.0
     image_format = "RGB"
+    takes_torch_tensors = False  # inputs are staged from numpy; results are device arrays
 
     def __init__(
         self,
@@ -572,7 +164,7 @@ class TensorRTBackend:
         version_compatible: bool = False,
     ) -> None:
         trt = import_tensorrt()
-        self._rt = cudart()
+        self._rt = cuda_buffers.cudart()
         self.device_index = int(device)
         self._graphs: "OrderedDict[tuple, Any]" = OrderedDict()
         with self._device_scope():
@@ -596,10 +188,9 @@ class TensorRTBackend:
         self._check_io()
         self.mask_input_size = int(self.decoder.inputs["mask_input"][0][-1])
         self.embedding_shape = tuple(self.decoder.inputs["image_embeddings"][0])
-        self.max_batch = max(r["image"][2][0] for r in map(self.encoder.profile_shapes, range(self.encoder.num_profiles)))
-        ranges = [self.decoder.profile_shapes(p) for p in range(self.decoder.num_profiles)]
-        self.max_prompts = max(r["point_coords"][2][0] for r in ranges)
-        self.max_points = max(r["point_coords"][2][1] for r in ranges)
+        self.max_batch = max(profile["image"].max[0] for profile in self.encoder.profiles)
+        self.max_prompts = max(profile["point_coords"].max[0] for profile in self.decoder.profiles)
+        self.max_points = max(profile["point_coords"].max[1] for profile in self.decoder.profiles)
         self._allocate_buffers()
         for engine in (self.encoder, self.decoder):  # contexts up front: no first-query stall
             for profile in range(engine.num_profiles):
@@ -639,14 +230,14 @@ class TensorRTBackend:
     def _allocate_buffers(self) -> None:
         s, m = self.image_size, self.mask_input_size
         b, p, n = self.max_batch, self.max_prompts, self.max_points
-        self._image_host = _PinnedArray((b, 3, s, s), np.float32)
-        self._image_device = DeviceArray((b, 3, s, s), np.float32)
+        self._image_host = PinnedArray((b, 3, s, s), np.float32)
+        self._image_device = DeviceArray.empty((b, 3, s, s), np.float32)
         shapes = {
             "point_coords": (p, n, 2), "point_labels": (p, n), "mask_input": (p, 1, m, m), "has_mask_input": (p,),
             "iou_predictions": (p, 4), "low_res_masks": (p, 4, m, m), "image_embeddings": self.embedding_shape,
         }
-        self._host = {k: _PinnedArray(v, np.float32) for k, v in shapes.items() if k in self.decoder.inputs}
-        self._device = {k: DeviceArray(v, np.float32) for k, v in shapes.items()}
+        self._host = {k: PinnedArray(v, np.float32) for k, v in shapes.items() if k in self.decoder.inputs}
+        self._device = {k: DeviceArray.empty(v, np.float32) for k, v in shapes.items()}
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: str) -> None:
         kinds = self._rt.cudaMemcpyKind
@@ -685,7 +276,7 @@ class TensorRTBackend:
             raise ValueError(f"input_image must be (B, 3, h, w) with max(h, w) <= {self.image_size}; got {x.shape}")
         batch, _, h, w = x.shape
         out = self.arrays.empty((batch,) + self.embedding_shape[1:], np.float32)
-        out_ptr = device_pointer(out)
+        out_ptr = device_array(out).ptr
         per_image = int(np.prod(self.embedding_shape[1:])) * 4
         s = self.image_size
         for start in range(0, batch, self.max_batch):
@@ -714,14 +305,12 @@ class TensorRTBackend:
 
     def _embedding_address(self, features: Any) -> int:
         if self.arrays.is_device_array(features) and not isinstance(features, np.ndarray):
-            shape = tuple(features.shape)
-            if shape != self.embedding_shape:
-                raise ValueError(f"features must be {self.embedding_shape} (one image's embedding); got {shape}")
-            if np.dtype(str(features.dtype).replace("torch.", "")) != np.float32:
+            array = device_array(features, "features")  # refuses a non-contiguous array
+            if array.shape != self.embedding_shape:
+                raise ValueError(f"features must be {self.embedding_shape} (one image's embedding); got {array.shape}")
+            if array.dtype != np.float32:
                 raise TypeError(f"features must be float32; got {features.dtype}")
-            if hasattr(features, "is_contiguous") and not features.is_contiguous():
-                raise ValueError("features must be C-contiguous")
-            return device_pointer(features)
+            return array.ptr
         host = np.ascontiguousarray(np.asarray(features, np.float32))
         if host.shape != self.embedding_shape:
             raise ValueError(f"features must be {self.embedding_shape} (one image's embedding); got {host.shape}")
@@ -755,8 +344,8 @@ class TensorRTBackend:
         m = self.mask_input_size
         low_res = self.arrays.empty((batch, chosen[1], m, m), np.float32)
         scores = self.arrays.empty((batch, chosen[1]), np.float32)
-        self._copy_channels(self._device["low_res_masks"].ptr, device_pointer(low_res), batch, 4, chosen, m * m * 4)
-        self._copy_channels(self._device["iou_predictions"].ptr, device_pointer(scores), batch, 4, chosen, 4)
+        self._copy_channels(self._device["low_res_masks"].ptr, device_array(low_res).ptr, batch, 4, chosen, m * m * 4)
+        self._copy_channels(self._device["iou_predictions"].ptr, device_array(scores).ptr, batch, 4, chosen, 4)
         self.arrays.hand_over()
         return low_res, scores
 
@@ -804,28 +393,41 @@ class TensorRTBackend:
         return executable
 
     def postprocess_masks(self, low_res: Any, input_size: Tuple[int, int], original_size: Tuple[int, int]) -> Any:
-        """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size: on the
-        GPU through sam_edge.postprocess.cuda into arrays of the backend's library (numpy for the
-        cuda-python library, which has no elementwise ops), else numpy on the host."""
+        """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size (see Backend)."""
+        return self._upsample(low_res, input_size, original_size, logits=True)
+
+    def binary_masks(self, low_res: Any, input_size: Tuple[int, int], original_size: Tuple[int, int]) -> Any:
+        """(B, C, m, m) low-res logits -> (B, C, H, W) bool masks, logits > mask_threshold (see Backend)."""
+        return self._upsample(low_res, input_size, original_size, logits=False)
+
+    def _upsample(self, low_res: Any, input_size: Tuple[int, int], original_size: Tuple[int, int], logits: bool):
+        """sam_edge.postprocess.upsample_threshold_stability: its CUDA twin where the kernels run,
+        into arrays of the backend's library (numpy for the cuda-python library, which has no
+        elementwise ops); else the host function, on numpy."""
         h, w = (int(v) for v in input_size)
         out_h, out_w = (int(v) for v in original_size)
         if self._gpu_postprocess is None or isinstance(low_res, np.ndarray):
-            from .onnxruntime_backend import mask_postprocess_reference  # numpy on the host; no onnxruntime needed
+            from .. import postprocess
 
-            return mask_postprocess_reference(self.to_numpy(low_res), self.image_size, (h, w), (out_h, out_w))
+            result = postprocess.upsample_threshold_stability(
+                self.to_numpy(low_res), (h, w), (out_h, out_w), self.mask_threshold, frame_size=self.image_size,
+                return_logits=logits,
+            )
+            return result[3] if logits else result[0]
         with self._device_scope():
             self.arrays.take_over()
             lead = tuple(int(d) for d in low_res.shape[:-2])
-            logits = self.arrays.empty(lead + (out_h, out_w), np.float32)
+            out = self.arrays.empty(lead + (out_h, out_w), np.float32 if logits else np.bool_)
             self._gpu_postprocess(
                 low_res, (h, w), (out_h, out_w), mask_threshold=self.mask_threshold, frame_size=self.image_size,
-                return_logits=True, stream=self.stream, return_masks=False, logits_out=logits,
+                return_logits=logits, stream=self.stream, return_masks=not logits,
+                **{"logits_out" if logits else "masks_out": out},
                 stability_out=self.arrays.empty(lead, np.float32), boxes_out=self.arrays.empty(lead + (4,), np.int64),
             )
             if self.arrays.name == "cuda-python":
-                return self.arrays.host(logits)
+                return self.arrays.host(out)
             self.arrays.hand_over()
-        return logits
+        return out
 
     @_on_device
     def close(self) -> None:
@@ -863,7 +465,7 @@ def load_tensorrt_engine(
     engine = TensorRTBackend(
         plans["encoder"], plans["decoder"], image_size=int(manifest["image_size"]), device=device,
         array_library=array_library, cuda_graphs=cuda_graphs,
-        version_compatible=bool(manifest["tensorrt"].get("version_compatible")),
+        version_compatible=host_code_allowed(manifest),
     )
     engine.manifest = dict(manifest)
     engine.bundle_dir = bundle_dir
