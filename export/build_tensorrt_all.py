@@ -26,10 +26,10 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sam_edge.cli.build import add_tensorrt_arguments, tensorrt_build_params  # noqa: E402
 from sam_edge.export.tensorrt_build import (  # noqa: E402
     TENSORRT_PRECISIONS,
     TensorRTBuildParams,
-    add_tensorrt_build_arguments,
     build_tensorrt_bundle,
     int8_latency_warning,
 )
@@ -86,10 +86,8 @@ def build_pair(args, model, precision, timing_cache):
         build_bundle(onnx_dir, get_config(model), checkpoint=checkpoint, precision=precision, overwrite=True,
                      official_decoder=False, fused_attention=False, split_encoder=False, quiet=args.quiet)
         row["onnx_s"] = round(time.perf_counter() - start, 1)
-    params = TensorRTBuildParams.from_args(
-        dict(vars(args), model_type=model, precision=precision, checkpoint=checkpoint and os.path.basename(checkpoint),
-             timing_cache=timing_cache)
-    )
+    params: TensorRTBuildParams = tensorrt_build_params(
+        args, model, precision, checkpoint and os.path.basename(checkpoint), timing_cache, args.quiet)
     manifest = build_tensorrt_bundle(params, onnx_dir, trt_dir, overwrite=True)
     engines = manifest["tensorrt"]["engines"]
     row.update(
@@ -135,7 +133,7 @@ def print_table(rows, columns):
         print("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vit_b,vit_l,vit_h", help="comma-separated sizes")
     parser.add_argument("--precisions", default=",".join(TENSORRT_PRECISIONS), help="comma-separated: fp16,int8")
@@ -145,9 +143,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--measure", action="store_true",
                         help="measure each encoder's latency and warn when int8 is not faster than fp16")
-    add_tensorrt_build_arguments(parser)
+    add_tensorrt_arguments(parser)
     # Room for the encoder-throughput figure of benchmarks/bench_tensorrt.py; edge bundles may want 1.
     parser.set_defaults(max_batch=4)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     precisions = [p for p in args.precisions.split(",") if p]

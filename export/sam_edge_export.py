@@ -1,6 +1,6 @@
 """The build and validate sub-commands without the sam-edge CLI around them,
 for the recipes in this directory (`sam-edge build` / `sam-edge validate`
-call the same functions).
+parse and run them the same way).
 
     python export/sam_edge_export.py build --model vit_b --checkpoint sam_vit_b.pth --output bundles/vit_b-fp32
     python export/sam_edge_export.py validate bundles/vit_b-fp32 --checkpoint sam_vit_b.pth
@@ -12,15 +12,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sam_edge.export.build import add_build_arguments  # noqa: E402
-from sam_edge.export.validate import add_validate_arguments  # noqa: E402
+from sam_edge.cli import build, validate  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sam_edge_export", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(required=True)
-    add_build_arguments(subparsers)
-    add_validate_arguments(subparsers)
+    build.add_parser(subparsers)
+    validate.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -2,7 +2,8 @@
 
 Checkpoints are read with ``torch.load(weights_only=True)``: no pickle code
 ever runs. They are loaded strictly, and a checkpoint of another size is
-named as such.
+named as such. Without a checkpoint, `random_weights_model` is the one seeded
+random model that `sam-edge predict`, `build`, `validate` and `bench` share.
 """
 
 import os
@@ -14,6 +15,10 @@ import torch
 
 from .config import SAM_CONFIGS, SamConfig, get_config
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+
+#: Seed of the random weights used when no checkpoint is given.
+RANDOM_WEIGHTS_SEED = 0
 
 
 class CheckpointError(ValueError):
@@ -58,6 +63,34 @@ def build_sam_from_config(config: SamConfig, checkpoint: Optional[Union[str, os.
     if checkpoint is not None:
         load_sam_weights(sam, checkpoint)
     return sam
+
+
+def random_weights_model(config: SamConfig, seed: int = RANDOM_WEIGHTS_SEED) -> Sam:
+    """An eval-mode Sam for `config` with seeded random weights: the same seed gives the same model.
+
+    The default initialisers draw from torch's global generator, seeded with `seed` and restored
+    afterwards; then `randomize_weights_` gives the parameters they leave trivial a value.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        sam = build_sam_from_config(config)
+    randomize_weights_(sam, seed)
+    return sam
+
+
+def randomize_weights_(sam: Sam, seed: int) -> None:
+    """Give the rel-pos tables, pos_embed and the norms a seeded, non-trivial value in place
+    (the default init leaves them at zero or one, which would hide export bugs)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sam.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith(("rel_pos_h", "rel_pos_w", "pos_embed")):
+                param.copy_(0.5 * noise)
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.1 * noise)
+            elif "norm" in name and name.endswith("bias"):
+                param.copy_(0.1 * noise)
 
 
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:

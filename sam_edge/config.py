@@ -3,6 +3,19 @@
 from dataclasses import dataclass, replace
 from typing import Dict, Tuple
 
+import numpy as np
+
+
+def _read_only(values) -> np.ndarray:
+    array = np.array(values, dtype=np.float32)
+    array.setflags(write=False)  # shared by every backend: nothing may change it in place
+    return array
+
+
+#: The official normalisation of RGB pixel values in [0, 255], (3,) float32, as every backend holds it.
+PIXEL_MEAN = _read_only((123.675, 116.28, 103.53))
+PIXEL_STD = _read_only((58.395, 57.12, 57.375))
+
 
 @dataclass(frozen=True)
 class SamConfig:

@@ -231,7 +231,7 @@ def test_a_bundle_benches_on_the_lean_runtime(tiny_bundle, tmp_path, monkeypatch
 
 def test_the_torch_model_path_times_every_stage_it_has():
     """sam-edge's torch model (reduced, random weights): no separate decoder image part, said so."""
-    from sam_edge.export.build import random_weights_model
+    from sam_edge.builder import random_weights_model
 
     model = random_weights_model(reduced_config(), 0).eval()
     image = photos()["portrait"][::4, ::4].copy()

@@ -53,7 +53,7 @@ import sam_edge.export.split_encoder as split_encoder
 for name in ("export_encoder", "export_decoder", "export_split_decoder", "fuse_global_attention"):
     if hasattr(onnx_export, name):
         wrap(onnx_export, name)
-wrap(split_encoder, "split_at_global_attention")
+wrap(split_encoder, "split_encoder_at_attention")
 wrap(build, "_convert_encoder")
 wrap(build, "move_bundle_into_place")
 wrap(os, "replace")
@@ -102,7 +102,7 @@ def test_sigkill_at_every_step_leaves_a_complete_bundle_or_nothing(checkpoint, t
         assert dry.returncode == 0, err[-3000:]
     record = json.loads(out.strip().splitlines()[-1])
     events, seconds = record["events"], record["seconds"]
-    assert {"_convert_encoder", "split_at_global_attention", "move_bundle_into_place"} <= set(events)
+    assert {"_convert_encoder", "split_encoder_at_attention", "move_bundle_into_place"} <= set(events)
     assert events.count("replace") == 2, events
     previous = read_manifest(output)["created_utc"]
 

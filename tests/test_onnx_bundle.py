@@ -117,19 +117,18 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 
 def test_random_weights_are_said_and_recorded(tmp_path, capsys):
-    import argparse
-
+    from sam_edge.builder import RANDOM_WEIGHTS_SEED
+    from sam_edge.cli import build as build_command
+    from sam_edge.cli import build_parser
     from sam_edge.export import build
 
-    parser = argparse.ArgumentParser()
-    build.add_build_arguments(parser.add_subparsers())
-    args = parser.parse_args(["build", "--model", "vit_b", "--output", str(tmp_path / "b"), "--quiet"])
-    assert args.func is build.run_build
+    args = build_parser().parse_args(["build", "--model", "vit_b", "--output", str(tmp_path / "b"), "--quiet"])
+    assert args.func is build_command.run_build
     # The CLI path with a reduced config, to keep the test fast.
     build.build_bundle(args.output, reduced_config(), checkpoint=args.checkpoint, official_decoder=False)
     assert "RANDOM weights" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["weights"] == {"source": "random", "seed": build.RANDOM_WEIGHTS_SEED}
+    assert manifest["weights"] == {"source": "random", "seed": RANDOM_WEIGHTS_SEED}
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
     # validate rebuilds the same seeded weights as the torch reference.
     from sam_edge.export.validate import format_report, validate_bundle
@@ -138,6 +137,32 @@ def test_random_weights_are_said_and_recorded(tmp_path, capsys):
     print(format_report(report))
     assert report["passed"] and report["weights"] == "random"
     assert set(report["prompts"]) == {"one_point", "pos_neg_points", "box", "box_and_points", "mask_input"}
+
+
+def test_predict_and_build_use_the_same_random_weights(tmp_path, monkeypatch):
+    """`sam-edge predict` without --checkpoint runs the seeded random model that `sam-edge build`
+    without one exports: the bundle answers as the torch model does, to fp32 rounding (scores
+    within 1e-4, masks equal but for pixels at the threshold). Another random model gives
+    unrelated scores and masks. vit_b is swapped for a reduced one to keep the test fast."""
+    from PIL import Image
+
+    from sam_edge import config as config_module
+    from sam_edge.cli import main
+
+    monkeypatch.setitem(config_module.SAM_CONFIGS, "vit_b", reduced_config())
+    bundle = tmp_path / "bundle"
+    assert main(["build", "--model", "vit_b", "--output", str(bundle), "--no-split-encoder", "--quiet"]) == 0
+    Image.fromarray(photos()["landscape"]).save(tmp_path / "image.png")
+    results = {}
+    for source in (["--model", "vit_b"], ["--bundle", str(bundle)]):
+        out = tmp_path / source[0].strip("-")
+        argv = ["predict", str(tmp_path / "image.png"), *source, "--point", "120,90", "--multimask", "-o", str(out)]
+        assert main(argv) == 0
+        masks = [np.asarray(Image.open(out / f"mask_{i}.png")) > 0 for i in range(3)]
+        results[source[0]] = json.loads((out / "result.json").read_text())["scores"], np.stack(masks)
+    (torch_scores, torch_masks), (bundle_scores, bundle_masks) = results["--model"], results["--bundle"]
+    np.testing.assert_allclose(bundle_scores, torch_scores, rtol=0, atol=1e-4)
+    assert np.mean(bundle_masks != torch_masks) < 1e-3
 
 
 RUNTIME_WITHOUT_TORCH = textwrap.dedent(

@@ -2,7 +2,6 @@
 the value-dependent-shape checker, the QDQ rewrite validated with ONNX Runtime, the
 precision plans, the fp32 islands, and the manifest / rebuild round trip."""
 
-import argparse
 import os
 import shlex
 
@@ -180,7 +179,8 @@ def small_sam(small_config):
 
 def test_checker_on_the_real_decoders(tmp_path, small_config, small_sam):
     """Our fast decoder passes, the official orig_im_size variant is caught."""
-    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
+    from sam_edge.export import onnx_export as export
+
     sam = small_sam
     fast = export.export_decoder(sam, str(tmp_path / "decoder.onnx"))
     official = export.export_decoder(sam, str(tmp_path / "decoder_official.onnx"), official=True)
@@ -327,8 +327,9 @@ def test_fp32_islands(tmp_path):
     path = tmp_path / "block.onnx"
     import warnings
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.manual_seed(0)  # the parameters and the sample input
         torch.onnx.export(Block().eval(), (torch.randn(1, 4, 8),), str(path), opset_version=17, dynamo=False)
     model = onnx.load(str(path))
     by_name = {n.name: n.op_type for n in model.graph.node}
@@ -395,15 +396,13 @@ def test_rebuild_command_round_trip(params):
     original, manifest = trt_manifest(**params)
     command = shlex.split(rebuild_command(manifest, "/data/bundles/vit_b trt"))
     assert command[:2] == ["sam-edge", "build"]
-    parser = argparse.ArgumentParser()
-    for flag in ("--model", "--checkpoint", "--backend", "--precision", "--output"):
-        parser.add_argument(flag)
-    parser.add_argument("--overwrite", action="store_true")
-    build.add_tensorrt_build_arguments(parser)
-    args = parser.parse_args(command[2:])
+    from sam_edge.cli import build_parser
+    from sam_edge.cli.build import tensorrt_build_params
+
+    args = build_parser().parse_args(command[1:])  # the command line sam-edge itself parses
     assert args.backend == "tensorrt" and args.output == "/data/bundles/vit_b trt" and args.overwrite
     assert args.checkpoint == "sam_vit_b_01ec64.pth"
-    rebuilt = build.TensorRTBuildParams.from_args(args)
+    rebuilt = tensorrt_build_params(args, args.model, args.precision, args.checkpoint, args.timing_cache, args.quiet)
     assert rebuilt.rebuild_options() == dict(original.rebuild_options(), checkpoint="sam_vit_b_01ec64.pth")
 
 
@@ -446,21 +445,35 @@ def test_build_engine_without_tensorrt_says_so(graphs, tmp_path):
     assert not os.path.exists(tmp_path / "x.plan")
 
 
+def _onnx_bundle_of(directory, **graphs):
+    """A minimal ONNX Runtime bundle directory holding copies of the graphs given by role."""
+    import json
+    import shutil
+
+    directory.mkdir()
+    for role, path in graphs.items():
+        shutil.copy(path, directory / f"{role}.onnx")
+    manifest = {"backend": "onnxruntime", "graphs": {role: f"{role}.onnx" for role in graphs}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return str(directory)
+
+
 def test_onnx_graphs_refuses_wrong_inputs(tmp_path, graphs):
     with pytest.raises(ValueError, match="not an ONNX bundle"):
-        build._onnx_graphs(str(tmp_path))
+        build.onnx_bundle_graphs(str(tmp_path))
     with pytest.raises(ValueError, match="decoder"):
-        build._onnx_graphs({"encoder": graphs["mlp"]})
+        build.onnx_bundle_graphs(_onnx_bundle_of(tmp_path / "encoder-only", encoder=graphs["mlp"]))
 
 
 def test_real_int8_encoder_prepared_for_tensorrt(tmp_path, small_config, small_sam):
     """The ONNX bundles' QDQ encoder becomes TensorRT's symmetric int8 with an error against
     fp32 within the 255/127 step bound of the original's (see
     test_symmetric_int8_qdq_accuracy_in_onnxruntime)."""
-    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
-    quantize = pytest.importorskip("sam_edge.export.quantize", reason="needs sam_edge.export.quantize")
     pytest.importorskip("skimage", reason="calibration photos come from scikit-image")
     from skimage import data
+
+    from sam_edge.export import onnx_export as export
+    from sam_edge.export import quantize
 
     sam = small_sam
     fp32 = export.export_encoder(sam, str(tmp_path / "encoder_fp32.onnx"))
@@ -492,20 +505,25 @@ def test_tensorrt_build_command_fails_fast_without_tensorrt(tmp_path):
         pass
     else:
         pytest.skip("TensorRT is installed; the message for its absence cannot be shown")
-    args = argparse.Namespace(model="vit_b", precision="fp16", output=str(tmp_path / "out"), checkpoint=None,
-                              overwrite=False, quiet=True)
+    from sam_edge.cli import build_parser
+
+    def command(precision):
+        args = build_parser().parse_args(["build", "--model", "vit_b", "--backend", "tensorrt", "--precision",
+                                          precision, "--output", str(tmp_path / "out"), "--quiet"])
+        return args.func(args)
+
     with pytest.raises(ImportError, match="TensorRT is not installed"):
-        build.run_tensorrt_build(args)
+        command("fp16")
     assert os.listdir(tmp_path) == []
     with pytest.raises(ValueError, match="TensorRT precision"):
-        build.run_tensorrt_build(argparse.Namespace(**dict(vars(args), precision="int8-dynamic")))
+        command("int8-dynamic")
 
 
 def test_default_profiles_fit_the_full_size_decoder(tmp_path):
     """The defaults of `sam-edge build --backend tensorrt` against the real 1024-pixel decoder graph
     (identical for ViT-B/L/H), run in ONNX Runtime at the interactive profile's shapes."""
-    export = pytest.importorskip("sam_edge.export.onnx_export", reason="needs sam_edge.export.onnx_export")
     from sam_edge.builder import build_sam_from_config
+    from sam_edge.export import onnx_export as export
     from sam_edge.config import get_config
 
     sam = build_sam_from_config(get_config("vit_b")).eval()
@@ -630,14 +648,14 @@ def test_contrib_ops_are_refused_before_tensorrt(graphs, tmp_path, monkeypatch):
                            profiles=[{"x": ((1, 16), (1, 16), (2, 16))}])
     params = build.TensorRTBuildParams(model_type="vit_b", precision="fp16", progress=False)
     with pytest.raises(ValueError, match="outside the ONNX domain"):
-        build.build_tensorrt_bundle(params, {"encoder": contrib, "decoder": graphs["fast"]}, str(tmp_path / "b"))
+        build.build_tensorrt_bundle(params, _onnx_bundle_of(tmp_path / "onnx", encoder=contrib, decoder=graphs["fast"]),
+                                    str(tmp_path / "b"))
     assert not (tmp_path / "b").exists()
 
 
 def test_build_tensorrt_all_builds_standard_ops(tmp_path, monkeypatch):
     """export/build_tensorrt_all.py asks for ONNX bundles without contrib ops."""
     import importlib.util
-    import types
 
     from sam_edge.export import build as onnx_build
     from sam_edge.export import tensorrt_build
@@ -651,8 +669,7 @@ def test_build_tensorrt_all_builds_standard_ops(tmp_path, monkeypatch):
     engine = {"build_seconds": 1.0, "plan_bytes": 1, "strongly_typed": True, "timing_cache_reused": False}
     monkeypatch.setattr(script, "build_tensorrt_bundle",
                         lambda *a, **kw: {"tensorrt": {"engines": {"encoder": engine, "decoder": engine}}})
-    args = types.SimpleNamespace(checkpoints=None, output=str(tmp_path), rebuild_onnx=False, quiet=True,
-                                 max_batch=4, opt_batch=None)
+    args = script.build_parser().parse_args(["--output", str(tmp_path), "--quiet"])
     assert tensorrt_build.TensorRTBuildParams is script.TensorRTBuildParams
     row = script.build_pair(args, "vit_b", "int8", str(tmp_path / "t.cache"))
     assert row["status"] == "ok" and calls and calls[0]["fused_attention"] is False

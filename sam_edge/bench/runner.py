@@ -269,19 +269,18 @@ def torch_subject(model_type: str, checkpoint: Optional[str]) -> Subject:
 
 
 def _random_seed() -> int:
-    from ..export.build import RANDOM_WEIGHTS_SEED
+    from ..builder import RANDOM_WEIGHTS_SEED
 
     return RANDOM_WEIGHTS_SEED
 
 
 def torch_model(model_type: str, checkpoint: Optional[str]):
     """sam-edge's Sam from `checkpoint`, or the seeded random weights `sam-edge build` uses."""
-    from ..builder import sam_model_registry
+    from ..builder import random_weights_model, sam_model_registry
     from ..config import get_config
 
     if checkpoint is not None:
         return sam_model_registry[model_type](checkpoint=checkpoint).eval()
-    from ..export.build import random_weights_model
 
     print(f"sam-edge bench: WARNING: no --checkpoint: {model_type} with SEEDED RANDOM WEIGHTS (seed "
           f"{_random_seed()}); timings are real, masks are meaningless", file=sys.stderr)
@@ -323,7 +322,7 @@ def reference_subject(model_type: str, checkpoint: Optional[str], manifest: Opti
         if weights.get("source") != "random":
             raise ValueError(f"--reference needs the checkpoint the bundle was built from "
                              f"({weights.get('checkpoint', 'see its manifest')}): pass --checkpoint PATH")
-        from ..export.build import random_weights_model
+        from ..builder import random_weights_model
 
         state = random_weights_model(get_config(model_type), int(weights["seed"])).state_dict()
         model = official_registry[model_type](checkpoint=None)

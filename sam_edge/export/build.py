@@ -1,61 +1,27 @@
 """`sam-edge build`: a checkpoint in, a verified ONNX Runtime bundle out.
 
-The bundle is written into a temporary directory next to the output and
-renamed into place only once every graph and the manifest are complete, so
-an interrupted or failed build never leaves a directory that looks like a
-bundle. See sam_edge/runtime/bundle.py for the layout.
+The bundle is written by bundle_writer: staged next to the output and renamed
+into place only once every graph and the manifest are complete. See
+sam_edge/runtime/bundle.py for the layout.
 """
 
-import argparse
 import dataclasses
 import datetime
 import gc
 import os
 import platform
-import shutil
 import sys
-import tempfile
 from typing import Any, Dict, Optional
 
-from ..config import SAM_CONFIGS, SamConfig, get_config
-from ..runtime.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, file_record
+from ..config import SamConfig
+from ..precision import EncoderConversion, get_precision
+from ..runtime.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION
+from .bundle_writer import BundleStaging, move_bundle_into_place
 
 #: Precisions of the encoder graph. The decoder stays fp32 in every bundle: it
-#: is ~4 M parameters and a few ms, and its outputs are what users threshold.
+#: is small and cheap, and its outputs are what users threshold.
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 BACKENDS = ("onnxruntime", "tensorrt")
-#: Seed of the random weights used when no checkpoint is given.
-RANDOM_WEIGHTS_SEED = 0
-
-
-def random_weights_model(config: SamConfig, seed: int = RANDOM_WEIGHTS_SEED):
-    """The Sam for `config` with seeded random weights; the same seed gives the same model."""
-    import torch
-
-    from .. import build_sam_from_config  # via the package, whatever module defines it
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the default initialisers draw from the global generator
-        sam = build_sam_from_config(config)
-    randomize_weights_(sam, seed)
-    return sam
-
-
-def randomize_weights_(sam, seed: int) -> None:
-    """Give every parameter a seeded, non-trivial value (the default init leaves
-    rel-pos tables and pos_embed at zero, which would hide export bugs)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sam.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith(("rel_pos_h", "rel_pos_w", "pos_embed")):
-                param.copy_(0.5 * noise)
-            elif "norm" in name and name.endswith("weight"):
-                param.copy_(1 + 0.1 * noise)
-            elif "norm" in name and name.endswith("bias"):
-                param.copy_(0.1 * noise)
 
 
 def library_versions() -> Dict[str, str]:
@@ -114,11 +80,11 @@ def build_bundle(
     """
     from tqdm import tqdm
 
-    from .. import build_sam_from_config  # via the package, whatever module defines it
+    from ..builder import RANDOM_WEIGHTS_SEED, build_sam_from_config, random_weights_model
+    from ..runtime.bundle import file_record
     from .onnx_export import export_decoder, export_encoder, export_split_decoder, fuse_global_attention
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    row = get_precision(precision)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if fused_attention is None:
@@ -126,11 +92,8 @@ def build_bundle(
     elif fused_attention and backend == "tensorrt":
         raise ValueError("fused_attention writes ONNX Runtime's contrib MultiHeadAttention, which TensorRT cannot "
                          "import; leave it unset (or False) for backend 'tensorrt'")
-    output = os.path.abspath(os.fspath(output))
-    if os.path.exists(output) and not overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
+    writer = BundleStaging(output, overwrite)  # before minutes of export
+    output = writer.output
 
     if checkpoint is not None:
         sam = build_sam_from_config(config, checkpoint)
@@ -146,18 +109,18 @@ def build_bundle(
             quiet,
         )
 
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.building-", dir=parent)
+    staging = writer.begin()
     try:
         steps = ["export encoder", "export decoder"] + (["export official decoder"] if official_decoder else [])
-        if precision != "fp32":
+        if row.reduced:
             steps.append(f"convert encoder to {precision}")
-        split = split_encoder and backend == "onnxruntime" and precision != "fp16"
+        split = split_encoder and backend == "onnxruntime" and row.split
         if split:
             steps.append("split encoder at global attention")
         extra: Dict[str, Any] = {}
         with tqdm(total=len(steps), desc="build", unit="step", disable=quiet) as bar:
             encoder_name = "encoder.onnx"
-            fp32_path = os.path.join(staging, encoder_name if precision == "fp32" else "encoder_fp32.onnx")
+            fp32_path = os.path.join(staging, "encoder_fp32.onnx" if row.reduced else encoder_name)
             bar.set_postfix_str(steps[0])
             export_encoder(sam, fp32_path)
             bar.update()
@@ -180,33 +143,25 @@ def build_bundle(
                 bar.update()
             del sam  # the torch weights (ViT-H: 2.5 GB) are not needed for the conversion
             gc.collect()
-            if precision != "fp32":
+            if row.reduced:
                 bar.set_postfix_str(steps[-1])
                 extra.update(_convert_encoder(
-                    precision, fp32_path, os.path.join(staging, encoder_name), config, calib_images,
+                    row.conversion, fp32_path, os.path.join(staging, encoder_name), config, calib_images,
                     num_calib_images, quiet,
                 ))
                 _remove_graph(fp32_path)
                 bar.update()
             if split:
-                from .split_encoder import split_at_global_attention
+                from .split_encoder import attention_blocks, split_encoder_at_attention
 
                 bar.set_postfix_str("split encoder at global attention")
-                # int8 bundles' q, k, v come out of int8 layers: fp16 products cost them
-                # nothing measurable (docs/onnx.md); fp32 bundles keep fp32. The fp16
-                # path also runs the windowed blocks' attention (head_dim 64: ViT-B, ViT-L).
-                # "fp16" in the plan means reduced precision: sam_edge.load runs bf16
-                # tiles instead where the CPU has AMX.
-                compute = "fp32" if precision == "fp32" else "fp16"
-                head_dim = config.encoder_embed_dim // config.encoder_num_heads
-                plan = split_at_global_attention(
+                plan = split_encoder_at_attention(
                     os.path.join(staging, encoder_name), staging, config,
-                    windowed=compute == "fp16" and head_dim == 64,
+                    blocks=attention_blocks(config, row.kernel_compute), compute=row.kernel_compute,
                 )
-                plan["compute"] = compute
-                extra["encoder_split"] = plan
+                extra["encoder_split"] = plan.to_json()
                 bar.update()
-            if fused_attention and precision != "fp16":
+            if fused_attention and row.fused_attention:
                 # After quantization: ONNX shape inference knows no contrib op, so the
                 # quantizers would leave the layers after it (the global blocks' proj)
                 # in float. fp16 keeps standard ops: its fp32 islands (rel-pos ->
@@ -215,7 +170,7 @@ def build_bundle(
                     os.path.join(staging, encoder_name), config
                 )
 
-        files = {name: file_record(os.path.join(staging, name)) for name in sorted(os.listdir(staging))}
+        files = writer.file_records()
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -234,14 +189,10 @@ def build_bundle(
             "files": files,
             **extra,
         }
-        import json
-
-        with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
+        writer.write_manifest(manifest)
         move_bundle_into_place(staging, output)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        writer.discard()
         raise
     _say(f"wrote {output} ({config.name}, {precision}, weights: {weights['source']})", quiet)
     return manifest
@@ -253,94 +204,17 @@ def _remove_graph(path: str) -> None:
             os.remove(p)
 
 
-def move_bundle_into_place(staging: str, output: str) -> None:
-    """Rename the finished staging dir (holding MANIFEST_NAME) to `output`; an old bundle there
-    is moved aside first and deleted only after the new one is in place. Every bundle writer
-    (ONNX Runtime and TensorRT) finishes through here."""
-    # mkdtemp made the directory private (0700), and onnx writes external weights
-    # 0600: give both the mode that open() gave the manifest (the umask's), so
-    # that a bundle built by one user can be served by another.
-    file_mode = os.stat(os.path.join(staging, MANIFEST_NAME)).st_mode & 0o777
-    dir_mode = file_mode | (file_mode & 0o444) >> 2
-    for name in os.listdir(staging):
-        path = os.path.join(staging, name)
-        os.chmod(path, dir_mode if os.path.isdir(path) else file_mode)
-    os.chmod(staging, dir_mode)
-    old = None
-    if os.path.exists(output):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=os.path.dirname(output))
-        os.rmdir(old)
-        os.replace(output, old)
-    os.replace(staging, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _convert_encoder(
-    precision, fp32_path, out_path, config, calib_images, num_calib_images, quiet
+    conversion, fp32_path, out_path, config, calib_images, num_calib_images, quiet
 ) -> Dict[str, Any]:
     from . import quantize
 
-    if precision == "fp16":
+    if conversion is EncoderConversion.FP16_WITH_FP32_ISLANDS:
         return {"conversion": quantize.convert_fp16(fp32_path, out_path)}
-    if precision == "int8-dynamic":
+    if conversion is EncoderConversion.DYNAMIC_INT8:
         return {"conversion": quantize.quantize_dynamic_int8(fp32_path, out_path)}
+    if conversion is not EncoderConversion.STATIC_QDQ_INT8:
+        raise ValueError(f"no encoder conversion {conversion!r}")
     images, source = quantize.calibration_images(calib_images, num_calib_images)
     _say(f"int8 calibration on {len(images)} images from {source}", quiet)
     return {"conversion": quantize.quantize_static_int8(fp32_path, out_path, images, config.image_size, quiet=quiet)}
-
-
-def add_build_arguments(subparsers) -> argparse.ArgumentParser:
-    """Add the `build` sub-command to an argparse subparsers object; returns its parser
-    (its handler is set as `func`)."""
-    parser = subparsers.add_parser(
-        "build",
-        help="export a checkpoint to a verified ONNX Runtime bundle",
-        description="Export SAM to ONNX (encoder, decoder) at a precision, into a bundle directory with a manifest.",
-    )
-    parser.add_argument("--model", required=True, choices=sorted(SAM_CONFIGS), help="model size")
-    parser.add_argument("--checkpoint", default=None, help="official .pth checkpoint (omit: seeded random weights)")
-    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="encoder precision (int8: static QDQ, calibrated; "
-                        "int8-dynamic: int8 weights, activations quantized per call)")
-    parser.add_argument("--output", required=True, help="bundle directory to create")
-    parser.add_argument("--calib-images", default=None,
-                        help="directory of calibration images for int8 (default: the photos bundled with scikit-image)")
-    parser.add_argument("--num-calib-images", type=int, default=None, help="use at most this many calibration images")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output")
-    parser.add_argument("--plain-attention", action="store_true",
-                        help="standard ONNX ops only: no ONNX Runtime contrib MultiHeadAttention for the global "
-                             "blocks (for ONNX Runtime builds without contrib ops; ViT-B measured 6-14%% slower)")
-    parser.add_argument("--no-split-encoder", action="store_true",
-                        help="do not write the encoder segments that the runtime runs with sam-edge's fused "
-                             "global attention (smaller bundle; the single-graph encoder is slower)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    from .tensorrt_build import add_tensorrt_build_arguments
-
-    add_tensorrt_build_arguments(parser)
-    parser.set_defaults(func=run_build)
-    return parser
-
-
-def run_build(args: argparse.Namespace) -> int:
-    """The `build` sub-command; returns the exit status."""
-    if args.backend == "tensorrt":
-        from .tensorrt_build import run_tensorrt_build
-
-        run_tensorrt_build(args)
-        return 0
-    build_bundle(
-        args.output,
-        get_config(args.model),
-        checkpoint=args.checkpoint,
-        precision=args.precision,
-        backend=args.backend,
-        calib_images=args.calib_images,
-        num_calib_images=args.num_calib_images,
-        overwrite=args.overwrite,
-        fused_attention=not args.plain_attention,
-        split_encoder=not args.no_split_encoder,
-        quiet=args.quiet,
-    )
-    return 0

@@ -1,5 +1,8 @@
-"""The attention of the plain exported encoder graph, found once for the passes
-that rewrite it (onnx_export.fuse_global_attention, split_encoder).
+"""Patterns of the plain exported encoder graph, found once for the passes that
+rewrite it: the attention cores (onnx_export.fuse_global_attention,
+split_encoder), the rel-pos products, and the fp32 islands that every fp16
+conversion keeps (quantize.convert_fp16 for ONNX Runtime, tensorrt_prepare for
+TensorRT).
 
 export_encoder writes each block's attention core as
 
@@ -9,6 +12,9 @@ with the bias Reshape(Add(Unsqueeze(rel_h), Unsqueeze(rel_w))). No torch here.
 """
 
 from typing import Any, Dict, List, Sequence
+
+#: Ops whose outputs depend only on the *shape* of their input: value dependence stops here.
+SHAPE_ONLY_OPS = ("Shape", "Size")
 
 
 def graph_index(graph):
@@ -73,3 +79,59 @@ def attention_cores(graph, blocks: Sequence[int]) -> List[Dict[str, Any]]:
             "scale": next(float(constants[i]) for i in scaled.input if i in constants),
         })
     return cores
+
+
+def rel_pos_nodes(model) -> List:
+    """The nodes that compute the rel-pos terms from q: MatMuls (or Einsums, in
+    older exports) whose second input is computed from weights alone (the
+    gathered, transposed rel-pos table) rather than being a weight itself."""
+    static = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type == "Constant" or (node.input and all(i in static for i in node.input if i)):
+            static.update(node.output)
+    weights = {t.name for t in model.graph.initializer}
+    return [
+        n for n in model.graph.node
+        if n.op_type == "Einsum" or (n.op_type == "MatMul" and n.input[1] in static and n.input[1] not in weights)
+    ]
+
+
+def fp32_island_nodes(model) -> List[str]:
+    """Names of the nodes of `model` (an onnx.ModelProto) to keep in fp32 under fp16,
+    where fp16 overflows or loses the row: LayerNormalization and Softmax, a
+    decomposed LayerNorm (the neck's LayerNorm2d: ReduceMean, Pow, Sqrt and their
+    Sub / Add / Div consumers), and the rel-pos bias from each rel-pos product
+    (rel_pos_nodes) down to the Softmax it feeds.
+
+    In a QDQ graph a linear layer's weight is a DequantizeLinear of a stored int8
+    tensor, which rel_pos_nodes would take for a rel-pos table (computed from
+    weights alone): MatMuls fed by a DequantizeLinear are not rel-pos products. The
+    chain follows data, not shapes: it does not pass through Shape / Size."""
+    consumers: Dict[str, list] = {}
+    producers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        producers.update({out: node.op_type for out in node.output})
+    keep = set()
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt"):
+            keep.add(node.name)
+            if node.op_type in ("ReduceMean", "Pow", "Sqrt"):
+                for out in node.output:
+                    keep.update(c.name for c in consumers.get(out, []) if c.op_type in ("Sub", "Add", "Div"))
+    frontier = [n for n in rel_pos_nodes(model)
+                if not (n.op_type == "MatMul" and producers.get(n.input[1]) == "DequantizeLinear")]
+    seen = set()
+    while frontier:
+        node = frontier.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        keep.add(node.name)
+        if node.op_type == "Softmax":
+            continue
+        for out in node.output:
+            # Not into the attention MatMuls: the chain ends at the Softmax.
+            frontier.extend(c for c in consumers.get(out, []) if c.op_type not in ("MatMul",) + SHAPE_ONLY_OPS)
+    return sorted(n for n in keep if n)

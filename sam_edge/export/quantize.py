@@ -44,6 +44,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
+from .graph_patterns import fp32_island_nodes, rel_pos_nodes  # noqa: F401  (rel_pos_nodes: this module's API too)
+
 #: Images used to calibrate when no directory is given: the photos shipped
 #: with scikit-image (no download), covering people, objects, an animal, outdoors.
 DEFAULT_CALIBRATION_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -77,7 +79,7 @@ def calibration_images(directory: Optional[str] = None, limit: Optional[int] = N
 
 def encoder_input(image: np.ndarray, image_size: int) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (1, 3, S, S) float32: resized, normalised, padded, as the runtime does."""
-    from ..runtime.onnxruntime_backend import PIXEL_MEAN, PIXEL_STD
+    from ..config import PIXEL_MEAN, PIXEL_STD
     from ..runtime.transforms import ResizeLongestSide
 
     resized = ResizeLongestSide(image_size).apply_image(np.ascontiguousarray(image)).astype(np.float32)
@@ -98,21 +100,6 @@ def quantizable_nodes(model) -> List:
         elif node.op_type == "Conv" and "patch_embed" in node.name:
             chosen.append(node)
     return chosen
-
-
-def rel_pos_nodes(model) -> List:
-    """The nodes that compute the rel-pos terms from q: MatMuls (or Einsums, in
-    older exports) whose second input is computed from weights alone (the
-    gathered, transposed rel-pos table) rather than being a weight itself."""
-    static = {t.name for t in model.graph.initializer}
-    for node in model.graph.node:  # ONNX graphs are topologically sorted
-        if node.op_type == "Constant" or (node.input and all(i in static for i in node.input if i)):
-            static.update(node.output)
-    weights = {t.name for t in model.graph.initializer}
-    return [
-        n for n in model.graph.node
-        if n.op_type == "Einsum" or (n.op_type == "MatMul" and n.input[1] in static and n.input[1] not in weights)
-    ]
 
 
 def _statistics_graph(model, tensors: Sequence[str], keep_fraction: Optional[float]):
@@ -382,30 +369,6 @@ def quantize_dynamic_int8(src: str, dst: str) -> dict:
     nodes = [n.name for n in quantizable_nodes(onnx.load(src, load_external_data=False)) if n.op_type == "MatMul"]
     quantize_dynamic(src, dst, weight_type=QuantType.QInt8, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])
     return {"method": "dynamic int8 (int8 weights, per-call activation quantization)", "quantized_nodes": len(nodes)}
-
-
-def fp32_island_nodes(model) -> List[str]:
-    """Names of the nodes kept in fp32 by convert_fp16: LayerNorm (fused, and the neck's
-    decomposed LayerNorm2d), and the rel-pos chain from each rel-pos MatMul through the Softmax."""
-    consumers: Dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    keep = set()
-    for node in model.graph.node:
-        in_neck_norm = "/neck/neck.1/" in node.name or "/neck/neck.3/" in node.name
-        if node.op_type in ("LayerNormalization", "Softmax") or in_neck_norm:
-            keep.add(node.name)
-    frontier = rel_pos_nodes(model)
-    while frontier:  # rel-pos MatMul -> ... -> Add(scores, bias) -> Softmax
-        node = frontier.pop()
-        if node.name in keep and node.op_type == "Softmax":
-            continue
-        keep.add(node.name)
-        if node.op_type != "Softmax":
-            for out in node.output:
-                frontier.extend(consumers.get(out, []))
-    return sorted(keep)
 
 
 def convert_fp16(src: str, dst: str) -> dict:

@@ -1,10 +1,10 @@
 """Cut an encoder graph at its attentions, for sam-edge's own attention kernel.
 
-ONNX Runtime's CPU attention materialises each global block's 12 x 4096 x 4096
-scores and bias (ViT-B) several times over; sam_edge._C's fused kernel
-(csrc/attention_cpu.cpp) keeps them in cache. ORT cannot call that kernel from
-inside a graph (its custom-op API needs headers that no pip package ships), so
-the runtime runs the graph in pieces instead:
+ONNX Runtime's CPU attention materialises each global block's scores and bias
+several times over; sam_edge._C's fused kernel (csrc/attention_cpu.cpp) keeps
+them in cache. ORT cannot call that kernel from inside a graph (its custom-op
+API needs headers that no pip package ships), so the runtime runs the graph in
+pieces instead:
 
     segment 0 -> attention 0 -> segment 1 -> ... -> attention n-1 -> segment n
 
@@ -16,22 +16,23 @@ Linears, as global_attention.rel_pos_attention_qkv computes it:
     -> out (B, H, W, heads * D), the proj Linear's input
 
 so the split into q, k, v, the per-head transposes, the window partition and
-padding, the rel-pos terms and the un-partition (about 20 graph nodes a block,
-a fifth of an int8 ViT-B segment's time in an ad-hoc ORT profile) leave the
-graph too. The kernel also needs each block's rel-pos tables and, for the
-windowed blocks, the k and v parts of its qkv bias (a padded token's key and
-value): they go to encoder_attention.npz beside the segments.
+padding, the rel-pos terms and the un-partition leave the graph too. The
+kernel also needs each block's rel-pos tables and, for the windowed blocks,
+the k and v parts of its qkv bias (a padded token's key and value): they go to
+encoder_attention.npz beside the segments.
 
-split_at_global_attention writes the segments next to the encoder and returns
-the plan the runtime follows (sam_edge.runtime.segmented_encoder). It reads
-the plain graph (MatMul -> Add(bias) -> Softmax -> MatMul, as export_encoder
-writes it and the quantizers leave it), not the fused one.
+split_encoder_at_attention writes the segments next to the encoder and returns
+the EncoderSplitPlan the runtime follows (sam_edge.runtime.segmented_encoder).
+It reads the plain graph (MatMul -> Add(bias) -> Softmax -> MatMul, as
+export_encoder writes it and the quantizers leave it), not the fused one.
 """
 
 import os
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Sequence, Set
 
+from ..precision import Compute
 from ..runtime.global_attention import QKV_INPUTS
+from ..runtime.segmented_encoder import AttentionCut, EncoderSplitPlan, Segment
 from .graph_patterns import attention_cores
 
 #: The file beside the segments that holds the kernel's tables.
@@ -140,9 +141,8 @@ def _fuse_quantized_linear_bias(nodes, inits, graph_outputs) -> list:
     DequantizeLinear(W_q) -> MatMul -> Add(bias), as one ONNX Runtime
     MatMulIntegerToFloat that takes the bias (a com.microsoft op). ORT turns
     the QDQ MatMul into MatMulIntegerToFloat by itself but leaves the bias Add
-    as a separate pass over the output: in an ad-hoc profile of a ViT-B int8
-    segment the four bias Adds took ~12 ms of 60, and fusing them gave the same
-    bits in 50 ms. The dequantize nodes are left to the caller's dead-node sweep."""
+    as a separate pass over the output; fused, it gives the same bits. The
+    dequantize nodes are left to the caller's dead-node sweep."""
     from onnx import helper
 
     producer = {o: n for n in nodes for o in n.output}
@@ -223,23 +223,31 @@ def _topological(nodes, available: Set[str]) -> list:
     return order
 
 
-def split_at_global_attention(
-    encoder_path: str, out_dir: str, config, windowed: bool = False, prefix: str = "encoder_segment"
-) -> Dict[str, Any]:
+def attention_blocks(config, compute: Compute) -> List[int]:
+    """The encoder blocks whose attention the kernel takes at `compute`: the global
+    blocks, and the windowed ones too where its reduced-precision path runs them
+    (head_dim 64: ViT-B, ViT-L)."""
+    head_dim = config.encoder_embed_dim // config.encoder_num_heads
+    if compute is not Compute.FP32 and head_dim == 64:
+        return list(range(config.encoder_depth))
+    return sorted(config.encoder_global_attn_indexes)
+
+
+def split_encoder_at_attention(
+    encoder_path: str, out_dir: str, config, blocks: Sequence[int], compute: Compute,
+    prefix: str = "encoder_segment",
+) -> EncoderSplitPlan:
     """Write encoder_path's graph as one segment file more than it has cuts, in out_dir.
 
     Arguments:
         encoder_path: the plain encoder graph (export_encoder, or a quantizer's output).
         out_dir: where the segments go (the bundle's staging directory).
         config: the model's SamConfig.
-        windowed: cut at every block's attention, the windowed ones too; by
-            default only at the global blocks.
+        blocks: the encoder blocks to cut at (attention_blocks), global or windowed.
+        compute: the kernel's arithmetic, which the plan records.
     Returns:
-        the plan: {"segments": [{"file", "inputs", "outputs"}], "attention":
-        [{"qkv", "output", "scale", "heads", "head_dim", "k_size", "window",
-        "block"}], "tables", "input", "output"}, tensor names throughout;
-        attention j's rel-pos tables and padding key/value are rel_pos_h_j,
-        rel_pos_w_j and kv_bias_j in the "tables" file (numpy .npz).
+        the EncoderSplitPlan, tensor names throughout; its tables file is written
+        beside the segments.
     The encoder's weights move to encoder_path + ".data" (if not there already),
     and the segments point into that file: encoder.onnx stays whole for other
     runtimes, and the weights are stored once.
@@ -255,7 +263,10 @@ def split_at_global_attention(
     graph = model.graph
     base_dir = os.path.dirname(os.path.abspath(encoder_path))
     glob = set(config.encoder_global_attn_indexes)
-    blocks = [i for i in range(config.encoder_depth) if windowed or i in glob]
+    compute = Compute.parse(compute)
+    blocks = sorted({int(b) for b in blocks})
+    if not blocks or blocks[0] < 0 or blocks[-1] >= config.encoder_depth:
+        raise ValueError(f"blocks must be encoder block indexes in [0, {config.encoder_depth}); got {blocks}")
     # Shapes for every segment's tensors: without them ONNX Runtime skips the
     # fusions that check shapes (Add + Gelu -> BiasGelu among them).
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -327,7 +338,7 @@ def split_at_global_attention(
             return value_info[name]
         return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
 
-    plan: Dict[str, Any] = {"input": graph_inputs[0], "output": graph_outputs[0], "segments": [], "attention": []}
+    segments: List[Segment] = []
     init_by_name = {t.name: t for t in graph.initializer}
     for k in range(n_segments):
         own = [n for n in nodes if node_stage[n.name] == k]
@@ -363,24 +374,24 @@ def split_at_global_attention(
         seg_model.ir_version = model.ir_version
         file_name = f"{prefix}_{k}.onnx"
         onnx.save_model(seg_model, os.path.join(out_dir, file_name))
-        plan["segments"].append({"file": file_name, "inputs": inputs, "outputs": outputs})
+        segments.append(Segment(file_name, tuple(inputs), tuple(outputs)))
     import numpy as np
 
-    tables = {}
+    tables, attention = {}, []
     for j, p in enumerate(patterns):
         is_global = p["index"] in glob
         side = config.image_embedding_size if is_global else config.window_size
-        plan["attention"].append({
-            "qkv": p["qkv"],
-            "output": p["output"],
-            "scale": p["scale"],
-            "block": p["index"],
-            "heads": config.encoder_num_heads,
-            "head_dim": config.encoder_embed_dim // config.encoder_num_heads,
-            "k_size": [side, side],
-            "window": 0 if is_global else config.window_size,
-        })
+        attention.append(AttentionCut(
+            qkv=p["qkv"],
+            output=p["output"],
+            scale=p["scale"],
+            block=p["index"],
+            heads=config.encoder_num_heads,
+            head_dim=config.encoder_embed_dim // config.encoder_num_heads,
+            k_size=(side, side),
+            window=0 if is_global else config.window_size,
+        ))
         tables.update({f"rel_pos_h_{j}": p["rel_pos_h"], f"rel_pos_w_{j}": p["rel_pos_w"], f"kv_bias_{j}": p["kv_bias"]})
     np.savez(os.path.join(out_dir, TABLES_FILE), **tables)
-    plan["tables"] = TABLES_FILE
-    return plan
+    return EncoderSplitPlan(graph_inputs[0], graph_outputs[0], tuple(segments), tuple(attention), TABLES_FILE,
+                            compute)

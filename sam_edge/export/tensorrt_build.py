@@ -34,20 +34,23 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..runtime.tensorrt_backend import import_tensorrt, tensorrt_runtime_info
+from ..precision import PRECISIONS, TENSORRT_BUNDLE_PRECISIONS, TENSORRT_ENGINE_PRECISIONS, get_precision
+from ..runtime.bundle import file_record
+from ..runtime.tensorrt_compat import import_tensorrt, tensorrt_runtime_info
 from . import tensorrt_prepare as prep
+from .bundle_writer import (BundleStaging, checked_output, move_bundle_into_place, sibling_directory,
+                            write_file_atomically)
 
 Shape = Tuple[int, ...]
 #: input name -> (min, opt, max) shapes.
 Profile = Dict[str, Tuple[Shape, Shape, Shape]]
 
-TENSORRT_PRECISIONS = ("fp16", "int8")
-ENGINE_PRECISIONS = ("fp32",) + TENSORRT_PRECISIONS
+TENSORRT_PRECISIONS = TENSORRT_BUNDLE_PRECISIONS
+ENGINE_PRECISIONS = TENSORRT_ENGINE_PRECISIONS
 #: Builder scratch memory; engines for ViT-H need more than edge boards should give by default.
 DEFAULT_WORKSPACE_BYTES = 2 << 30
 ENCODER_INPUT = "image"
@@ -183,21 +186,20 @@ def precision_plan(
     own precision (fp16 graphs, QDQ graphs), as TensorRT recommends since 10.12;
     weak typing (deprecated, removed in 11) only to run an fp32 graph in fp16.
     """
-    if precision not in ENGINE_PRECISIONS:
-        raise ValueError(f"precision must be one of {ENGINE_PRECISIONS}; got {precision!r}")
+    trt = get_precision(precision, ENGINE_PRECISIONS).tensorrt
     has_fp16 = "float16" in float_types
-    if precision == "int8" and not has_qdq:
+    if trt.needs_qdq and not has_qdq:
         raise ValueError(
-            "int8 engines are built by explicit quantization from a QDQ graph; this graph has no "
-            "QuantizeLinear/DequantizeLinear nodes. Build the bundle with --precision int8 "
+            f"{precision} engines are built by explicit quantization from a QDQ graph; this graph has no "
+            f"QuantizeLinear/DequantizeLinear nodes. Build the bundle with --precision {precision} "
             "(implicit calibration is deprecated in TensorRT 10 and not supported)"
         )
-    if precision != "int8" and has_qdq:
+    if not trt.needs_qdq and has_qdq:
         raise ValueError(f"a QDQ (int8) graph cannot be built as {precision}; use precision 'int8'")
-    if precision == "fp32" and has_fp16:
-        raise ValueError("an fp16 graph cannot be built as fp32; build from the fp32 graph")
+    if not PRECISIONS[precision].reduced and has_fp16:
+        raise ValueError(f"an fp16 graph cannot be built as {precision}; build from the fp32 graph")
     # Whether the graph itself carries the precision (a strongly typed network follows it).
-    graph_typed = precision in ("fp32", "int8") or has_fp16
+    graph_typed = trt.graph_carries_precision or has_fp16
     if strongly_typed is None:
         strongly_typed = graph_typed
     if strongly_typed:
@@ -206,23 +208,15 @@ def precision_plan(
                 "a strongly typed network runs in the graph's own types, so this fp32 graph would build as fp32. "
                 "Build from the fp16 ONNX graph (sam-edge build --precision fp16) or pass strongly_typed=False"
             )
-        note = {
-            "fp32": "strongly typed fp32, TF32 off",
-            "fp16": "strongly typed: the graph's fp16 with its fp32 islands",
-            "int8": "strongly typed: the graph's Q/DQ int8, float parts in the graph's types"
-            + (" (fp16)" if has_fp16 else " (fp32)"),
-        }[precision]
-        cleared = ("TF32",) if precision == "fp32" else ()
-        return PrecisionPlan(precision, True, (), False, note, cleared)
+        note = trt.strong_note.format(floats="fp16" if has_fp16 else "fp32")
+        return PrecisionPlan(precision, True, (), False, note, trt.strong_cleared_flags)
     if tensorrt_major >= 11:
         raise ValueError(
             "TensorRT 11 builds only strongly typed networks: convert the graph first "
             "(sam-edge build --precision fp16 writes an fp16 encoder with fp32 islands)"
         )
-    flags = {"fp32": (), "fp16": ("FP16", "OBEY_PRECISION_CONSTRAINTS"),
-             "int8": ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS")}[precision]
     return PrecisionPlan(
-        precision, False, flags, precision != "fp32",
+        precision, False, trt.weak_flags, PRECISIONS[precision].reduced,
         "weakly typed (deprecated since TensorRT 10.12), LayerNorm / softmax / rel-pos pinned to fp32",
     )
 
@@ -312,20 +306,6 @@ def _pin_fp32_islands(trt, network, island_nodes: Sequence[str]) -> int:
                 layer.set_output_type(j, trt.float32)
         pinned += 1
     return pinned
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _attach_timing_cache(config, path: str, logger) -> bool:
@@ -447,13 +427,13 @@ def build_engine(
         raise RuntimeError(
             f"TensorRT could not build {onnx_path} ({plan.note}):\n  " + "\n  ".join(logger.errors or ["see the log above"])
         )
-    _atomic_write(plan_path, bytes(serialized))
+    write_file_atomically(plan_path, bytes(serialized))
     if timing_cache_path:
         cache = config.get_timing_cache()
         if cache is None:  # attached above; a build that dropped it must not lose the plan over it
             print(f"sam-edge: TensorRT gave back no timing cache; {timing_cache_path} not updated", file=sys.stderr)
         else:
-            _atomic_write(timing_cache_path, bytes(cache.serialize()))
+            write_file_atomically(timing_cache_path, bytes(cache.serialize()))
     return {
         "onnx": os.path.basename(onnx_path),
         "plan": os.path.basename(plan_path),
@@ -514,20 +494,6 @@ class TensorRTBuildParams:
             if self.opt_batch > self.max_batch:
                 raise ValueError(f"opt_batch ({self.opt_batch}) must not exceed max_batch ({self.max_batch})")
 
-    @classmethod
-    def from_args(cls, args: Any) -> "TensorRTBuildParams":
-        """From an argparse Namespace (or any object / dict) with the build command's options;
-        options it lacks keep their defaults."""
-        get = args.get if isinstance(args, Mapping) else lambda k, d=None: getattr(args, k, d)
-        values = {"model_type": get("model_type") or get("model"), "precision": get("precision")}
-        for field in dataclasses.fields(cls):
-            value = get(field.name)
-            if field.name not in values and value is not None:
-                values[field.name] = value
-        if get("quiet"):
-            values["progress"] = False
-        return cls(**values)
-
     def rebuild_options(self) -> Dict[str, Any]:
         """The options that differ from the defaults (plus the required ones), for the rebuild command."""
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
@@ -535,22 +501,17 @@ class TensorRTBuildParams:
         return {k: v for k, v in record.items() if k not in ("progress",) and (k not in defaults or defaults[k] != v)}
 
 
-def _onnx_graphs(onnx_dir_or_paths: Any) -> Tuple[Dict[str, str], Dict[str, Any]]:
-    """({"encoder": path, "decoder": path}, base manifest or {}) from an ONNX Runtime bundle
-    directory or a mapping of paths."""
-    if isinstance(onnx_dir_or_paths, Mapping):
-        paths = {k: os.fspath(v) for k, v in onnx_dir_or_paths.items()}
-        base: Dict[str, Any] = {}
-    else:
-        directory = os.fspath(onnx_dir_or_paths)
-        manifest_path = os.path.join(directory, "manifest.json")
-        if not os.path.isfile(manifest_path):
-            raise ValueError(f"{directory} is not an ONNX bundle (no manifest.json); build one with `sam-edge build`")
-        with open(manifest_path, encoding="utf-8") as f:
-            base = json.load(f)
-        if base.get("backend") != "onnxruntime":
-            raise ValueError(f"{directory} is a {base.get('backend')!r} bundle; TensorRT engines build from ONNX bundles")
-        paths = {k: os.path.join(directory, v) for k, v in base["graphs"].items()}
+def onnx_bundle_graphs(onnx_bundle: str) -> Tuple[Dict[str, str], Dict[str, Any]]:
+    """({"encoder": path, "decoder": path, ...}, manifest) of an ONNX Runtime bundle directory."""
+    directory = os.fspath(onnx_bundle)
+    manifest_path = os.path.join(directory, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        raise ValueError(f"{directory} is not an ONNX bundle (no manifest.json); build one with `sam-edge build`")
+    with open(manifest_path, encoding="utf-8") as f:
+        base = json.load(f)
+    if base.get("backend") != "onnxruntime":
+        raise ValueError(f"{directory} is a {base.get('backend')!r} bundle; TensorRT engines build from ONNX bundles")
+    paths = {k: os.path.join(directory, v) for k, v in base["graphs"].items()}
     for key in ("encoder", "decoder"):
         if key not in paths:
             raise ValueError(f"no {key} graph given (have {sorted(paths)}); the TensorRT bundle needs both")
@@ -599,30 +560,17 @@ def tensorrt_manifest(
     return manifest
 
 
-def _sha256(path: str) -> Dict[str, Any]:
-    import hashlib
+def build_tensorrt_bundle(params: TensorRTBuildParams, onnx_bundle: str, out_dir: str,
+                          overwrite: bool = False) -> Dict[str, Any]:
+    """Build encoder.plan and decoder.plan from the ONNX Runtime bundle directory `onnx_bundle`
+    into the bundle directory `out_dir`; returns its manifest.
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": os.path.getsize(path)}
-
-
-def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: str, overwrite: bool = False) -> Dict[str, Any]:
-    """Build encoder.plan and decoder.plan from an ONNX Runtime bundle (or {"encoder":
-    path, "decoder": path}) into the bundle directory `out_dir`; returns its manifest.
-
-    The hook for `sam-edge build --backend tensorrt`: build the ONNX bundle at
-    the same precision first (the fp16 encoder with fp32 islands, or the QDQ
-    int8 encoder), then call this. Writes into a staging directory next to
-    out_dir and moves it into place only when complete, with the modes the umask
-    gives (export.build.move_bundle_into_place, as for ONNX Runtime bundles).
+    The ONNX bundle is at the same precision (the fp16 encoder with fp32 islands, or the
+    QDQ int8 encoder) and has standard ops only (build_bundle(..., fused_attention=False));
+    build_tensorrt_bundle_from_model makes it. The bundle is written by bundle_writer, as
+    ONNX Runtime bundles are.
     """
-    from .build import move_bundle_into_place
-
-    params = params_or_args if isinstance(params_or_args, TensorRTBuildParams) else TensorRTBuildParams.from_args(params_or_args)
-    paths, base = _onnx_graphs(onnx_dir_or_paths)
+    paths, base = onnx_bundle_graphs(onnx_bundle)
     for name, path in paths.items():  # before any TensorRT work: contrib ops cannot be parsed
         prep.check_onnx_domain(path, f"{name} graph {path}")
     if base and base.get("precision") not in (params.precision, None):
@@ -630,17 +578,14 @@ def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: 
             f"the ONNX bundle's encoder is {base.get('precision')!r}; a TensorRT {params.precision} build needs the "
             f"{params.precision} ONNX bundle (sam-edge build --precision {params.precision})"
         )
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
+    writer = BundleStaging(out_dir, overwrite)
+    out_dir = writer.output
     config = base.get("config", {})
     image_size = int(base.get("image_size", config.get("image_size", 1024)))
     grid = int(base.get("embedding_size", image_size // config.get("patch_size", 16)))
     runtime = tensorrt_runtime_info()
 
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.building-", dir=parent)
+    staging = writer.begin()
     try:
         jobs = {
             "encoder": (params.precision, [encoder_profile(params.max_batch, image_size,
@@ -651,7 +596,8 @@ def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: 
         engines, sources = {}, {}
         for name, (precision, profiles) in jobs.items():
             # int8 encoders, strongly typed, run the graph's float parts in the graph's types: fp16.
-            fp16_float_parts = name == "encoder" and precision == "int8" and not params.weakly_typed
+            fp16_float_parts = (name == "encoder" and PRECISIONS[precision].tensorrt.fp16_float_parts
+                                and not params.weakly_typed)
             prepared = prep.prepare_for_tensorrt(paths[name], os.path.join(staging, f".{name}.trt.onnx"), name,
                                                  fp16_float_parts=fp16_float_parts)
             if name == "decoder":  # cheap: catch a profile the graph cannot take before a TensorRT build
@@ -666,70 +612,41 @@ def build_tensorrt_bundle(params_or_args: Any, onnx_dir_or_paths: Any, out_dir: 
             )
             engines[name]["qdq"] = prepared["qdq"]
             engines[name]["fp16_float_parts"] = prepared["fp16_float_parts"]
-            sources[name] = dict(_sha256(paths[name]), file=os.path.basename(paths[name]))
+            sources[name] = dict(file_record(paths[name]), file=os.path.basename(paths[name]))
             if prepared["path"] != paths[name]:
                 os.remove(prepared["path"])
-        files = {n: _sha256(os.path.join(staging, n)) for n in sorted(os.listdir(staging)) if not n.startswith(".")}
-        manifest = tensorrt_manifest(base, params, engines, files, runtime, sources)
+        manifest = tensorrt_manifest(base, params, engines, writer.file_records(), runtime, sources)
         manifest.setdefault("image_size", image_size)
         manifest.setdefault("embedding_size", grid)
         manifest.setdefault("mask_input_size", 4 * grid)
-        # Plainly opened: its mode is the umask's, which move_bundle_into_place gives every file.
-        with open(os.path.join(staging, "manifest.json"), "w", encoding="utf-8") as f:
-            f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        writer.write_manifest(manifest)
         move_bundle_into_place(staging, out_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        writer.discard()
         raise
     return manifest
 
 
-def add_tensorrt_build_arguments(parser) -> None:
-    """The TensorRT options of `sam-edge build` (flag names match rebuild_command)."""
-    group = parser.add_argument_group("TensorRT (--backend tensorrt)")
-    defaults = TensorRTBuildParams(model_type="vit_b", precision="fp16")
-    group.add_argument("--decoder-precision", choices=ENGINE_PRECISIONS, default=defaults.decoder_precision,
-                       help="decoder engine precision (default fp32: its logits are what users threshold)")
-    group.add_argument("--max-batch", type=int, default=defaults.max_batch, help="most images per encoder call")
-    group.add_argument("--opt-batch", type=int, default=None,
-                       help="images per encoder call to tune for (default: --max-batch)")
-    group.add_argument("--max-points", type=int, default=defaults.max_points,
-                       help="most points per prompt, counting the padding point or the 2 box corners")
-    group.add_argument("--max-prompts", type=int, default=defaults.max_prompts, help="most prompts per decoder call")
-    group.add_argument("--opt-points", type=int, default=defaults.opt_points, help="points per prompt to tune for")
-    group.add_argument("--opt-prompts", type=int, default=defaults.opt_prompts, help="batched prompts to tune for")
-    group.add_argument("--workspace-bytes", type=int, default=defaults.workspace_bytes, help="builder scratch memory")
-    group.add_argument("--timing-cache", default=None, help="timing cache file, read and updated (faster rebuilds)")
-    group.add_argument("--hardware-compatibility", choices=sorted(HARDWARE_COMPATIBILITY), default="none",
-                       help="ampere_plus: engines for any GPU of compute capability >= 8.0 (slower)")
-    group.add_argument("--version-compatible", action="store_true",
-                       help="engines that later TensorRT 10.x runtimes can load")
-    group.add_argument("--weakly-typed", action="store_true",
-                       help="encoder as a weakly typed network (int8: float parts in fp16; deprecated in TensorRT 10.12)")
-
-
-def run_tensorrt_build(args: Any) -> Dict[str, Any]:
-    """`sam-edge build --backend tensorrt`: the ONNX Runtime bundle at the same precision
-    into a scratch directory next to --output (removed afterwards), then the engines;
-    returns the TensorRT bundle's manifest. `args` is the build command's Namespace."""
+def build_tensorrt_bundle_from_model(params: TensorRTBuildParams, output: str, overwrite: bool = False,
+                                     calib_images: Optional[str] = None,
+                                     num_calib_images: Optional[int] = None) -> Dict[str, Any]:
+    """`sam-edge build --backend tensorrt`: the model of params.model_type (from params.checkpoint,
+    or seeded random weights) exported to an ONNX Runtime bundle at the same precision in a
+    scratch directory next to `output` (removed afterwards), then its engines into the bundle
+    at `output`; returns the TensorRT bundle's manifest."""
     from ..config import get_config
     from .build import build_bundle
 
-    params = TensorRTBuildParams.from_args(args)  # validates the precision before minutes of export
-    tensorrt_runtime_info()  # and that TensorRT and a GPU are here
-    output = os.path.abspath(os.fspath(args.output))
-    if os.path.exists(output) and not getattr(args, "overwrite", False):
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    tensorrt_runtime_info()  # TensorRT and a GPU are here, before minutes of export
+    output = checked_output(output, overwrite)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.onnx-", dir=os.path.dirname(output))
+    scratch = sibling_directory(output, "onnx")
     try:
         onnx_dir = os.path.join(scratch, "bundle")
-        extra = {k: getattr(args, k) for k in ("calib_images", "num_calib_images")
-                 if getattr(args, k, None) is not None}
-        build_bundle(onnx_dir, get_config(params.model_type), checkpoint=getattr(args, "checkpoint", None),
+        build_bundle(onnx_dir, get_config(params.model_type), checkpoint=params.checkpoint,
                      precision=params.precision, backend="onnxruntime", official_decoder=False,
                      fused_attention=False,  # ONNX Runtime contrib ops are not TensorRT's
-                     quiet=not params.progress, **extra)
-        return build_tensorrt_bundle(params, onnx_dir, output, overwrite=getattr(args, "overwrite", False))
+                     calib_images=calib_images, num_calib_images=num_calib_images, quiet=not params.progress)
+        return build_tensorrt_bundle(params, onnx_dir, output, overwrite=overwrite)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

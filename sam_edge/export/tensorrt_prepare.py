@@ -32,6 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .graph_patterns import SHAPE_ONLY_OPS, fp32_island_nodes as _fp32_island_nodes
+
 #: Operand indexes of each op that set the *shape* (not the values) of its output.
 #: A graph input that reaches one of them, other than through Shape / Size, makes
 #: an output shape depend on input values.
@@ -66,8 +68,6 @@ SHAPE_OPERANDS: Dict[str, Tuple[int, ...]] = {
     "If": (0,),
     "Loop": (0, 1),
 }
-#: Ops whose outputs depend only on the *shape* of their input: value dependence stops here.
-SHAPE_ONLY_OPS = ("Shape", "Size")
 #: The domains of standard ONNX ops, the only ones TensorRT's parser imports.
 ONNX_DOMAINS = ("", "ai.onnx")
 #: Ops kept in fp32 by qdq_float_parts_to_fp16 whatever their place: ONNX gives them no float16 type.
@@ -408,46 +408,9 @@ def graph_float_types(path_or_model) -> List[str]:
 
 
 def fp32_island_nodes(path_or_model) -> List[str]:
-    """Names of the nodes to keep in fp32 under fp16: LayerNormalization and Softmax,
-    the decomposed LayerNorm2d of the neck (ReduceMean, Pow, Sqrt and their
-    Sub / Add / Div consumers), and the rel-pos bias from each rel-pos product
-    (quantize.rel_pos_nodes) down to the Softmax it feeds.
-
-    In a QDQ graph a linear layer's weight is a DequantizeLinear of a stored int8
-    tensor, which rel_pos_nodes would take for a rel-pos table (computed from
-    weights alone): MatMuls fed by a DequantizeLinear are not rel-pos products. The
-    chain follows data, not shapes: it does not pass through Shape / Size."""
-    from .quantize import rel_pos_nodes
-
-    model = load_graph(path_or_model)
-    consumers: Dict[str, list] = {}
-    producers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-        producers.update({out: node.op_type for out in node.output})
-    keep = set()
-    for node in model.graph.node:
-        if node.op_type in ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt"):
-            keep.add(node.name)
-            if node.op_type in ("ReduceMean", "Pow", "Sqrt"):
-                for out in node.output:
-                    keep.update(c.name for c in consumers.get(out, []) if c.op_type in ("Sub", "Add", "Div"))
-    frontier = [n for n in rel_pos_nodes(model)
-                if not (n.op_type == "MatMul" and producers.get(n.input[1]) == "DequantizeLinear")]
-    seen = set()
-    while frontier:
-        node = frontier.pop()
-        if node.name in seen:
-            continue
-        seen.add(node.name)
-        keep.add(node.name)
-        if node.op_type == "Softmax":
-            continue
-        for out in node.output:
-            # Not into the attention MatMuls: the chain ends at the Softmax.
-            frontier.extend(c for c in consumers.get(out, []) if c.op_type not in ("MatMul",) + SHAPE_ONLY_OPS)
-    return sorted(n for n in keep if n)
+    """graph_patterns.fp32_island_nodes of a graph given as a path or a model: the
+    islands ONNX Runtime's fp16 conversion keeps, the same for TensorRT."""
+    return _fp32_island_nodes(load_graph(path_or_model))
 
 
 def qdq_float_parts_to_fp16(model, islands: Optional[Sequence[str]] = None) -> Tuple[object, Dict[str, int]]:

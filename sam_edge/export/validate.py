@@ -9,8 +9,6 @@ encoder, embedding cosine similarity and rel-L2 per image. Prints a table,
 writes JSON, and exits non-zero when a precision's tolerance is exceeded.
 """
 
-import argparse
-import json
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -67,9 +65,8 @@ def _prompts(shape, rng: np.random.Generator) -> Dict[str, dict]:
 def reference_model(manifest: Dict[str, Any], checkpoint: Optional[str]):
     """The torch model the bundle should match: from `checkpoint`, or the seeded random
     weights the bundle was built with when it records them."""
-    from .. import build_sam_from_config  # via the package, whatever module defines it
+    from ..builder import build_sam_from_config, random_weights_model
     from ..config import SamConfig
-    from .build import random_weights_model
 
     fields = dict(manifest["config"])
     fields["encoder_global_attn_indexes"] = tuple(fields["encoder_global_attn_indexes"])
@@ -236,43 +233,3 @@ def format_report(report: Dict[str, Any]) -> str:
     )
     lines.extend(f"note: {n}" for n in report["notes"])
     return "\n".join(lines)
-
-
-def add_validate_arguments(subparsers) -> argparse.ArgumentParser:
-    """Add the `validate` sub-command; its handler is set as `func`."""
-    parser = subparsers.add_parser(
-        "validate",
-        help="compare a bundle with the PyTorch model per prompt kind",
-        description="Fidelity of a bundle to the PyTorch reference: mask IoU, logits rel-L2, score error, embeddings.",
-    )
-    parser.add_argument("bundle", help="bundle directory from `sam-edge build`")
-    parser.add_argument("--checkpoint", default=None,
-                        help="the .pth the bundle was built from (not needed for random-weight bundles)")
-    parser.add_argument("--images", default=None, help="directory of images (default: scikit-image's bundled photos)")
-    parser.add_argument("--json", default=None, help="write the report as JSON to this path ('-' for stdout)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
-    parser.add_argument("--prompts-per-image", type=int, default=PROMPTS_PER_IMAGE, metavar="N",
-                        help=f"random prompts of each kind per image (default {PROMPTS_PER_IMAGE})")
-    parser.set_defaults(func=run_validate)
-    return parser
-
-
-def run_validate(args: argparse.Namespace) -> int:
-    """The `validate` sub-command; 0 when within tolerance, 1 otherwise."""
-    images = None
-    if args.images is not None:
-        from .quantize import calibration_images
-
-        images, _ = calibration_images(args.images)
-    if args.prompts_per_image < 1:
-        raise ValueError(f"--prompts-per-image must be >= 1; got {args.prompts_per_image}")
-    report = validate_bundle(args.bundle, args.checkpoint, images, seed=args.seed,
-                             prompts_per_image=args.prompts_per_image)
-    print(format_report(report))
-    if args.json == "-":
-        print(json.dumps(report, indent=2))
-    elif args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-    return 0 if report["passed"] else 1

@@ -99,6 +99,8 @@ def _check_form(manifest: Dict[str, Any], path: str) -> None:
                 or not all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in split["segments"])
                 or not isinstance(split.get("tables", ""), str)):
             raise bad("encoder_split", "a plan with segments [{file: str, ...}] and tables: str", split)
+        if "tables" in split:
+            _split_plan(split, path)
 
 
 def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -128,7 +130,9 @@ def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) ->
             raise BundleError(f"manifest of {bundle_dir}: graph {graph!r} -> {name!r} is not among its hashed files")
     split = manifest.get("encoder_split")
     if split is not None:
-        plan_files = [segment["file"] for segment in split["segments"]] + ([split["tables"]] if "tables" in split else [])
+        # Plans from before the kernel took the qkv projection have no tables file.
+        plan_files = ([segment["file"] for segment in split["segments"]] if "tables" not in split
+                      else _split_plan(split, f"manifest of {bundle_dir}").files())
         for name in plan_files:
             if name not in manifest["files"]:
                 raise BundleError(f"manifest of {bundle_dir}: the encoder plan's {name!r} is not among its hashed files")
@@ -155,16 +159,20 @@ def load(
             bundle has them and this machine can (the default); False: never, the
             single encoder graph; True: always, or a BundleError saying why not.
             The engine's `encoder_mode` says which runs.
-        attention_compute: the kernel's precision, "fp32", "fp16" or "bf16", where
-            it runs (else the next one down, see global_attention.fast_compute).
-            None: the bundle's; for int8 bundles (whose plan says fp16) the
-            fastest reduced precision here, bf16 on AMX, else fp16.
+        attention_compute: the kernel's arithmetic, a sam_edge.precision.Compute
+            or its value ("fp32", "fp16" or "bf16"), where it runs (else the next
+            one down, see global_attention.fast_compute). None: the bundle's plan's
+            (int8 bundles: bf16, which runs as fp16 where the CPU lacks AMX).
     Returns:
         an OnnxRuntimeBackend, with the manifest as `.manifest`.
     """
     bundle_dir = os.fspath(bundle_dir)
-    if attention_compute not in (None, "fp32", "fp16", "bf16"):
-        raise ValueError(f"attention_compute must be 'fp32', 'fp16', 'bf16' or None; got {attention_compute!r}")
+    if attention_compute is not None:
+        from ..precision import Compute
+
+        if attention_compute not in tuple(Compute):
+            raise ValueError(f"attention_compute must be 'fp32', 'fp16', 'bf16' or None; got {attention_compute!r}")
+        attention_compute = Compute(attention_compute)
     manifest = read_manifest(bundle_dir)
     if verify:
         verify_bundle(bundle_dir, manifest)
@@ -227,18 +235,25 @@ def _encoder_split(bundle_dir, split, providers, native_attention, attention_com
                                   "--no-split-encoder, fp16, or by an older sam-edge); rebuild it, or pass "
                                   "native_attention=None")
         else:
-            preferred = attention_compute or split.get("compute", "fp32")
-            if attention_compute is None and preferred == "fp16":
-                # int8 bundles: bf16 tiles where they run (a ViT-B global block 77 vs 126 ms,
-                # 3.2e-3 vs 2.5e-3 error, both far inside int8's 5e-2: bench_cpu_attention.py).
-                preferred = "bf16"
-            computes = [fast_compute(a["head_dim"], a["k_size"], preferred) for a in split["attention"]]
+            plan = _split_plan(split, f"manifest of {bundle_dir}")
+            preferred = (attention_compute or plan.compute).value
+            computes = [fast_compute(a.head_dim, a.k_size, preferred) for a in plan.attention]
             if providers and list(providers)[0] != "CPUExecutionProvider":
                 computes = [None]  # the kernel is a CPU kernel
             if None in computes and native_attention:
                 raise BundleError(f"sam-edge's attention kernel cannot run this bundle's cuts here "
                                   f"({kernel_status()}; head_dim, k_size per cut: "
-                                  f"{sorted({(a['head_dim'], tuple(a['k_size'])) for a in split['attention']})})")
+                                  f"{sorted({(a.head_dim, a.k_size) for a in plan.attention})})")
             if None not in computes:
                 encoder_split = {"dir": bundle_dir, "plan": split, "compute": computes}
     return encoder_split
+
+
+def _split_plan(split: Dict[str, Any], where: str):
+    """The manifest's "encoder_split" as an EncoderSplitPlan; BundleError naming `where` when it is damaged."""
+    from .segmented_encoder import EncoderSplitPlan
+
+    try:
+        return EncoderSplitPlan.from_json(split)
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}") from None
