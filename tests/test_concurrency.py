@@ -157,7 +157,8 @@ class _GatedEngine:
         self._engine = engine
         self.inside = threading.Event()
         self.gate = threading.Event()
-        for name in ("name", "image_size", "mask_input_size", "mask_threshold", "image_format", "device"):
+        for name in ("name", "image_size", "mask_input_size", "mask_threshold", "image_format", "device",
+                     "takes_torch_tensors"):
             setattr(self, name, getattr(engine, name))
 
     def from_numpy(self, array):

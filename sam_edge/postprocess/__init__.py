@@ -372,6 +372,8 @@ def upsample_threshold_stability(
     stability_offset: float = 1.0,
     frame_size: Union[int, Tuple[int, int]] = 1024,
     return_logits: bool = False,
+    *,
+    return_masks: bool = True,
 ):
     """Sam.postprocess_masks, then threshold, stability score and box, fused.
 
@@ -396,6 +398,7 @@ def upsample_threshold_stability(
         original_size: (H, W) of the original image (the output).
         frame_size: the model's input frame, 1024 for SAM.
         return_logits: also return the (..., H, W) float32 upsampled logits.
+        return_masks: compute the masks; False returns None in their place.
     Returns:
         masks (..., H, W) bool, stability (...) float32, boxes (..., 4) int64
         XYXY in original-image pixels; plus logits when return_logits.
@@ -414,16 +417,33 @@ def upsample_threshold_stability(
     lo = float(mask_threshold) - float(stability_offset)
     if _C is not None:
         masks, logits, stability, boxes = _C.upsample_threshold_stability(
-            flat, frame, crop, out_size, float(mask_threshold), hi, lo, True, bool(return_logits)
+            flat, frame, crop, out_size, float(mask_threshold), hi, lo, bool(return_masks), bool(return_logits)
         )
     else:
         masks, logits, stability, boxes = fallback.upsample_threshold_stability(
             flat, frame, crop, out_size, float(mask_threshold), hi, lo
         )
-    result = (masks.reshape(*lead, *out_size), stability.reshape(lead), boxes.reshape(*lead, 4))
+    masks = masks.reshape(*lead, *out_size) if return_masks else None
+    result = (masks, stability.reshape(lead), boxes.reshape(*lead, 4))
     if return_logits:
         result += (logits.reshape(*lead, *out_size),)
     return result
+
+
+def upscale_mask_logits(
+    low_res_logits: Any,
+    input_size: Tuple[int, int],
+    original_size: Tuple[int, int],
+    frame_size: Union[int, Tuple[int, int]] = 1024,
+) -> np.ndarray:
+    """Sam.postprocess_masks on numpy: (..., h, w) float32 low-res logits -> (..., H, W)
+    float32 logits at original_size (H, W), by the resize of upsample_threshold_stability,
+    so thresholding them gives its masks. The torch twin is
+    sam_edge.kernels.mask_postprocess.upscale_mask_logits."""
+    logits = upsample_threshold_stability(
+        low_res_logits, input_size, original_size, frame_size=frame_size, return_logits=True, return_masks=False
+    )[3]
+    return logits
 
 
 __all__ = [
@@ -443,4 +463,5 @@ __all__ = [
     "set_num_threads",
     "stability_score",
     "upsample_threshold_stability",
+    "upscale_mask_logits",
 ]

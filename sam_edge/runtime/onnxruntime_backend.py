@@ -3,7 +3,7 @@ numpy in and out. Imports numpy and onnxruntime only (no torch).
 
 The decoder graph is the "fast" one of `sam_edge.export.onnx_export`: it
 returns all four mask tokens' low-res logits and scores; the multimask choice
-and the resize to the image happen here, in numpy.
+happens here, and the resize to the image in sam_edge.postprocess (numpy API).
 """
 
 import threading
@@ -11,56 +11,17 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import postprocess
+from ..config import PIXEL_MEAN, PIXEL_STD
 from .prompt_layout import decoder_prompt_feed
-
-#: The official normalisation (RGB, pixel values in [0, 255]).
-PIXEL_MEAN = np.array((123.675, 116.28, 103.53), dtype=np.float32)
-PIXEL_STD = np.array((58.395, 57.12, 57.375), dtype=np.float32)
-
-
-def bilinear_weights(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices i0, i1 (out_size,) int64 and weight w (out_size,) float64 of
-    `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` along
-    one axis: out[j] = (1 - w[j]) * in[i0[j]] + w[j] * in[i1[j]]."""
-    # In float32, as torch computes the source coordinate: identical indices and weights.
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, (src - i0.astype(np.float32)).astype(np.float64)
-
-
-def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) float64 matrix A with A @ x == the bilinear resize of x along axis 0."""
-    i0, i1, w = bilinear_weights(in_size, out_size)
-    rows = np.arange(out_size)
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
-    np.add.at(matrix, (rows, i0), 1.0 - w)
-    np.add.at(matrix, (rows, i1), w)
-    return matrix
-
-
-def _postprocess_matrix(low_res: int, image_size: int, input_len: int, original_len: int) -> np.ndarray:
-    """(original_len, low_res) float32: upsample to image_size, keep the first
-    input_len rows (the unpadded image), resize to original_len; linear maps compose."""
-    up = bilinear_matrix(low_res, image_size)[:input_len]
-    return (bilinear_matrix(input_len, original_len) @ up).astype(np.float32)
 
 
 def mask_postprocess_reference(
     low_res: np.ndarray, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
 ) -> np.ndarray:
-    """(B, C, m, m) logits -> (B, C, H, W) float32, the official postprocess_masks:
-    bilinear to (image_size, image_size), crop to input_size, bilinear to original_size.
-
-    Written as two matrix products per axis pair: M_h (H, m) @ x @ M_w^T (m, W).
-    """
-    m = low_res.shape[-1]
-    rows = _postprocess_matrix(low_res.shape[-2], image_size, input_size[0], original_size[0])
-    cols = _postprocess_matrix(m, image_size, input_size[1], original_size[1])
-    x = np.asarray(low_res, dtype=np.float32)
-    return np.matmul(np.matmul(rows, x), cols.T)
+    """Transitional name of sam_edge.postprocess.upscale_mask_logits, for the TensorRT
+    backend's host path until it calls sam_edge.postprocess itself."""
+    return postprocess.upscale_mask_logits(low_res, input_size, original_size, frame_size=image_size)
 
 
 def session_options(threads: Optional[int] = None):
@@ -105,6 +66,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     mask_threshold = 0.0
     image_format = "RGB"
+    takes_torch_tensors = False
 
     def __init__(
         self,
@@ -130,10 +92,7 @@ class OnnxRuntimeBackend:
         # image's worth per thread, so threads on different images do not evict each other.
         self._image_side = threading.local()
         # ORT's memory pattern plans one block for a whole run on top of what the
-        # arena already holds, so the encoder's second run faults in gigabytes
-        # more. Without it the arena reuses the freed 805 MB attention maps:
-        # bench_onnxruntime.py's encoder peak RSS added, ViT-B fp32, went from
-        # 5.3-6.1 GB (cpu-2core-*-2026-11-25) to 2.4-3.4 GB (cpu-2core-xeon-*).
+        # arena already holds; without it the arena reuses the freed attention maps.
         options.enable_mem_pattern = False
         if encoder_split is not None:
             from .segmented_encoder import SegmentedEncoder
@@ -220,8 +179,8 @@ class OnnxRuntimeBackend:
     def image_side(self, embedding: np.ndarray) -> dict:
         """The split decoder's image part for a (1, 256, g, g) embedding: computed on the
         first prompt against it and reused while the embedding is the same. "The
-        same" is by value (a 4 MB comparison, well under a millisecond), so an
-        embedding changed in place is never answered from a stale cache."""
+        same" is by value (cheap beside a decoder run), so an embedding changed
+        in place is never answered from a stale cache."""
         cached = getattr(self._image_side, "value", None)
         if cached is not None and cached[0].shape == embedding.shape and np.array_equal(cached[0], embedding):
             return cached[1]
@@ -234,10 +193,8 @@ class OnnxRuntimeBackend:
         self, low_res: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int]
     ) -> np.ndarray:
         """(B, C, m, m) low-res logits -> (B, C, H, W) bool masks in one pass
-        (sam_edge.postprocess: compiled when _C is built), with no
+        (sam_edge.postprocess, compiled when _C is built), with no
         full-resolution float logits."""
-        from .. import postprocess
-
         masks, _, _ = postprocess.upsample_threshold_stability(
             low_res, input_size, original_size, self.mask_threshold, frame_size=self.image_size
         )
@@ -246,5 +203,6 @@ class OnnxRuntimeBackend:
     def postprocess_masks(
         self, low_res: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int]
     ) -> np.ndarray:
-        """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size."""
-        return mask_postprocess_reference(low_res, self.image_size, tuple(input_size), tuple(original_size))
+        """(B, C, m, m) low-res logits -> (B, C, H, W) float32 logits at the original size,
+        by the resize binary_masks thresholds."""
+        return postprocess.upscale_mask_logits(low_res, input_size, original_size, frame_size=self.image_size)

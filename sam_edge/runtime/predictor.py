@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..config import PIXEL_MEAN as _PIXEL_MEAN
 from .backend import Backend
 from .transforms import ResizeLongestSide
 
@@ -22,8 +23,6 @@ IMAGE_FORMATS = ("RGB", "BGR")
 #: 384 MB as uint8). Resizing holds a few copies of the image, so far larger
 #: ones could exhaust memory; SamPredictor(max_image_pixels=...) moves it.
 MAX_IMAGE_PIXELS = 1 << 27
-#: The official normalisation mean, float32 as both backends hold it.
-_PIXEL_MEAN = np.array((123.675, 116.28, 103.53), dtype=np.float32)
 
 
 class ImageNotSetError(RuntimeError, ValueError):
@@ -221,7 +220,7 @@ class SamPredictor:
                 f"set_torch_image expects (1, 3, h, w) with max(h, w) == {self.backend.image_size} "
                 f"(resized by transform.apply_image); got {shape}"
             )
-        if self.backend.name != "torch":
+        if not self.backend.takes_torch_tensors:
             transformed_image = self.backend.from_numpy(transformed_image.detach().cpu().numpy())
         self._embed(transformed_image, original_image_size)
 
@@ -368,7 +367,7 @@ class SamPredictor:
             batch.append(mask_input.shape[0])
         if len(set(batch)) > 1:
             raise ValueError(f"prompt batch sizes disagree: {batch}")
-        if self.backend.name != "torch":
+        if not self.backend.takes_torch_tensors:
             import torch
 
             b = self.backend
@@ -381,10 +380,8 @@ class SamPredictor:
 
     def _predict(self, coords, labels, boxes, mask_input, multimask_output, return_logits):
         low_res, scores = self.backend.decode(self.features, coords, labels, boxes, mask_input, multimask_output)
-        if not return_logits and hasattr(self.backend, "binary_masks"):
-            masks = self.backend.binary_masks(low_res, self.input_size, self.original_size)
-        else:
+        if return_logits:
             masks = self.backend.postprocess_masks(low_res, self.input_size, self.original_size)
-            if not return_logits:
-                masks = masks > self.backend.mask_threshold
+        else:
+            masks = self.backend.binary_masks(low_res, self.input_size, self.original_size)
         return masks, scores, low_res

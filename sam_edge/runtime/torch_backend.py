@@ -17,6 +17,7 @@ class TorchBackend:
     """
 
     name = "torch"
+    takes_torch_tensors = True
 
     def __init__(self, model: Sam) -> None:
         self.model = model
@@ -75,4 +76,5 @@ class TorchBackend:
     def postprocess_masks(
         self, low_res: torch.Tensor, input_size: Tuple[int, int], original_size: Tuple[int, int]
     ) -> torch.Tensor:
+        """(B, C, m, m) low-res logits -> (B, C, H, W) logits, the official Sam.postprocess_masks."""
         return self.model.postprocess_masks(low_res, input_size, original_size)
