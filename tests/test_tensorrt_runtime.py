@@ -4,6 +4,7 @@ where TensorRT and a GPU exist, engines built at a reduced size checked against 
 PyTorch reference."""
 
 import os
+import threading
 import types
 
 import numpy as np
@@ -143,6 +144,36 @@ def test_parse_compute_capability_refuses(text):
                                              ({}, False), (None, False)])
 def test_host_code_allowed_only_for_version_compatible_plans(section, allowed):
     assert tensorrt_compat.host_code_allowed({"tensorrt": section}) is allowed
+
+
+def _engine_io(**changes):
+    """The I/O of sam-edge's engines as TensorRT reports it, with `changes` ({"decoder_out": {...}} ...)."""
+    f32 = np.dtype(np.float32)
+    io = {
+        "encoder_in": {"image": ((-1, 3, 64, 64), f32)},
+        "encoder_out": {"image_embeddings": ((-1, 8, 4, 4), f32)},
+        "decoder_in": {"image_embeddings": ((1, 8, 4, 4), f32), "point_coords": ((-1, -1, 2), f32),
+                       "point_labels": ((-1, -1), f32), "mask_input": ((-1, 1, 16, 16), f32),
+                       "has_mask_input": ((-1,), f32)},
+        "decoder_out": {"iou_predictions": ((-1, 4), f32), "low_res_masks": ((-1, 4, 16, 16), f32)},
+    }
+    io.update(changes)
+    return {"encoder": (io["encoder_in"], io["encoder_out"]), "decoder": (io["decoder_in"], io["decoder_out"])}
+
+
+def test_engine_io_of_sam_edge_engines_passes():
+    tensorrt_compat.check_engine_io(_engine_io())
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"encoder_in": {"image": ((-1, 3, 64, 64), np.float32), "scale": ((1,), np.float32)}}, "expected image -> image_embeddings"),
+    ({"encoder_out": {"features": ((-1, 8, 4, 4), np.float32)}}, "expected image -> image_embeddings"),
+    ({"decoder_out": {"low_res_masks": ((-1, 4, 16, 16), np.float32)}}, "expected the fast decoder"),
+    ({"encoder_out": {"image_embeddings": ((-1, 8, 4, 4), np.float16)}}, "encoder tensor image_embeddings is float16"),
+])
+def test_engine_io_refusals_name_the_problem(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tensorrt_compat.check_engine_io(_engine_io(**changes))
 
 
 # ---------------------------------------------------------------- CUDA errors
@@ -589,6 +620,7 @@ def _gpu_postprocess_backend(function):
 
     backend = object.__new__(trb.TensorRTBackend)
     backend._rt, backend.device_index, backend.stream = FakeCudaRuntime(), 0, 7
+    backend._lock = threading.RLock()
     backend.arrays, backend.image_size, backend._gpu_postprocess = _TorchLikeArrays(), 64, function
     return backend
 
@@ -666,3 +698,64 @@ def test_one_device_array_type():
     assert isinstance(view, cuda_buffers.DeviceArray) and (view.ptr, view.shape) == (parent.ptr + 12, (2, 3))
     read = postprocess_cuda.device_array(_DeviceBuffer((2, 3, 16, 16)))
     assert isinstance(read, cuda_buffers.DeviceArray) and (read.ptr, read.shape, read.dtype) == (0x1000, (2, 3, 16, 16), np.float32)
+
+
+def test_backend_shared_by_threads_serialises_its_gpu_work(fake_backend):
+    """One backend, one stream and one context per profile, shared by four threads, each with its
+    own predictor: no two threads are ever inside an engine at once (TensorRT allows one user of
+    a context at a time), and every answer is the one the same query gets alone. The engines are
+    slowed so that threads not kept apart would overlap inside them."""
+    import time
+
+    from sam_edge import SamPredictor
+
+    backend, _, _ = fake_backend(cuda_graphs=False)
+    inside, most = [0], [0]
+    count = threading.Lock()
+
+    def slowed(execute):
+        def run(context):
+            with count:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.002)
+            try:
+                return execute(context)
+            finally:
+                with count:
+                    inside[0] -= 1
+        return run
+
+    for engine in (backend.encoder, backend.decoder):
+        engine.execute = slowed(engine.execute)
+
+    rng = np.random.default_rng(21)
+    jobs = [(rng.integers(0, 256, (40 + 4 * i, 64, 3), dtype=np.uint8), rng.uniform(0, 39, (12, 1, 2)))
+            for i in range(4)]
+
+    def answers(predictor, image, points):
+        predictor.set_image(image)
+        return [predictor.predict(p, np.array([1]))[1] for p in points]
+
+    alone = [answers(SamPredictor(backend), *job) for job in jobs]
+    together, errors = [None] * len(jobs), []
+    start = threading.Barrier(len(jobs))
+
+    def worker(i):
+        try:
+            predictor = SamPredictor(backend)
+            start.wait()
+            together[i] = answers(predictor, *jobs[i])
+        except BaseException as exc:  # reported below, with the thread's index
+            errors.append((i, exc))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert most[0] == 1, f"{most[0]} threads were inside the engines at once"
+    for i in range(len(jobs)):
+        for a, b in zip(together[i], alone[i]):
+            np.testing.assert_array_equal(a, b)

@@ -11,18 +11,25 @@ caller's back afterwards.
 Device memory and the library of device results are in cuda_buffers; whether
 a bundle's engines can run here is decided in tensorrt_compat. Imports numpy
 at module level only; TensorRT, cuda-python, torch and CuPy are imported when
-an engine is loaded. Not thread-safe: one backend per thread.
+an engine is loaded.
+
+Threads: a backend may be shared by any number of threads (each with its own
+SamPredictor). It has one stream and one execution context per profile, which
+TensorRT lets one caller use at a time, so its GPU work is serialised by a
+lock: threads take turns rather than mix each other's inputs.
 """
 
 import contextlib
 import functools
 import os
 import sys
+import threading
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from ..config import PIXEL_MEAN, PIXEL_STD
 from . import cuda_buffers
 from .cuda_buffers import DeviceArray, PinnedArray, array_provider, cuda_check, device_array
 from .prompt_layout import decoder_prompt_feed
@@ -30,6 +37,7 @@ from .tensorrt_compat import (
     Profile,
     ShapeTuple,
     check_engine_compatibility,
+    check_engine_io,
     describe_profile,
     host_code_allowed,
     import_tensorrt,
@@ -37,8 +45,6 @@ from .tensorrt_compat import (
     tensorrt_runtime_info,
 )
 
-PIXEL_MEAN = np.array((123.675, 116.28, 103.53), dtype=np.float32)
-PIXEL_STD = np.array((58.395, 57.12, 57.375), dtype=np.float32)
 #: Captured decoder graphs kept (one per prompt shape and embedding); least recently used go first.
 MAX_CUDA_GRAPHS = 16
 
@@ -60,7 +66,7 @@ class TensorRTEngine:
     use), and its I/O tensors: {name: (shape with -1 for dynamic axes, numpy dtype)}."""
 
     def __init__(self, trt, runtime, plan: bytes, name: str, stream: int) -> None:
-        self.trt, self.name, self.stream = trt, name, stream
+        self.name, self.stream = name, stream
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not deserialize {name} (see its log above); rebuild the bundle")
@@ -122,11 +128,11 @@ class TensorRTEngine:
 
 
 def _on_device(method):
-    """Run a TensorRTBackend method with the backend's device current (see _device_scope)."""
+    """Run a TensorRTBackend method holding the backend's lock, with its device current (see _device_scope)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with self._device_scope():
+        with self._lock, self._device_scope():
             return method(self, *args, **kwargs)
 
     return wrapper
@@ -164,6 +170,8 @@ class TensorRTBackend:
         version_compatible: bool = False,
     ) -> None:
         trt = import_tensorrt()
+        # Re-entrant: a locked method may call another (the staging buffers, contexts and stream are shared).
+        self._lock = threading.RLock()
         self._rt = cuda_buffers.cudart()
         self.device_index = int(device)
         self._graphs: "OrderedDict[tuple, Any]" = OrderedDict()
@@ -185,7 +193,7 @@ class TensorRTBackend:
         self.encoder = TensorRTEngine(trt, self._runtime, encoder_plan, "encoder", self.stream)
         self.decoder = TensorRTEngine(trt, self._runtime, decoder_plan, "decoder", self.stream)
         self.image_size = int(image_size)
-        self._check_io()
+        check_engine_io({e.name: (e.inputs, e.outputs) for e in (self.encoder, self.decoder)})
         self.mask_input_size = int(self.decoder.inputs["mask_input"][0][-1])
         self.embedding_shape = tuple(self.decoder.inputs["image_embeddings"][0])
         self.max_batch = max(profile["image"].max[0] for profile in self.encoder.profiles)
@@ -211,22 +219,6 @@ class TensorRTBackend:
             if previous != self.device_index:
                 cuda_check(rt.cudaSetDevice(previous), f"cudaSetDevice({previous})")
 
-    def _check_io(self) -> None:
-        expected_in = {"image"}
-        expected_dec = {"image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"}
-        if set(self.encoder.inputs) != expected_in or "image_embeddings" not in self.encoder.outputs:
-            raise ValueError(f"encoder engine has I/O {list(self.encoder.inputs)} -> {list(self.encoder.outputs)}; "
-                             "expected image -> image_embeddings")
-        if set(self.decoder.inputs) != expected_dec or {"iou_predictions", "low_res_masks"} - set(self.decoder.outputs):
-            raise ValueError(
-                f"decoder engine has I/O {list(self.decoder.inputs)} -> {list(self.decoder.outputs)}; expected the fast "
-                f"decoder {sorted(expected_dec)} -> iou_predictions, low_res_masks (not the orig_im_size variant)"
-            )
-        for engine in (self.encoder, self.decoder):
-            for name, (_, dtype) in {**engine.inputs, **engine.outputs}.items():
-                if dtype != np.float32:
-                    raise ValueError(f"{engine.name} tensor {name} is {dtype}; sam-edge engines take and give float32")
-
     def _allocate_buffers(self) -> None:
         s, m = self.image_size, self.mask_input_size
         b, p, n = self.max_batch, self.max_prompts, self.max_points
@@ -239,11 +231,10 @@ class TensorRTBackend:
         self._host = {k: PinnedArray(v, np.float32) for k, v in shapes.items() if k in self.decoder.inputs}
         self._device = {k: DeviceArray.empty(v, np.float32) for k, v in shapes.items()}
 
-    def _copy(self, dst: int, src: int, nbytes: int, kind: str) -> None:
-        kinds = self._rt.cudaMemcpyKind
-        kind_value = {"h2d": kinds.cudaMemcpyHostToDevice, "d2h": kinds.cudaMemcpyDeviceToHost,
-                      "d2d": kinds.cudaMemcpyDeviceToDevice}[kind]
-        cuda_check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind_value, self.stream), f"cudaMemcpyAsync ({kind})")
+    def _upload(self, dst: int, src: int, nbytes: int) -> None:
+        """Queue a copy from pinned host memory to the device on our stream."""
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        cuda_check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream), "cudaMemcpyAsync (host to device)")
 
     @_on_device
     def synchronize(self) -> None:
@@ -286,7 +277,7 @@ class TensorRTBackend:
             staged = self._image_host.array[:n]
             staged.fill(0.0)  # zero padding after normalisation, as Sam.preprocess
             staged[:, :, :h, :w] = (chunk - PIXEL_MEAN[:, None, None]) / PIXEL_STD[:, None, None]
-            self._copy(self._image_device.ptr, self._image_host.ptr, staged.nbytes, "h2d")
+            self._upload(self._image_device.ptr, self._image_host.ptr, staged.nbytes)
             context = self.encoder.bind(
                 0 if self.encoder.num_profiles == 1 else self.encoder.choose_profile({"image": (n, 3, s, s)}),
                 {"image": (n, 3, s, s)},
@@ -317,7 +308,7 @@ class TensorRTBackend:
         staged = self._host["image_embeddings"]
         self.synchronize()
         staged.array[...] = host
-        self._copy(self._device["image_embeddings"].ptr, staged.ptr, host.nbytes, "h2d")
+        self._upload(self._device["image_embeddings"].ptr, staged.ptr, host.nbytes)
         return self._device["image_embeddings"].ptr
 
     @_on_device
@@ -336,7 +327,7 @@ class TensorRTBackend:
         for name, value in feed.items():
             host = self._host[name].array.reshape(-1)[: value.size]
             host[...] = value.reshape(-1)
-            self._copy(self._device[name].ptr, self._host[name].ptr, value.nbytes, "h2d")
+            self._upload(self._device[name].ptr, self._host[name].ptr, value.nbytes)
         addresses = {name: self._device[name].ptr for name in list(feed) + ["iou_predictions", "low_res_masks"]}
         addresses["image_embeddings"] = embedding_ptr
         self._run_decoder(profile, shapes, addresses)
@@ -414,7 +405,7 @@ class TensorRTBackend:
                 return_logits=logits,
             )
             return result[3] if logits else result[0]
-        with self._device_scope():
+        with self._lock, self._device_scope():
             self.arrays.take_over()
             lead = tuple(int(d) for d in low_res.shape[:-2])
             out = self.arrays.empty(lead + (out_h, out_w), np.float32 if logits else np.bool_)

@@ -9,6 +9,8 @@ TensorRT or a GPU. Those three import TensorRT and cuda-python when called.
 import shlex
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
+
 from . import cuda_buffers
 
 Shape = Tuple[int, ...]
@@ -95,6 +97,38 @@ def status(device: int = 0) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------- compatibility (pure)
+
+#: The I/O of sam-edge's engines: the encoder, and the fast decoder (all four mask tokens).
+ENGINE_INPUTS = {
+    "encoder": ("image",),
+    "decoder": ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"),
+}
+ENGINE_OUTPUTS = {"encoder": ("image_embeddings",), "decoder": ("iou_predictions", "low_res_masks")}
+
+
+def check_engine_io(engines: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
+    """ValueError unless the engines have the I/O of sam-edge's, all float32.
+
+    Arguments:
+        engines: {"encoder": (inputs, outputs), "decoder": (inputs, outputs)}, each
+            {tensor name: (shape, numpy dtype)} as the engine reports it.
+    """
+    encoder_in, encoder_out = engines["encoder"]
+    decoder_in, decoder_out = engines["decoder"]
+    if set(encoder_in) != set(ENGINE_INPUTS["encoder"]) or set(ENGINE_OUTPUTS["encoder"]) - set(encoder_out):
+        raise ValueError(f"encoder engine has I/O {list(encoder_in)} -> {list(encoder_out)}; "
+                         "expected image -> image_embeddings")
+    expected = set(ENGINE_INPUTS["decoder"])
+    if set(decoder_in) != expected or set(ENGINE_OUTPUTS["decoder"]) - set(decoder_out):
+        raise ValueError(
+            f"decoder engine has I/O {list(decoder_in)} -> {list(decoder_out)}; expected the fast "
+            f"decoder {sorted(expected)} -> iou_predictions, low_res_masks (not the orig_im_size variant)"
+        )
+    for engine, (inputs, outputs) in engines.items():
+        for name, (_, dtype) in {**inputs, **outputs}.items():
+            if np.dtype(dtype) != np.float32:
+                raise ValueError(f"{engine} tensor {name} is {np.dtype(dtype)}; sam-edge engines take and give float32")
+
 
 
 def parse_version(text: str) -> Tuple[int, ...]:
