@@ -32,7 +32,7 @@ settings.load_profile(os.environ.get("SAM_EDGE_HYPOTHESIS_PROFILE", "ci"))
 
 from sam_edge.config import get_config  # noqa: E402
 
-from .sam_fixtures import make_checkpoint  # noqa: E402
+from .sam_fixtures import make_checkpoint, write_calibration_photos  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +54,10 @@ def small_checkpoint(tmp_path_factory, small_config):
     path = tmp_path_factory.mktemp("ckpt") / "sam_small_random.pth"
     ref = make_checkpoint(small_config, path, seed=1)
     return path, ref
+
+
+@pytest.fixture(scope="session")
+def calibration_dir(tmp_path_factory):
+    """Held-out int8 calibration photos (sam_fixtures.CALIBRATION_PHOTOS), disjoint
+    from the photos the tests evaluate on: pass as build_bundle(calib_images=...)."""
+    return write_calibration_photos(tmp_path_factory.mktemp("calibration"))

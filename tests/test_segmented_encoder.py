@@ -4,9 +4,10 @@ each cut runs from a block's qkv projection to its proj input.
 
 The single encoder graph of the same bundle is the reference: in fp32 the
 two compute the same math (the kernel's fp32 error is ~1e-7, test_global_attention),
-so they agree to 1e-5. int8 bundles are held to the issue's bounds against
-the fp32 official model in test_onnx_precision.py, which loads them the
-default way, through the segments.
+so they agree to 1e-5. int8 segments are held to a margin over their own
+single graph's error against the official fp32 model, on the same photos
+(INT8_MARGIN); the int8 bundles calibrate on photos these tests do not
+evaluate on (sam_fixtures.CALIBRATION_PHOTOS).
 """
 
 import json
@@ -20,6 +21,14 @@ from sam_edge.runtime.bundle import BundleError
 from sam_edge.runtime.global_attention import fast_compute, kernel_status
 
 FAST = fast_compute(64, (16, 16), "fp32") is not None
+# The int8 single graph's own error against the official model is held to the issue's
+# int8 bound; the segments run the same int8 linears and differ from it only in the
+# attention between the cuts, whose rounding (float32 in the kernel's fp32 path, an 11- or
+# 8-bit mantissa in fp16/bf16) is independent of int8's and far smaller: errors that add
+# in quadrature, so the segments' error exceeds the single graph's by well under 10%,
+# plus INT8_ABS for rounding on photos where int8's error is small. A wrong cut, such as
+# zeroed padding key/value in a windowed one, adds an error of int8's size or more.
+INT8_BOUND, INT8_MARGIN, INT8_ABS = 0.05, 0.10, 2e-3
 needs_fast_kernel = pytest.mark.skipif(
     not FAST, reason="sam-edge's attention kernel has no fast path on this CPU (no _C or no AVX-512): "
                      "bundles run their single encoder graph"
@@ -148,20 +157,59 @@ def test_native_attention_true_without_segments_is_refused(bundle, tmp_path):
 
 def test_split_refuses_a_graph_without_the_pattern(bundle, tmp_path):
     """The fused graph has no Softmax in its global blocks: splitting it is an error, not a silent no-op."""
-    from sam_edge.export.split_encoder import split_at_global_attention
+    from sam_edge.export.split_encoder import split_encoder_at_attention
+    from sam_edge.precision import Compute
 
     _, path = bundle
     with pytest.raises(ValueError, match="expected one Softmax"):
-        split_at_global_attention(str(path / "encoder.onnx"), str(tmp_path), reduced_config(depth=4))
+        split_encoder_at_attention(str(path / "encoder.onnx"), str(tmp_path), reduced_config(depth=4),
+                                   blocks=reduced_config(depth=4).encoder_global_attn_indexes, compute=Compute.FP32)
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory):
+def int8_bundle(tmp_path_factory, calibration_dir):
     reference, _, path = build_test_bundle(
         tmp_path_factory.mktemp("segmented-int8"), reduced_config(depth=4), seed=5, precision="int8",
-        official_decoder=False,
+        official_decoder=False, calib_images=calibration_dir,
     )
     return reference, path
+
+
+def _official_embeddings(reference) -> dict:
+    import torch
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    official, out = OfficialPredictor(reference), {}
+    for name, image in photos().items():
+        official.set_image(image)
+        with torch.no_grad():
+            out[name] = official.get_image_embedding().numpy()
+    return out
+
+
+def _embedding_errors(engine, official: dict) -> dict:
+    """{photo: embedding rel-L2 of `engine` against the official model's}."""
+    predictor, errors = sam_edge.SamPredictor(engine), {}
+    for name, image in photos().items():
+        predictor.set_image(image)
+        errors[name] = rel_l2(predictor.get_image_embedding(), official[name])
+    return errors
+
+
+@pytest.fixture(scope="module")
+def int8_single_errors(int8_bundle):
+    """(official embeddings, the int8 single graph's errors against them): the baseline of the margin."""
+    reference, path = int8_bundle
+    official = _official_embeddings(reference)
+    errors = _embedding_errors(sam_edge.load(str(path), native_attention=False), official)
+    assert max(errors.values()) <= INT8_BOUND, errors
+    return official, errors
+
+
+def _assert_within_margin(errors: dict, single: dict) -> None:
+    for name, error in errors.items():
+        bound = single[name] * (1 + INT8_MARGIN) + INT8_ABS
+        assert error <= bound, f"{name}: segments {error:.4e} > {bound:.4e} (single graph {single[name]:.4e})"
 
 
 def test_int8_bundle_cuts_every_block(int8_bundle):
@@ -175,33 +223,40 @@ def test_int8_bundle_cuts_every_block(int8_bundle):
     assert len(plan["segments"]) == 5
 
 
-@pytest.mark.skipif(fast_compute(64, (14, 14), "fp16") is None, reason="this CPU has no AVX512-FP16")
-def test_int8_segments_against_the_fp32_reference(int8_bundle):
-    """The segmented int8 encoder within the int8 bound (embedding rel-L2 <= 0.05) of the
-    official fp32 model, as is its single graph: fp16 or bf16 attention adds little to
-    int8's error."""
-    import torch
+def test_int8_segments_within_a_margin_of_the_single_graph(int8_bundle, int8_single_errors, monkeypatch):
+    """The int8 bundle cut at every block (windowed ones padded 16 -> 28), the kernel
+    in fp32, within INT8_MARGIN of the int8 single graph's own error against the
+    official fp32 model, photo by photo. The kernel's portable path runs where no
+    fast one does, so this runs on every CPU."""
+    from sam_edge.runtime import global_attention
 
-    reference, path = int8_bundle
-    image = photos()["landscape"]
-    errors = {}
-    # The default (bf16 tiles where AMX runs, else fp16), fp16 forced, and the single graph.
-    for options in ({}, {"attention_compute": "fp16"}, {"native_attention": False}):
+    if not kernel_status()["available"]:
+        pytest.skip("sam_edge._C is not built")
+    _, path = int8_bundle
+    official, single = int8_single_errors
+    monkeypatch.setattr(global_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
+    engine = sam_edge.load(str(path), native_attention=True)
+    assert engine.encoder_mode == "segments + sam-edge attention kernel (4 cuts, fp32)", engine.encoder_mode
+    monkeypatch.undo()
+    errors = _embedding_errors(engine, official)
+    print("int8 embedding rel-L2, single graph:", single, "segments (fp32 kernel):", errors)
+    _assert_within_margin(errors, single)
+
+
+@pytest.mark.skipif(fast_compute(64, (14, 14), "fp16") is None, reason="this CPU has no AVX512-FP16")
+def test_int8_segments_in_reduced_precision_within_a_margin_of_the_single_graph(int8_bundle, int8_single_errors):
+    """The default load (bf16 tiles where AMX runs, else fp16) and fp16 forced, within
+    INT8_MARGIN of the int8 single graph's own error against the official model."""
+    _, path = int8_bundle
+    official, single = int8_single_errors
+    for options in ({}, {"attention_compute": "fp16"}):
         engine = sam_edge.load(str(path), **options)
         if not options:
             assert engine.encoder_mode.endswith("bf16)" if kernel_status()["amx_bf16"] else "fp16)"), \
                 engine.encoder_mode
-        predictor = sam_edge.SamPredictor(engine)
-        predictor.set_image(image)
-        ours = predictor.get_image_embedding()
-        from segment_anything import SamPredictor as OfficialPredictor
-
-        official = OfficialPredictor(reference)
-        official.set_image(image)
-        with torch.no_grad():
-            ref = official.get_image_embedding().numpy()
-        errors[engine.encoder_mode] = rel_l2(ours, ref)
-    assert all(e <= 0.05 for e in errors.values()), errors
+        errors = _embedding_errors(engine, official)
+        print(engine.encoder_mode, errors, "single graph:", single)
+        _assert_within_margin(errors, single)
 
 
 def test_static_int8_linears_take_their_bias(int8_bundle):
@@ -280,15 +335,13 @@ def test_quantized_linear_fusion_against_float64():
     assert np.abs(fused - exact).max() <= 1e-5 * scale
 
 
-def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path):
+def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path, calibration_dir):
     """ViT-H (head_dim 80, which the fp16 path does not cover): int8 bundles are cut at
-    the global blocks only; they run bf16 tiles on AMX, else fp32, within the int8
-    bound (embedding rel-L2 <= 0.05) of the official fp32 model."""
-    import torch
-    from segment_anything import SamPredictor as OfficialPredictor
-
+    the global blocks only; they run bf16 tiles on AMX, else fp32, within INT8_MARGIN
+    of the int8 single graph's own error against the official fp32 model."""
     config = reduced_config("vit_h", depth=2)
-    reference, _, path = build_test_bundle(tmp_path, config, seed=9, precision="int8", official_decoder=False)
+    reference, _, path = build_test_bundle(tmp_path, config, seed=9, precision="int8", official_decoder=False,
+                                           calib_images=calibration_dir)
     plan = json.loads((path / "manifest.json").read_text())["encoder_split"]
     assert [a["block"] for a in plan["attention"]] == list(config.encoder_global_attn_indexes)
     assert {a["head_dim"] for a in plan["attention"]} == {80}
@@ -299,14 +352,10 @@ def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path):
         pytest.skip("no AVX-512 here: the ViT-H bundle loads its single encoder graph (checked), so the "
                     "kernel's head_dim-80 cuts cannot be compared with the official model")
     assert engine.encoder_mode.endswith("bf16)" if status["amx_bf16"] else "fp32)"), engine.encoder_mode
-    image = photos()["portrait"]
-    predictor = sam_edge.SamPredictor(engine)
-    predictor.set_image(image)
-    official = OfficialPredictor(reference)
-    official.set_image(image)
-    with torch.no_grad():
-        ref = official.get_image_embedding().numpy()
-    assert rel_l2(predictor.get_image_embedding(), ref) <= 0.05
+    official = _official_embeddings(reference)
+    single = _embedding_errors(sam_edge.load(str(path), native_attention=False), official)
+    assert max(single.values()) <= INT8_BOUND, single
+    _assert_within_margin(_embedding_errors(engine, official), single)
 
 
 def test_int8_tables_of_every_cut_are_the_checkpoint_s(int8_bundle):
@@ -334,7 +383,8 @@ def test_fully_cut_fp32_encoder_matches_the_single_graph(tmp_path, monkeypatch):
     path runs where no fast one does, so this runs on every CPU."""
     import shutil
 
-    from sam_edge.export.split_encoder import split_at_global_attention
+    from sam_edge.export.split_encoder import split_encoder_at_attention
+    from sam_edge.precision import Compute
     from sam_edge.runtime import global_attention
 
     if not kernel_status()["available"]:
@@ -343,7 +393,8 @@ def test_fully_cut_fp32_encoder_matches_the_single_graph(tmp_path, monkeypatch):
     _, _, path = build_test_bundle(tmp_path, reduced_config(depth=4), seed=6, official_decoder=False,
                                    fused_attention=False, split_encoder=False)
     copy = shutil.copytree(path, tmp_path / "cut-everywhere")
-    plan = split_at_global_attention(str(copy / "encoder.onnx"), str(copy), reduced_config(depth=4), windowed=True)
+    plan = split_encoder_at_attention(str(copy / "encoder.onnx"), str(copy), reduced_config(depth=4),
+                                      blocks=range(4), compute=Compute.FP32).to_json()
     assert [a["window"] for a in plan["attention"]] == [14, 0, 14, 0]
     plan["compute"] = "fp32"
     manifest = json.loads((copy / "manifest.json").read_text())
