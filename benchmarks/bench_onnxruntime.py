@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import cpu_features  # noqa: E402
+from sam_edge.bench.host import cpu_model  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -267,7 +268,7 @@ def main() -> int:
     payload = {
         "benchmark": "bench_onnxruntime", "model": args.model, "threads": args.threads, "repeat": args.repeat,
         "encoder_gflops": flops / 1e9, "rows": rows, "date": date,
-        "hardware": {"cpu": _cpu_model(), "cpu_features": cpu_features(), "cpus_visible": os.cpu_count(),
+        "hardware": {"cpu": cpu_model(), "cpu_features": cpu_features(), "cpus_visible": os.cpu_count(),
                      "machine": platform.machine(),
                      "load_average_at_start": load_start, "load_average_at_end": os.getloadavg()},
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
@@ -287,17 +288,6 @@ def main() -> int:
 
 def _per(stats, prompts):
     return {k: (v / prompts if k.endswith("_ms") else v) for k, v in stats.items()}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def format_table(payload) -> str:

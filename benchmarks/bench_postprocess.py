@@ -31,16 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sam_edge.postprocess as pp  # noqa: E402
 from sam_edge.postprocess import fallback  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from sam_edge.bench.host import cpu_model  # noqa: E402
 
 
 def timeit(fn, budget_s: float, min_reps: int = 3, max_reps: int = 50):
@@ -232,7 +223,7 @@ def main():
 
     results = []
     print(f"# sam-edge post-processing benchmark: {pp.active_path()}")
-    print(f"# {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+    print(f"# {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     header = f"{'op':30s} {'implementation':48s} {'median ms':>10s} {'p10-p90 ms':>17s} {'vs ref':>8s}"
     print(header)
@@ -268,7 +259,7 @@ def main():
         "benchmark": "bench_postprocess",
         "date_utc": stamp.isoformat(timespec="seconds"),
         "device": device,
-        "hardware": {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": platform.machine()},
+        "hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine()},
         "load_average_1min": os.getloadavg()[0],
         "active_path": pp.active_path(),
         "versions": {
