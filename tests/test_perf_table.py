@@ -109,9 +109,44 @@ def test_check_without_markers_fails(perf_table, tmp_path, capsys):
     assert "markers" in capsys.readouterr().err
 
 
+def test_compact_table_has_a_row_per_bundle_and_host(perf_table, tmp_path):
+    rng = np.random.default_rng(2)
+    old = _doc("box", ["avx2"], "2026-11-01T00:00:00+00:00", 900.0, rng)
+    new = _doc("box", ["avx2"], "2026-12-01T00:00:00+00:00", 500.0, rng, notes=["shared CPU"])
+    amx = _doc("box", ["avx2", "avx512f", "amx_tile"], "2026-11-15T00:00:00+00:00", 200.0, rng)
+    for name, doc in (("a.json", new), ("b.json", old), ("c.json", amx)):
+        _write(tmp_path, name, doc)
+    table = perf_table.generate_compact(perf_table.load_results(str(tmp_path)))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+    header, body = rows[0], rows[2:]
+    assert header[:5] == ["model", "precision", "runtime", "host", "encoder"]
+    assert len(body) == 2  # the two hosts called "box" apart, the older avx2 run dropped
+    by_features = {("AMX" if "(AMX)" in r[3] else "AVX2"): r for r in body}
+    expected = {"AVX2": new, "AMX": amx}
+    for label, doc in expected.items():
+        run = doc["runs"][0]
+        assert by_features[label][4] == (f"{run['stages']['encoder']['p50_ms']:.0f} ms "
+                                          f"({run['ratio_to_reference']['encoder']:.2f}x)")
+    assert by_features["AVX2"][-1].endswith("†") and not by_features["AMX"][-1].endswith("†")
+
+
 def test_committed_readme_table_matches_committed_results(perf_table):
     readme = os.path.join(REPO, "README.md")
     with open(readme, encoding="utf-8") as f:
         if perf_table.BEGIN not in f.read():
             pytest.skip("README.md has no perf-table markers yet (the lead adds them with the table)")
-    assert perf_table.main(["--check", readme]) == 0
+    assert perf_table.main(["--compact", "--check", readme]) == 0
+
+
+def test_committed_docs_match_committed_results(perf_table):
+    """docs/benchmarks.md: the full table and the index of every results file."""
+    import sys
+
+    docs = os.path.join(REPO, "docs", "benchmarks.md")
+    assert perf_table.main(["--check", docs]) == 0
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    try:
+        import results_index
+    finally:
+        sys.path.remove(os.path.join(REPO, "scripts"))
+    assert results_index.main(["--check", docs]) == 0
