@@ -152,8 +152,7 @@ def _statistics_graph(model, tensors: Sequence[str], keep_fraction: Optional[flo
         graph.output.extend(outputs)
     # Each tensor's statistics go right after its producer: ONNX Runtime runs nodes
     # in this order, so the activation dies as early as in inference. Appended at
-    # the end they would keep every calibrated activation alive to the last node
-    # (ViT-H: +6 GB).
+    # the end they would keep every calibrated activation alive to the last node.
     ordered = [node for name in tensors if name in graph_inputs for node in statistics[name]]
     for node in graph.node:
         ordered.append(node)
@@ -317,7 +316,7 @@ def quantize_static_int8(
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
     # The graph alone picks the tensors; the weights are loaded only once the
-    # calibration session has been freed (ViT-H: 2.5 GB each).
+    # calibration session has been freed (two copies of ViT-H's would not fit small hosts).
     nodes = quantizable_nodes(onnx.load(src, load_external_data=False))
     node_names = [node.name for node in nodes]
     tensors = sorted({node.input[0] for node in nodes})
