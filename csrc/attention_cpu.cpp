@@ -52,8 +52,8 @@ int resolve_threads(int threads) {
 #endif
 }
 
-// Per-thread scratch that outlives a call. An encoder run calls the kernel up to
-// 12 times with ~30 MB of packed k, v, q (ViT-B); fresh allocations were
+// Per-thread scratch that outlives a call. An encoder run calls the kernel once
+// per cut with tens of megabytes of packed k, v, q; fresh allocations would be
 // mmap'd, page-faulted and zeroed on every call. Slots: 0-2 packed inputs (the
 // calling thread), 3-4 score and probability rows (each OpenMP thread), 5-7
 // a task's rel-pos terms and output rows (each OpenMP thread), 8-13 the
@@ -141,9 +141,8 @@ SAM_AVX512 inline __m512 exp_taylor(__m512 x) {
 SAM_AVX512 inline __m512 exp_avx512(__m512 x) { return exp_taylor<6>(x); }
 
 // Degree 4, for results rounded to bf16 (8 significant bits): truncation
-// <= 4.2e-5 (bf16's half ulp is 2e-3). The AMX path's softmax was 35 of a
-// global block's 76 ms; the fp16 path, bound by its products, measured no
-// faster with it.
+// <= 4.2e-5 (bf16's half ulp is 2e-3). The softmax is a large share of the AMX
+// path's time; the fp16 path, bound by its products, gains nothing from it.
 SAM_AVX512 inline __m512 exp_reduced(__m512 x) { return exp_taylor<4>(x); }
 
 // k is repacked into panels of 64 keys: panel p holds k[64p : 64p + 64] transposed,

@@ -156,7 +156,7 @@ def _rle_counts(rle: RLE) -> np.ndarray:
     if isinstance(counts, (bytes, bytearray)):
         return _C.string_to_counts(bytes(counts)) if _C is not None else fallback.string_to_counts(bytes(counts))
     if isinstance(counts, list) and _UINT32_ARRAY:
-        # array.array converts a list of ints 4x faster than numpy and rejects
+        # array.array converts a list of ints faster than numpy does, and rejects
         # negative, oversized and non-integer values on the way.
         try:
             return np.frombuffer(array.array(_UINT32_ARRAY, counts), dtype=np.uint32)

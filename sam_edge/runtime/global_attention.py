@@ -7,22 +7,18 @@ Runtime backend's segmented encoder. numpy only: no torch.
 
 The fused kernel is sam_edge._C.rel_pos_attention (csrc/attention_cpu.cpp): it
 keeps each block of scores in cache instead of materialising the
-(B, heads, N, M) matrix and bias. Two compute precisions:
+(B, heads, N, M) matrix and bias. Its compute precisions:
 
-- "fp32": float32 products and sums (error ~1e-6, like ONNX Runtime's).
+- "fp32": float32 products and sums, as ONNX Runtime computes them.
 - "fp16": both products in fp16 with fp16 partial sums over at most 64 terms
-  (AVX512-FP16; a ViT-B global block 148 vs 256 ms in fp32,
-  benchmarks/bench_cpu_attention.py); softmax, inputs and output in float32.
-  Used for int8 bundles, whose q, k, v come out of int8 layers: 2e-3 to 5e-3
-  relative error against float64 (the benchmark, tests/test_global_attention.py),
-  inside those bundles' 5e-2 bound.
+  (AVX512-FP16); softmax, inputs and output in float32. Used for int8 bundles,
+  whose q, k, v come out of int8 layers: its error against float64
+  (tests/test_global_attention.py bounds it) is far inside those bundles'.
 - "bf16" (rel_pos_attention_qkv only, head_dim 64 or 80): both products on AMX
-  tiles (Sapphire Rapids and later, where the OS grants them), q, k, v and the
-  probabilities in bf16, every sum in fp32. A ViT-B global block 77 vs 126 ms
-  in fp16 (benchmarks/bench_cpu_attention.py), at 2e-3 to 3e-3 relative error
-  (tests/test_global_attention.py bounds it); a ViT-H one 125 vs 393 ms in
-  fp32 (an ad-hoc timing). int8 bundles run it where it runs, else fp16, and
-  ViT-H's (head_dim 80, no fp16 path) else fp32.
+  tiles (where the CPU has them and the OS grants them), q, k, v and the
+  probabilities in bf16, every sum in fp32. int8 bundles run it where it runs,
+  else fp16, and ViT-H's (head_dim 80, no fp16 path) else fp32.
+  benchmarks/bench_cpu_attention.py times the three.
 
 rel_pos_attention_qkv is the same attention as an encoder block feeds it: from
 its qkv Linear's output, with the model's rel-pos tables, the windows and their
