@@ -27,24 +27,11 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 MIN_KILL_POINTS = 20
 
 CHILD = r"""
-import json, os, signal, sys, time
+import json, os, sys, time
 sys.path.insert(0, {tests!r})
-kill_at = sys.argv[1]  # "NAME#N": at the N-th event NAME; "": never
-events = []
-
-def event(name):
-    events.append(name)
-    if kill_at == f"{{name}}#{{events.count(name)}}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-def wrap(module, attr):
-    original = getattr(module, attr)
-    def wrapper(*args, **kwargs):
-        event(attr)
-        result = original(*args, **kwargs)
-        event(attr + " done")
-        return result
-    setattr(module, attr, wrapper)
+from _kill_points import KillPoints
+points = KillPoints(sys.argv[1])  # "NAME#N": at the N-th event NAME; "": never
+events, wrap = points.events, points.wrap
 
 from _onnx_helpers import reduced_config
 import sam_edge.export.build as build
@@ -151,10 +138,13 @@ def test_sigkill_at_every_step_leaves_a_complete_bundle_or_nothing(checkpoint, t
     assert states <= {"nothing", "previous", "new"} and "previous" in states, outcomes
     print(f"{len(outcomes)} kill points:", outcomes)
 
+    debris = [name for name in os.listdir(tmp_path) if name != "bundle"]
     final = _child("", output, checkpoint)
     _, err = final.communicate(timeout=600)
     assert final.returncode == 0, err[-3000:]
     assert _check_output(output, previous) == "new"
+    # What the killed builds left beside the output, the next build removes (their processes are gone).
+    assert os.listdir(tmp_path) == ["bundle"], f"left: {os.listdir(tmp_path)}; before the build: {debris}"
 
 
 def _mount_tmpfs(path, options):

@@ -14,6 +14,7 @@ move when sam-edge's export code is reorganised.
 """
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -47,28 +48,10 @@ sys.modules.update({{"tensorrt": trt, "cuda": cuda_package, "cuda.bindings": bin
 """
 
 CHILD = PRELUDE + r"""
-import json, signal, time
-kill_at = sys.argv[1]  # "NAME#N": at the N-th event NAME; "": never
-events, sizes = [], {{}}
-
-def tree_bytes(top):
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(top) for f in files)
-
-def event(name):
-    events.append(name)
-    key = f"{{name}}#{{events.count(name)}}"
-    sizes[key] = tree_bytes(os.path.dirname(os.path.abspath(sys.argv[-1])))
-    if kill_at == key:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-def wrap(owner, attr):
-    original = getattr(owner, attr)
-    def wrapper(*args, **kwargs):
-        event(attr)
-        result = original(*args, **kwargs)
-        event(attr + " done")
-        return result
-    setattr(owner, attr, wrapper)
+import json, time
+from _kill_points import KillPoints
+points = KillPoints(sys.argv[1])  # "NAME#N": at the N-th event NAME; "": never
+events, wrap = points.events, points.wrap
 
 wrap(trt.OnnxParser, "parse_from_file")
 wrap(trt.OnnxParser, "parse")
@@ -80,7 +63,7 @@ from sam_edge.cli import main
 print("start", flush=True)
 t0 = time.perf_counter()
 status = main(sys.argv[2:])
-print(json.dumps({{"status": status, "events": events, "sizes": sizes, "seconds": time.perf_counter() - t0}}),
+print(json.dumps({{"status": status, "events": events, "seconds": time.perf_counter() - t0}}),
       flush=True)
 sys.exit(status)
 """
@@ -133,14 +116,13 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dry_run(checkpoint, tmp_path_factory):
     """A build with no fault, twice (the second over the first bundle, the path every
-    kill below takes): its events, and the bytes under the output's parent at each."""
+    kill below takes): the events of the second."""
     output = tmp_path_factory.mktemp("trt-dry") / "bundle"
-    first = _record(_child("", checkpoint, output))
+    _record(_child("", checkpoint, output))
     second = _record(_child("", checkpoint, output))
     assert _state(output, None) == "new"
     _assert_umask_modes(output)
-    # The sizes of the first build, which had no previous bundle beside it.
-    return {"events": second["events"], "sizes": first["sizes"]}
+    return {"events": second["events"]}
 
 
 def _kill_points(events):
@@ -188,11 +170,32 @@ def test_sigkill_at_named_steps_leaves_the_previous_bundle_or_nothing(checkpoint
     assert all(state == "previous" for point, state in outcomes.items()
                if point.startswith(("parse", "build_serialized_network"))), outcomes
 
-    before = set(os.listdir(tmp_path))
+    debris = sorted(set(os.listdir(tmp_path)) - {"bundle"})
+    assert debris, "the kills left nothing beside the output: the clean-up below is not exercised"
     record = _record(_child("", checkpoint, output))
     assert record["status"] == 0 and _state(output, previous) == "new"
     _assert_umask_modes(output)
-    assert set(os.listdir(tmp_path)) == before, "the next build left debris of its own"
+    # What the killed builds left beside the output, the next build removes (their processes are gone).
+    assert os.listdir(tmp_path) == ["bundle"], f"left: {os.listdir(tmp_path)}; before the build: {debris}"
+
+
+def _fill(path):
+    """Write zeros to `path` until its file system is full."""
+    block = bytes(1 << 20)
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    with open(path, "ab", buffering=0) as f:  # and the last partial block's worth
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
 
 
 def _mount_tmpfs(path, options):
@@ -203,7 +206,7 @@ def _mount_tmpfs(path, options):
 
 
 @pytest.mark.parametrize("fault", ["full disk before the ONNX export", "full disk at the engines", "read-only"])
-def test_disk_faults_give_one_line_and_leave_no_debris(checkpoint, dry_run, tmp_path, monkeypatch, capsys, fault):
+def test_disk_faults_give_one_line_and_leave_no_debris(checkpoint, tmp_path, monkeypatch, capsys, fault):
     from _tensorrt_fakes import FakeCudaRuntime, fake_tensorrt
 
     import sam_edge.config as config
@@ -219,18 +222,19 @@ def test_disk_faults_give_one_line_and_leave_no_debris(checkpoint, dry_run, tmp_
                          ("cuda.bindings.runtime", cuda)):
         monkeypatch.setitem(sys.modules, name, module)
 
+    mount = tmp_path / "mnt"
     parsed = []
     parse = trt.OnnxParser.parse_from_file
-    monkeypatch.setattr(trt.OnnxParser, "parse_from_file", lambda self, path: parsed.append(path) or parse(self, path))
-    if fault == "full disk at the engines":
-        # Room for everything written up to TensorRT's parse of the encoder's prepared
-        # graph (the dry run's peak until then), not for the encoder's plan after it.
-        sizes = list(dry_run["sizes"].items())
-        until = next(k for k, (name, _) in enumerate(sizes) if name.startswith("parse"))
-        size = max(v for _, v in sizes[:until + 1]) + (1 << 20)
-    else:
-        size = 1 << 20
-    mount = tmp_path / "mnt"
+
+    def parse_then_fill(self, path):
+        parsed.append(path)
+        if fault == "full disk at the engines" and len(parsed) == 1:
+            _fill(mount / "filler")  # the disk fills up as TensorRT starts: the plans find no room
+        return parse(self, path)
+
+    monkeypatch.setattr(trt.OnnxParser, "parse_from_file", parse_then_fill)
+    # Room for the whole build, for the case that fills it later; a tmpfs holds nothing more.
+    size = (256 << 20) if fault == "full disk at the engines" else (1 << 20)
     _mount_tmpfs(mount, f"size={size}" + (",ro" if fault == "read-only" else ""))
     try:
         capsys.readouterr()
@@ -240,6 +244,8 @@ def test_disk_faults_give_one_line_and_leave_no_debris(checkpoint, dry_run, tmp_
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("sam-edge: error: "), err
         assert ("Read-only file system" if fault == "read-only" else "No space left on device") in lines[0], err
+        if fault == "full disk at the engines":
+            os.remove(mount / "filler")
         assert os.listdir(mount) == [], f"debris left behind: {os.listdir(mount)}"
         assert bool(parsed) == (fault == "full disk at the engines"), parsed  # where the fault struck
     finally:
