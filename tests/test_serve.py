@@ -10,14 +10,15 @@ vs single differences are ~1e-5 on logits of order 1; the margin is 100x).
 """
 
 import base64
+import http.client
 import io
 import json
 import os
+import select
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -83,13 +84,29 @@ class Server:
     def request(self, path, body=None, content_type="application/json", method=None):
         """(status, JSON body or text, replica header)."""
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method or ("POST" if data is not None else "GET"),
-                                     headers={"Content-Type": content_type})
+        address = urllib.parse.urlsplit(self.url)
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
         try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                status, raw, headers = r.status, r.read(), r.headers
-        except urllib.error.HTTPError as e:
-            status, raw, headers = e.code, e.read(), e.headers
+            conn.putrequest(method or ("POST" if data is not None else "GET"), path)
+            conn.putheader("Content-Type", content_type)
+            conn.putheader("Connection", "close")
+            if data is not None:
+                conn.putheader("Content-Length", str(len(data)))
+            conn.endheaders()
+            # As curl does: stop sending once the server has answered (a 413 by Content-Length comes
+            # before the body is read, and the server then closes), so the answer is read, not a broken pipe.
+            view = memoryview(data or b"")
+            for start in range(0, len(view), 1 << 16):
+                if select.select([conn.sock], [], [], 0)[0]:
+                    break
+                try:
+                    conn.sock.sendall(view[start:start + (1 << 16)])
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            response = conn.getresponse()
+            status, raw, headers = response.status, response.read(), response.headers
+        finally:
+            conn.close()
         text = raw.decode()
         payload = json.loads(text) if headers.get("content-type", "").startswith("application/json") else text
         return status, payload, headers.get("x-sam-edge-replica")
