@@ -35,10 +35,11 @@ def summarize(times: List[float]) -> Dict[str, float]:
     return {"median_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1], "iqr_ms": q[2] - q[0], "n": len(ms)}
 
 
-def results_path(benchmark: str, tag: str = None, date: str = None, directory: str = RESULTS_DIR) -> str:
-    """benchmarks/results/<host>-<date>-<benchmark>.json, numbered -2, -3, ... after the first of a day,
-    so a repeat never overwrites a result."""
+def results_path(benchmark: str, tag: str = None, date: str = None, directory: str = None) -> str:
+    """<directory, by default RESULTS_DIR>/<host>-<date>-<benchmark>.json, numbered -2, -3, ... after
+    the first of a day, so a repeat never overwrites a result."""
     date = date or datetime.date.today().isoformat()
+    directory = RESULTS_DIR if directory is None else directory  # read when called: tests redirect it
     stem = os.path.join(directory, f"{tag or device_tag()}-{date}-{benchmark}")
     path, n = stem + ".json", 1
     while os.path.exists(path):

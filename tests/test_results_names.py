@@ -48,6 +48,7 @@ def test_results_path_numbers_repeats(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS_DIR", str(tmp_path))
     monkeypatch.setattr(common, "hardware", lambda: {"cpu_model": "test"})
     written = common.write_results("cpu-attention", {"rows": [1]}, tag="box", variant="bf16")
+    assert os.path.dirname(written) == str(tmp_path)  # never into the committed results
     with open(written) as f:
         doc = json.load(f)
     assert NAME.match(os.path.basename(written))["benchmark"].startswith("cpu-attention")
