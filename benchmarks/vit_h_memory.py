@@ -1,6 +1,6 @@
 """Full-size ViT-H: export and int8 calibration, recording time and peak memory per step.
 
-    PYTHONPATH=. python export/vit_h_memory.py --output /tmp/vit_h-int8 [--checkpoint sam_vit_h_4b8939.pth]
+    PYTHONPATH=. python benchmarks/vit_h_memory.py --output /tmp/vit_h-int8 [--checkpoint sam_vit_h_4b8939.pth]
 
 Steps, each in its own process, with that process's own peak RSS (from wait4):
 
