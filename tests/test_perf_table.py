@@ -61,13 +61,19 @@ def _parse(table):
     return header, {tuple(r[:4]): r[4:] for r in body}
 
 
-def test_latest_run_per_host_and_different_features_apart(perf_table, tmp_path):
-    rng = np.random.default_rng(0)
+def _three_runs(directory, rng):
+    """(old, new, amx) results written into `directory`: two runs of one AVX2 host called "box"
+    (the newer with notes) and one of an AMX host of the same name."""
     old = _doc("box", ["avx2"], "2026-11-01T00:00:00+00:00", 900.0, rng)
     new = _doc("box", ["avx2"], "2026-12-01T00:00:00+00:00", 500.0, rng, notes=["shared CPU"])
     amx = _doc("box", ["avx2", "avx512f", "amx_tile"], "2026-11-15T00:00:00+00:00", 200.0, rng)
     for name, doc in (("a.json", new), ("b.json", old), ("c.json", amx)):
-        _write(tmp_path, name, doc)
+        _write(directory, name, doc)
+    return old, new, amx
+
+
+def test_latest_run_per_host_and_different_features_apart(perf_table, tmp_path):
+    old, new, amx = _three_runs(tmp_path, np.random.default_rng(0))
     (tmp_path / "other.json").write_text(json.dumps({"median_ms": 1.0}))  # another benchmark's file: skipped
     header, rows = _parse(perf_table.generate_table(perf_table.load_results(str(tmp_path))))
     assert len(header) == 4 + 2  # one column per (tag, features), though both hosts are called "box"
@@ -110,12 +116,7 @@ def test_check_without_markers_fails(perf_table, tmp_path, capsys):
 
 
 def test_compact_table_has_a_row_per_bundle_and_host(perf_table, tmp_path):
-    rng = np.random.default_rng(2)
-    old = _doc("box", ["avx2"], "2026-11-01T00:00:00+00:00", 900.0, rng)
-    new = _doc("box", ["avx2"], "2026-12-01T00:00:00+00:00", 500.0, rng, notes=["shared CPU"])
-    amx = _doc("box", ["avx2", "avx512f", "amx_tile"], "2026-11-15T00:00:00+00:00", 200.0, rng)
-    for name, doc in (("a.json", new), ("b.json", old), ("c.json", amx)):
-        _write(tmp_path, name, doc)
+    _, new, amx = _three_runs(tmp_path, np.random.default_rng(2))
     table = perf_table.generate_compact(perf_table.load_results(str(tmp_path)))
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
     header, body = rows[0], rows[2:]
