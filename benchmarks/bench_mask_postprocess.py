@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         print(gpu_common.NO_CUDA_MESSAGE.format(script="bench_mask_postprocess"), file=sys.stderr)
         return 0
 
-    from sam_edge.kernels import mask_postprocess, mask_postprocess_reference, upscale_mask_logits
+    from sam_edge.postprocess.torch_ops import mask_postprocess, mask_postprocess_reference, upscale_mask_logits
     from sam_edge.postprocess import cuda as postprocess_cuda
 
     if args.cpu_interpret:

@@ -23,15 +23,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam_edge.kernels import (
+from sam_edge.kernels import triton_support
+from sam_edge.postprocess.torch_ops import (
     available_mask_backends,
     mask_postprocess,
     mask_postprocess_reference,
     resolve_mask_backend,
+    masks_to_boxes_xyxy,
     upscale_mask_logits,
 )
-from sam_edge.kernels import triton_support
-from sam_edge.kernels.mask_postprocess import masks_to_boxes_xyxy
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -52,7 +52,7 @@ def band_for(low_res_logits):
 
 
 def check_against_reference(low, input_size, original_size, image_size, threshold=0.0, offset=1.0):
-    from sam_edge.kernels.mask_postprocess_triton import mask_postprocess_triton
+    from sam_edge.postprocess.triton_ops import mask_postprocess_triton
 
     B, C = low.shape[:2]
     H, W = original_size
@@ -134,7 +134,7 @@ def test_fused_thresholds_and_strided_input():
 def test_many_masks_stay_within_grid_limits(monkeypatch):
     """70000 masks (more than a grid axis 1 holds) launch on axis 0 with every config autotune can pick."""
     pytest.importorskip("triton", reason="Triton is not installed")
-    from sam_edge.kernels import mask_postprocess_triton as kernels
+    from sam_edge.postprocess import triton_ops as kernels
 
     from .test_triton_attention import GRID_LIMITS, LaunchRecorder
 
@@ -148,7 +148,7 @@ def test_many_masks_stay_within_grid_limits(monkeypatch):
 
 def test_outputs_past_int32_indexing_are_refused():
     pytest.importorskip("triton", reason="Triton is not installed")
-    from sam_edge.kernels.mask_postprocess_triton import mask_postprocess_triton
+    from sam_edge.postprocess.triton_ops import mask_postprocess_triton
 
     with pytest.raises(ValueError, match="2\\*\\*31"):
         mask_postprocess_triton(torch.zeros(1, 1, 4, 4, device=DEVICE), (16, 16), (50000, 50000), image_size=16)

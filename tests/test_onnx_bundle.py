@@ -214,7 +214,7 @@ def test_numpy_postprocess_matches_torch_interpolate(original_size):
     import torch
     import torch.nn.functional as F
 
-    from sam_edge.runtime.onnxruntime_backend import mask_postprocess_reference
+    from sam_edge import postprocess
     from sam_edge.runtime.transforms import get_preprocess_shape
 
     image_size = 1024
@@ -223,7 +223,7 @@ def test_numpy_postprocess_matches_torch_interpolate(original_size):
     ref = F.interpolate(torch.from_numpy(low_res), (image_size, image_size), mode="bilinear", align_corners=False)
     ref = ref[..., : input_size[0], : input_size[1]]
     ref = F.interpolate(ref, original_size, mode="bilinear", align_corners=False).numpy()
-    ours = mask_postprocess_reference(low_res, image_size, input_size, original_size)
+    ours = postprocess.upscale_mask_logits(low_res, input_size, original_size, frame_size=image_size)
     assert ours.shape == ref.shape == (2, 3) + tuple(original_size)
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
 

@@ -46,7 +46,8 @@ SCRIPT = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from sam_edge.kernels import mask_postprocess_triton as mp, triton_attention as ta
+    from sam_edge.kernels import triton_attention as ta
+    from sam_edge.postprocess import triton_ops as mp
 
     ptxas, workdir, out_path, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     TARGETS = (80, 87, 90)
@@ -193,7 +194,7 @@ def test_every_target_dtype_and_shape_was_built(builds):
         for head_dim in (64, 80)
         for shape in ("windowed", "global")
     }
-    from sam_edge.kernels.mask_postprocess_triton import MASK_CONFIGS
+    from sam_edge.postprocess.triton_ops import MASK_CONFIGS
 
     assert sum(r["kernel"] == "mask" for r in builds) == 3 * 3 * len(MASK_CONFIGS)
 

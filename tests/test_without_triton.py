@@ -13,6 +13,7 @@ SCRIPT = textwrap.dedent(
     sys.modules["triton"] = None  # makes "import triton" fail, as if it were not installed
     import torch
     import sam_edge.kernels as K
+    import sam_edge.postprocess.torch_ops as M
 
     q = torch.randn(1, 2, 16, 64)
     table = torch.randn(7, 64)
@@ -26,10 +27,10 @@ SCRIPT = textwrap.dedent(
         raise SystemExit("forcing triton without triton did not raise")
     except RuntimeError as e:
         assert "not installed" in str(e), e
-    masks, stability, boxes = K.mask_postprocess(torch.randn(1, 1, 16, 16), (64, 64), (8, 8), image_size=64)
+    masks, stability, boxes = M.mask_postprocess(torch.randn(1, 1, 16, 16), (64, 64), (8, 8), image_size=64)
     assert masks.shape == (1, 1, 8, 8)
     try:
-        K.mask_postprocess(torch.randn(1, 1, 16, 16), (64, 64), (8, 8), image_size=64, backend="triton")
+        M.mask_postprocess(torch.randn(1, 1, 16, 16), (64, 64), (8, 8), image_size=64, backend="triton")
         raise SystemExit("forcing triton mask post-processing without triton did not raise")
     except RuntimeError as e:
         assert "not installed" in str(e), e
@@ -53,12 +54,13 @@ OLD_TRITON_SCRIPT = textwrap.dedent(
     importlib.metadata.version = lambda name: "2.3.1" if "triton" in name else real_version(name)
     import torch
     import sam_edge.kernels as K
+    import sam_edge.postprocess.torch_ops as M
 
     q = torch.randn(1, 2, 16, 64)
     table = torch.randn(7, 64)
     reason = K.available_backends(q)["triton"]
     assert reason is not None and "2.3.1" in reason and ">= 3.0" in reason, reason
-    assert K.available_mask_backends(q)["triton"] == reason
+    assert M.available_mask_backends(q)["triton"] == reason
     assert K.resolve_backend(q) != "triton"
     try:
         K.rel_pos_attention(q, q, q, table, table, (4, 4), (4, 4), backend="triton")

@@ -40,20 +40,20 @@ def test_fused(benchmark, low_res, postprocess_path):
 
 
 def test_onnxruntime_backend_resize(benchmark, low_res):
-    from sam_edge.runtime.onnxruntime_backend import mask_postprocess_reference
+    from sam_edge import postprocess as pp
 
     benchmark.group = "mask-upsample"
     benchmark.extra_info.update(implementation="sam-edge onnxruntime backend postprocess_masks > 0 (numpy)",
                                 low_res=LOW_RES, original_size=ORIGINAL_SIZE)
-    benchmark(lambda: mask_postprocess_reference(low_res, 1024, INPUT_SIZE, ORIGINAL_SIZE) > 0.0)
+    benchmark(lambda: pp.upscale_mask_logits(low_res, INPUT_SIZE, ORIGINAL_SIZE) > 0.0)
 
 
 def test_torch_kernel_module(benchmark, low_res):
     torch = pytest.importorskip("torch")
-    from sam_edge.kernels.mask_postprocess import mask_postprocess
+    from sam_edge.postprocess.torch_ops import mask_postprocess
 
     x = torch.from_numpy(low_res)
     benchmark.group = "mask-upsample"
-    benchmark.extra_info.update(implementation="sam-edge kernels.mask_postprocess (torch, CPU: reference)",
+    benchmark.extra_info.update(implementation="sam-edge postprocess.torch_ops.mask_postprocess (torch, CPU: reference)",
                                 low_res=LOW_RES, original_size=ORIGINAL_SIZE)
     benchmark(mask_postprocess, x, INPUT_SIZE, ORIGINAL_SIZE)

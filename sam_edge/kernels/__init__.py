@@ -1,21 +1,14 @@
-"""Fused operations of sam-edge, each with a plain reference implementation.
+"""SAM's attention with the decomposed rel-pos bias, global and windowed, on
+torch tensors, with its plain reference implementation. Mask post-processing
+lives in ``sam_edge.postprocess`` (torch and Triton paths in its ``torch_ops``).
 
 Backends are picked per call with ``backend="auto"``: the Triton kernels for
 fp16/bf16 CUDA tensors when Triton is installed (and the input needs no grad;
 fp32 attention goes to ``sdpa``, where the kernel would spill registers), else
-the torch references. Environment overrides: SAM_EDGE_ATTENTION_BACKEND for the
-attention ops, SAM_EDGE_MASK_BACKEND for mask post-processing.
+the torch references. Environment override: SAM_EDGE_ATTENTION_BACKEND.
 :func:`kernel_status` says which path is active.
 """
 
-from .mask_postprocess import (
-    MASK_BACKEND_ENV,
-    available_mask_backends,
-    mask_postprocess,
-    mask_postprocess_reference,
-    resolve_mask_backend,
-    upscale_mask_logits,
-)
 from .rel_pos_attention import (
     BACKEND_ENV,
     available_backends,
@@ -52,12 +45,6 @@ register_backend("triton", _rel_pos_attention_triton, triton_unavailable_reason)
 register_fused_backend("triton", _windowed_rel_pos_attention_triton)
 
 __all__ = [
-    "MASK_BACKEND_ENV",
-    "available_mask_backends",
-    "mask_postprocess",
-    "mask_postprocess_reference",
-    "resolve_mask_backend",
-    "upscale_mask_logits",
     "BACKEND_ENV",
     "available_backends",
     "get_rel_pos",

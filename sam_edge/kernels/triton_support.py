@@ -22,7 +22,7 @@ def interpreting() -> bool:
     Triton fixes this per kernel when the kernel is defined, so once a kernel
     module is imported its import-time value wins over the environment.
     """
-    for name in ("sam_edge.kernels.triton_attention", "sam_edge.kernels.mask_postprocess_triton"):
+    for name in ("sam_edge.kernels.triton_attention", "sam_edge.postprocess.triton_ops"):
         module = sys.modules.get(name)
         if module is not None:
             return module.INTERPRET

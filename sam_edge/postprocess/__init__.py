@@ -10,7 +10,8 @@ Inputs are numpy arrays or CPU torch tensors; outputs are numpy arrays. Masks
 are (H, W) or (N, H, W), bool (uint8 0/1 is accepted). Semantics follow
 ``segment_anything.utils.amg``, ``Sam.postprocess_masks``, pycocotools and
 ``torchvision.ops.batched_nms`` exactly; differences are listed per function.
-For device arrays see ``sam_edge.postprocess.cuda``.
+For device arrays see ``sam_edge.postprocess.cuda``; for torch tensors (the
+torch reference and the Triton kernel of the fused step) ``sam_edge.postprocess.torch_ops``.
 """
 
 from __future__ import annotations
@@ -439,7 +440,7 @@ def upscale_mask_logits(
     """Sam.postprocess_masks on numpy: (..., h, w) float32 low-res logits -> (..., H, W)
     float32 logits at original_size (H, W), by the resize of upsample_threshold_stability,
     so thresholding them gives its masks. The torch twin is
-    sam_edge.kernels.mask_postprocess.upscale_mask_logits."""
+    sam_edge.postprocess.torch_ops.upscale_mask_logits."""
     logits = upsample_threshold_stability(
         low_res_logits, input_size, original_size, frame_size=frame_size, return_logits=True, return_masks=False
     )[3]

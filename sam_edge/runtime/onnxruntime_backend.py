@@ -16,14 +16,6 @@ from ..config import PIXEL_MEAN, PIXEL_STD
 from .prompt_layout import decoder_prompt_feed
 
 
-def mask_postprocess_reference(
-    low_res: np.ndarray, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
-) -> np.ndarray:
-    """Transitional name of sam_edge.postprocess.upscale_mask_logits, for the TensorRT
-    backend's host path until it calls sam_edge.postprocess itself."""
-    return postprocess.upscale_mask_logits(low_res, input_size, original_size, frame_size=image_size)
-
-
 def session_options(threads: Optional[int] = None):
     """The ``onnxruntime.SessionOptions`` every bundle graph runs with.
 

@@ -64,7 +64,7 @@ class TorchBackend:
         On CUDA the fused kernel resizes and thresholds in one pass, without a
         full-resolution float mask; elsewhere the official resize-then-threshold.
         """
-        from ..kernels.mask_postprocess import mask_postprocess, resolve_mask_backend
+        from ..postprocess.torch_ops import mask_postprocess, resolve_mask_backend
 
         if low_res.is_cuda and resolve_mask_backend(low_res) != "reference":
             return mask_postprocess(

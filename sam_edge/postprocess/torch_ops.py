@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .triton_support import triton_unavailable_reason
+from ..kernels.triton_support import triton_unavailable_reason
 
 #: Environment switch that forces a backend for every call that asks for "auto".
 MASK_BACKEND_ENV = "SAM_EDGE_MASK_BACKEND"
@@ -156,7 +156,7 @@ def mask_postprocess(
     H, W = _check_size("original_size", original_size)
     name = resolve_mask_backend(low_res_logits, backend)
     if name == "triton":
-        from .mask_postprocess_triton import mask_postprocess_triton
+        from .triton_ops import mask_postprocess_triton
 
         return mask_postprocess_triton(
             low_res_logits,

@@ -1,4 +1,4 @@
-"""Triton launcher for :func:`sam_edge.kernels.mask_postprocess` (one fused pass).
+"""Triton launcher for :func:`sam_edge.postprocess.torch_ops.mask_postprocess` (one fused pass).
 
 Each program handles BLOCK output pixels of one (batch, mask) plane. For each
 pixel it follows the two bilinear resizes of the official model in index
@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_support import autotune_configs, folded_grid
+from ..kernels.triton_support import autotune_configs, folded_grid
 
 #: Kernels are built for the CPU interpreter when this is set at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -124,7 +124,7 @@ def mask_postprocess_triton(
     image_size: int = 1024,
     out: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused :func:`sam_edge.kernels.mask_postprocess`; same arguments and returns.
+    """Fused :func:`sam_edge.postprocess.torch_ops.mask_postprocess`; same arguments and returns.
 
     Args:
         low_res_logits: (B, C, h_lr, w_lr) float32/float16/bfloat16 logits.
