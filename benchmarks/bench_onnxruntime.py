@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import cpu_features  # noqa: E402
+from common import cpu_features, time_call  # noqa: E402
 from sam_edge.bench.host import cpu_model  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -71,14 +71,7 @@ class PeakRss:
 
 
 def timed(fn, repeat: int, warmup: int = 1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    ms = sorted(1000 * t for t in times)
+    ms = sorted(1000 * t for t in time_call(fn, repeat, warmup))
     return {"median_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1], "n": len(ms)}
 
 

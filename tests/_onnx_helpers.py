@@ -35,21 +35,11 @@ def photos():
 
 
 def prompt_kinds(image_shape, rng: np.random.Generator):
-    """Fresh random prompts of every kind, in original-image pixels: {name: predict kwargs}."""
-    h, w = image_shape[:2]
+    """Fresh random prompts of every kind, in original-image pixels: {name: predict kwargs}
+    (the generator `sam-edge validate` uses)."""
+    from sam_edge.export.validate import random_prompts
 
-    def points(n):
-        return np.stack([rng.uniform(0, w - 1, n), rng.uniform(0, h - 1, n)], axis=1)
-
-    x0, x1 = np.sort(rng.uniform(0, w - 1, 2))
-    y0, y1 = np.sort(rng.uniform(0, h - 1, 2))
-    box = np.array([x0, y0, x1, y1])
-    return {
-        "one_point": dict(point_coords=points(1), point_labels=np.array([1])),
-        "pos_neg_points": dict(point_coords=points(3), point_labels=np.array([1, 0, 0])),
-        "box": dict(box=box),
-        "box_and_points": dict(box=box, point_coords=points(2), point_labels=np.array([1, 0])),
-    }
+    return random_prompts(image_shape, rng)
 
 
 def reduced_config(model: str = "vit_b", depth: int = 2, image_size: int = 256) -> SamConfig:

@@ -47,8 +47,9 @@ def iou_distribution(ious) -> Dict[str, Any]:
             "count": int(ious.size)}
 
 
-def _prompts(shape, rng: np.random.Generator) -> Dict[str, dict]:
-    """Seeded prompts in original-image pixels, one per kind (mask_input is added later)."""
+def random_prompts(shape, rng: np.random.Generator) -> Dict[str, dict]:
+    """Seeded prompts in original-image pixels for an (H, W, ...) image, one per kind
+    (one_point, pos_neg_points, box, box_and_points): {kind: predict kwargs}."""
     h, w = shape[:2]
     points = lambda n: np.stack([rng.uniform(0, w - 1, n), rng.uniform(0, h - 1, n)], axis=1)  # noqa: E731
     x0, x1 = np.sort(rng.uniform(0, w - 1, 2))
@@ -154,7 +155,7 @@ def validate_bundle(
         encoder["cosine"].append(_cosine(emb, ref_emb))
         encoder["rel_l2"].append(_rel_l2(emb, ref_emb))
         for _ in range(int(prompts_per_image)):
-            for kind, kwargs in _prompts(image.shape, rng).items():
+            for kind, kwargs in random_prompts(image.shape, rng).items():
                 m1, s1, l1 = ours.predict(multimask_output=True, **kwargs)
                 m2, s2, l2 = reference.predict(multimask_output=True, **kwargs)
                 _record(per_kind[kind], m1, s1, l1, m2, s2, l2)
