@@ -4,7 +4,7 @@
 # quick pass), and the pybind11 binding with the host compiler. Exits non-zero
 # on the first error. A developer tool: CI compiles the same sources for every
 # target through `pip install -e .`, whose build fails on any nvcc error, and
-# tests/test_postprocess_cuda.py checks the built module holds each target.
+# tests/postprocess/test_cuda.py checks the built module holds each target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -89,8 +89,8 @@ else
   step build 240 "$PY" -m pip install -q --no-build-isolation --no-deps -e .
 fi
 
-GPU_FILES=(tests/test_triton_attention.py tests/test_mask_postprocess.py tests/test_postprocess_cuda.py
-           tests/test_triton_compile.py tests/test_tensorrt_runtime.py)
+GPU_FILES=(tests/kernels/test_triton_attention.py tests/postprocess/test_torch_ops.py tests/postprocess/test_cuda.py
+           tests/kernels/test_triton_compile.py tests/runtime/test_tensorrt_backend.py)
 step tests-gpu-marked 150 "$PY" -m pytest -q -p no:cacheprovider -m "gpu or tensorrt" tests
 step tests-gpu-files 180 "$PY" -m pytest -q -p no:cacheprovider -m "not (gpu or tensorrt)" "${GPU_FILES[@]}"
 

@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-# Helper modules beside the tests import by plain name too (from _onnx_helpers import ...).
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The helpers in tests/helpers/ import by plain name (from onnx_helpers import ...).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -32,7 +32,7 @@ settings.load_profile(os.environ.get("SAM_EDGE_HYPOTHESIS_PROFILE", "ci"))
 
 from sam_edge.config import get_config  # noqa: E402
 
-from .sam_fixtures import make_checkpoint, write_calibration_photos  # noqa: E402
+from sam_fixtures import make_checkpoint, write_calibration_photos  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import sam_edge
-from _onnx_helpers import build_test_bundle, reduced_config
+from onnx_helpers import build_test_bundle, reduced_config
 from sam_edge.cli import main
 
 

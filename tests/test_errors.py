@@ -10,7 +10,7 @@ import sam_edge
 from sam_edge.builder import CheckpointError, build_sam_from_config
 from sam_edge.config import get_config
 
-from .sam_fixtures import make_checkpoint
+from sam_fixtures import make_checkpoint
 
 
 @pytest.fixture(scope="module")

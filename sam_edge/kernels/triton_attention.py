@@ -49,7 +49,7 @@ unavailable_reason = triton_unavailable_reason
 
 # Each config with the largest head dim it holds in registers without spilling,
 # on sm_80, sm_87 and sm_90, fp16/bf16, SAM's windowed and global shapes
-# (tests/test_triton_compile.py compiles every pairing autotune can pick).
+# (tests/kernels/test_triton_compile.py compiles every pairing autotune can pick).
 # 128-query blocks are absent: they spill at head dim 80, and at 64 on sm_80.
 # The first config is the interpreter's. Few configs: each costs a compile on
 # first use of a shape.

@@ -28,7 +28,7 @@ from ..kernels.triton_support import autotune_configs, folded_grid
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # 4 pixels per thread keeps the 16 gathers per pixel in registers (no spills on sm_80/87/90;
-# tests/test_triton_compile.py compiles every config).
+# tests/kernels/test_triton_compile.py compiles every config).
 MASK_CONFIGS = [
     triton.Config({"BLOCK": 1024}, num_warps=8),
     triton.Config({"BLOCK": 512}, num_warps=4),

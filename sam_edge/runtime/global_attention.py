@@ -13,7 +13,7 @@ keeps each block of scores in cache instead of materialising the
 - "fp16": both products in fp16 with fp16 partial sums over at most 64 terms
   (AVX512-FP16); softmax, inputs and output in float32. Used for int8 bundles,
   whose q, k, v come out of int8 layers: its error against float64
-  (tests/test_global_attention.py bounds it) is far inside those bundles'.
+  (tests/runtime/test_global_attention.py bounds it) is far inside those bundles'.
 - "bf16" (rel_pos_attention_qkv only, head_dim 64 or 80): both products on AMX
   tiles (where the CPU has them and the OS grants them), q, k, v and the
   probabilities in bf16, every sum in fp32. int8 bundles run it where it runs,
