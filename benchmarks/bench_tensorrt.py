@@ -231,7 +231,7 @@ def main() -> int:
                        "enc_speedup", "decode_speedup"])
     print(f"speedups are against torch-fp32 in the same process; wrote {path}")
     if comparisons:
-        from sam_edge.export.tensorrt_build import int8_latency_warning
+        from sam_edge.export.tensorrt_precision import int8_latency_warning
 
         print("\nint8 beside fp16 (ratios below 1: int8 is faster)")
         print_table(comparisons, list(comparisons[0]))

@@ -31,8 +31,8 @@ from sam_edge.export.tensorrt_build import (  # noqa: E402
     TENSORRT_PRECISIONS,
     TensorRTBuildParams,
     build_tensorrt_bundle,
-    int8_latency_warning,
 )
+from sam_edge.export.tensorrt_precision import int8_latency_warning  # noqa: E402
 
 #: The official checkpoint file of each size.
 CHECKPOINT_NAMES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
@@ -53,7 +53,7 @@ def _reusable(onnx_dir):
     hold contrib ops)."""
     import json
 
-    from sam_edge.export.tensorrt_prepare import check_onnx_domain
+    from sam_edge.export.tensorrt_graph_checks import check_onnx_domain
 
     manifest = os.path.join(onnx_dir, "manifest.json")
     if not os.path.isfile(manifest):

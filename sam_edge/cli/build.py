@@ -6,7 +6,9 @@ from typing import Optional
 
 from ..config import SAM_CONFIGS
 from ..export.build import BACKENDS, PRECISIONS
-from ..export.tensorrt_build import ENGINE_PRECISIONS, HARDWARE_COMPATIBILITY, TensorRTBuildParams
+from ..export.tensorrt_build import TensorRTBuildParams
+from ..export.tensorrt_engine import HARDWARE_COMPATIBILITY
+from ..export.tensorrt_precision import ENGINE_PRECISIONS
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

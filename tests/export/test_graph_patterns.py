@@ -1,6 +1,6 @@
 """The fp32 islands of an fp16 conversion: one rule (graph_patterns.fp32_island_nodes)
 for ONNX Runtime's fp16 encoder (quantize.convert_fp16) and TensorRT's (weakly typed
-pins, and the float parts of a QDQ graph: tensorrt_prepare).
+pins, and the float parts of a QDQ graph: tensorrt_fp16).
 
 The expected islands are derived from the graph by reachability, not listed:
     - LayerNormalization and Softmax nodes;
@@ -23,7 +23,7 @@ from onnx import TensorProto  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sam_edge.export import quantize  # noqa: E402
-from sam_edge.export import tensorrt_prepare as prep  # noqa: E402
+from sam_edge.export import tensorrt_fp16, tensorrt_qdq  # noqa: E402
 from sam_edge.export.graph_patterns import SHAPE_ONLY_OPS, fp32_island_nodes  # noqa: E402
 
 from tensorrt_graphs import quantize_weight_matmuls_qdq  # noqa: E402
@@ -143,7 +143,7 @@ def test_quantizing_does_not_move_the_islands(graphs):
 
 def test_both_fp16_paths_keep_the_same_islands(graphs, tmp_path):
     """ONNX Runtime's fp16 conversion computes exactly the islands in fp32 and the rest
-    of the float nodes in fp16; TensorRT's pins (tensorrt_prepare.fp32_island_nodes) and
+    of the float nodes in fp16; TensorRT's pins (tensorrt_fp16.fp32_island_nodes) and
     its fp16 float parts of the QDQ graph keep the same nodes in fp32."""
     fp32, qdq = graphs
     islands = expected_islands(fp32)
@@ -165,7 +165,7 @@ def test_both_fp16_paths_keep_the_same_islands(graphs, tmp_path):
             fp16_nodes.add(node.name)
     assert fp32_nodes == islands
     assert fp16_nodes and not fp16_nodes & islands
-    assert set(prep.fp32_island_nodes(fp32)) == islands
-    symmetric, _ = prep.to_symmetric_int8_qdq(qdq)
-    _, counts = prep.qdq_float_parts_to_fp16(symmetric)
+    assert set(tensorrt_fp16.fp32_island_nodes(fp32)) == islands
+    symmetric, _ = tensorrt_qdq.to_symmetric_int8_qdq(qdq)
+    _, counts = tensorrt_fp16.qdq_float_parts_to_fp16(symmetric)
     assert counts["fp32_island_nodes"] == len(islands)

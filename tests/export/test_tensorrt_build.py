@@ -15,6 +15,22 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from sam_edge.export import tensorrt_build as build  # noqa: E402
 from sam_edge.export import tensorrt_prepare as prep  # noqa: E402
+from sam_edge.export.tensorrt_engine import build_engine  # noqa: E402
+from sam_edge.export.tensorrt_fp16 import (  # noqa: E402
+    fp32_island_nodes,
+    graph_float_types,
+    layer_is_island,
+    qdq_float_parts_to_fp16,
+)
+from sam_edge.export.tensorrt_graph_checks import (  # noqa: E402
+    InputSpec,
+    check_static_shape_graph,
+    input_specs,
+    value_dependent_shape_uses,
+)
+from sam_edge.export.tensorrt_precision import int8_latency_warning, precision_plan  # noqa: E402
+from sam_edge.export.tensorrt_profiles import decoder_profiles, encoder_profile, validate_profile  # noqa: E402
+from sam_edge.export.tensorrt_qdq import to_symmetric_int8_qdq  # noqa: E402
 from sam_edge.runtime.tensorrt_compat import check_engine_compatibility, rebuild_command  # noqa: E402
 
 from tensorrt_graphs import EMBED_DIM, GRID, export_mlp, export_tiny_decoder, quantize_mlp_qdq  # noqa: E402
@@ -33,7 +49,7 @@ def graphs(tmp_path_factory):
 
 def tiny_profiles(**kw):
     """decoder_profiles for the tiny graphs' embedding (EMBED_DIM channels, GRID x GRID)."""
-    return build.decoder_profiles(embedding_size=GRID, embed_dim=EMBED_DIM, **kw)
+    return decoder_profiles(embedding_size=GRID, embed_dim=EMBED_DIM, **kw)
 
 
 # ---------------------------------------------------------------- profiles
@@ -41,25 +57,25 @@ def tiny_profiles(**kw):
 
 @pytest.mark.parametrize("max_batch,opt_batch,size", [(1, 1, 1024), (4, 2, 256)])
 def test_encoder_profile(max_batch, opt_batch, size):
-    lo, opt, hi = build.encoder_profile(max_batch, size, opt_batch)["image"]
+    lo, opt, hi = encoder_profile(max_batch, size, opt_batch)["image"]
     assert lo == (1, 3, size, size) and opt == (opt_batch, 3, size, size) and hi == (max_batch, 3, size, size)
-    spec = {"image": prep.InputSpec("image", ("batch", 3, size, size), "float32")}
-    build.validate_profile(build.encoder_profile(max_batch, size, opt_batch), spec, "encoder")
+    spec = {"image": InputSpec("image", ("batch", 3, size, size), "float32")}
+    validate_profile(encoder_profile(max_batch, size, opt_batch), spec, "encoder")
 
 
 @pytest.mark.parametrize("bad", [dict(max_batch=0), dict(max_batch=2, opt_batch=3), dict(max_batch=1.5)])
 def test_encoder_profile_rejects(bad):
     with pytest.raises(ValueError):
-        build.encoder_profile(**bad)
+        encoder_profile(**bad)
 
 
 @pytest.mark.parametrize("max_points,max_prompts,opt_points,opt_prompts", [(16, 64, 2, 64), (5, 8, 3, 4)])
 def test_decoder_profiles_fit_the_graph(graphs, max_points, max_prompts, opt_points, opt_prompts):
-    specs = prep.input_specs(graphs["fast"])
+    specs = input_specs(graphs["fast"])
     interactive, batched = tiny_profiles(max_points=max_points, max_prompts=max_prompts,
                                          opt_points=opt_points, opt_prompts=opt_prompts)
     for profile in (interactive, batched):
-        build.validate_profile(profile, specs, "decoder")
+        validate_profile(profile, specs, "decoder")
     assert interactive["point_coords"][2] == (1, max_points, 2)  # one prompt: the CUDA-graph profile
     assert batched["point_coords"][1] == (opt_prompts, opt_points, 2)
     assert batched["point_coords"][2] == (max_prompts, max_points, 2)
@@ -68,9 +84,9 @@ def test_decoder_profiles_fit_the_graph(graphs, max_points, max_prompts, opt_poi
 
 def test_decoder_profiles_reject_opt_above_max():
     with pytest.raises(ValueError, match="opt"):
-        build.decoder_profiles(max_points=4, opt_points=5)
+        decoder_profiles(max_points=4, opt_points=5)
     with pytest.raises(ValueError, match="positive"):
-        build.decoder_profiles(max_prompts=0)
+        decoder_profiles(max_prompts=0)
 
 
 def _edit(profile, name, which, shape):
@@ -92,16 +108,16 @@ def _edit(profile, name, which, shape):
     ],
 )
 def test_validate_profile_errors_name_the_problem(graphs, change, message):
-    specs = prep.input_specs(graphs["fast"])
+    specs = input_specs(graphs["fast"])
     profile = tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)[1]
     with pytest.raises(ValueError, match=message):
-        build.validate_profile(change(profile), specs, "decoder")
+        validate_profile(change(profile), specs, "decoder")
 
 
 def test_official_size_profiles_do_not_fit_a_reduced_graph(graphs):
     # The default profiles are for 1024-pixel models (64 x 64 embeddings of 256 channels).
     with pytest.raises(ValueError, match="fixed at"):
-        build.validate_profile(build.decoder_profiles()[0], prep.input_specs(graphs["fast"]), "decoder")
+        validate_profile(decoder_profiles()[0], input_specs(graphs["fast"]), "decoder")
 
 
 def test_profiles_run_in_onnxruntime(graphs):
@@ -118,20 +134,20 @@ def test_profiles_run_in_onnxruntime(graphs):
 
 
 def test_checker_catches_the_orig_im_size_trap(graphs):
-    uses = prep.value_dependent_shape_uses(graphs["trap"])
+    uses = value_dependent_shape_uses(graphs["trap"])
     assert uses, "the orig_im_size graph crops and resizes by an input's value"
     assert {u.input for u in uses} == {"orig_im_size"}
     assert {"Slice", "Resize"} <= {u.op_type for u in uses}
     with pytest.raises(ValueError, match="orig_im_size"):
-        prep.check_static_shape_graph(graphs["trap"], "trap")
+        check_static_shape_graph(graphs["trap"], "trap")
 
 
 def test_checker_passes_the_fast_decoder(graphs):
     # Its Expand / Reshape / Resize shapes all come from Shape(point_coords) or constants.
     ops = {n.op_type for n in onnx.load(graphs["fast"]).graph.node}
     assert {"Shape", "Expand"} <= ops
-    assert prep.value_dependent_shape_uses(graphs["fast"]) == []
-    prep.check_static_shape_graph(graphs["fast"])
+    assert value_dependent_shape_uses(graphs["fast"]) == []
+    check_static_shape_graph(graphs["fast"])
 
 
 def _graph(nodes, inputs, initializers=()):
@@ -165,7 +181,7 @@ S = helper.make_tensor_value_info("s", TensorProto.INT64, [2])
 def test_checker_on_small_graphs(nodes, inputs, expected):
     shape = helper.make_tensor("c", TensorProto.INT64, [2], [2, -1])
     model = _graph(nodes, inputs, [shape])
-    found = [(u.input, u.op_type, u.operand) for u in prep.value_dependent_shape_uses(model)]
+    found = [(u.input, u.op_type, u.operand) for u in value_dependent_shape_uses(model)]
     assert found == expected
 
 
@@ -184,11 +200,11 @@ def test_checker_on_the_real_decoders(tmp_path, small_config, small_sam):
     sam = small_sam
     fast = export.export_decoder(sam, str(tmp_path / "decoder.onnx"))
     official = export.export_decoder(sam, str(tmp_path / "decoder_official.onnx"), official=True)
-    assert prep.value_dependent_shape_uses(fast) == []
-    assert {u.input for u in prep.value_dependent_shape_uses(official)} == {"orig_im_size"}
+    assert value_dependent_shape_uses(fast) == []
+    assert {u.input for u in value_dependent_shape_uses(official)} == {"orig_im_size"}
     grid = small_config.image_embedding_size
-    for profile in build.decoder_profiles(max_points=4, max_prompts=3, opt_points=2, opt_prompts=2, embedding_size=grid):
-        build.validate_profile(profile, prep.input_specs(fast), "decoder")
+    for profile in decoder_profiles(max_points=4, max_prompts=3, opt_points=2, opt_prompts=2, embedding_size=grid):
+        validate_profile(profile, input_specs(fast), "decoder")
         prep.check_profile_with_onnxruntime(fast, profile)
 
 
@@ -214,7 +230,7 @@ def test_symmetric_int8_qdq_is_what_tensorrt_takes(qdq):
     original = onnx.load(src)
     uint8_zero_points = [t for t in original.graph.initializer if t.data_type == TensorProto.UINT8]
     assert uint8_zero_points, "ONNX Runtime's QDQ graph quantizes activations to uint8"
-    converted, counts = prep.to_symmetric_int8_qdq(original)
+    converted, counts = to_symmetric_int8_qdq(original)
     onnx.checker.check_model(converted)
     inits = {t.name: numpy_helper.to_array(t) for t in converted.graph.initializer}
     for node in converted.graph.node:
@@ -237,7 +253,7 @@ def test_symmetric_int8_qdq_accuracy_in_onnxruntime(qdq, graphs):
     (optimize=False): ONNX Runtime's fused int8 kernels saturate on CPUs without VNNI,
     which would measure the CPU, not the rewrite."""
     src, x = qdq
-    converted, _ = prep.to_symmetric_int8_qdq(onnx.load(src))
+    converted, _ = to_symmetric_int8_qdq(onnx.load(src))
     reference = prep.run_onnxruntime(graphs["mlp"], {"x": x}, optimize=False)[0]
     original = prep.run_onnxruntime(src, {"x": x}, optimize=False)[0]
     ours = prep.run_onnxruntime(converted.SerializeToString(), {"x": x}, optimize=False)[0]
@@ -249,7 +265,7 @@ def test_symmetric_int8_qdq_accuracy_in_onnxruntime(qdq, graphs):
 def test_clamp_is_restored(qdq):
     """Without the restored Relu the folded ReLU would be lost: negative activations would pass."""
     src, x = qdq
-    converted, _ = prep.to_symmetric_int8_qdq(onnx.load(src))
+    converted, _ = to_symmetric_int8_qdq(onnx.load(src))
     relus = [n for n in converted.graph.node if n.op_type == "Relu"]
     assert relus
     without = onnx.ModelProto()
@@ -287,7 +303,7 @@ def test_prepare_for_tensorrt(qdq, graphs, tmp_path):
     ],
 )
 def test_precision_plan(precision, types, has_qdq, strongly_typed, expected):
-    plan = build.precision_plan(precision, types, has_qdq, strongly_typed)
+    plan = precision_plan(precision, types, has_qdq, strongly_typed)
     assert (plan.strongly_typed, plan.flags) == expected
     assert plan.pin_fp32_islands == (not plan.strongly_typed and precision != "fp32")
 
@@ -305,7 +321,7 @@ def test_precision_plan(precision, types, has_qdq, strongly_typed, expected):
 )
 def test_precision_plan_refuses(args, message):
     with pytest.raises(ValueError, match=message):
-        build.precision_plan(*args)
+        precision_plan(*args)
 
 
 def test_fp32_islands(tmp_path):
@@ -333,15 +349,15 @@ def test_fp32_islands(tmp_path):
         torch.onnx.export(Block().eval(), (torch.randn(1, 4, 8),), str(path), opset_version=17, dynamo=False)
     model = onnx.load(str(path))
     by_name = {n.name: n.op_type for n in model.graph.node}
-    islands = prep.fp32_island_nodes(model)
+    islands = fp32_island_nodes(model)
     kept = {by_name[n] for n in islands}
     assert {"LayerNormalization", "Softmax", "Einsum"} <= kept
     # The bias add feeding the softmax is in the island; the projections are not.
     assert "Add" in kept and "MatMul" not in kept and "Gemm" not in kept
-    assert prep.layer_is_island(islands[0], islands)
-    assert prep.layer_is_island(islands[0] + "_1", islands)
-    assert not prep.layer_is_island(islands[0] + "x", islands)
-    assert prep.graph_float_types(model) == ["float32"]
+    assert layer_is_island(islands[0], islands)
+    assert layer_is_island(islands[0] + "_1", islands)
+    assert not layer_is_island(islands[0] + "x", islands)
+    assert graph_float_types(model) == ["float32"]
 
 
 # ---------------------------------------------------------------- manifest and rebuild
@@ -423,13 +439,13 @@ def test_build_engine_validates_before_needing_tensorrt(graphs, tmp_path):
     bad = tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)[1]
     bad = {k: v for k, v in bad.items() if k != "mask_input"}
     with pytest.raises(ValueError, match="no shapes for"):
-        build.build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=[bad])
+        build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=[bad])
     with pytest.raises(ValueError, match="orig_im_size"):
         profile = dict(tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)[1],
                        orig_im_size=((2,),) * 3)
-        build.build_engine(graphs["trap"], str(tmp_path / "x.plan"), precision="fp32", profiles=[profile])
+        build_engine(graphs["trap"], str(tmp_path / "x.plan"), precision="fp32", profiles=[profile])
     with pytest.raises(ValueError, match="workspace"):
-        build.build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=[bad], workspace_bytes=5)
+        build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=[bad], workspace_bytes=5)
 
 
 def test_build_engine_without_tensorrt_says_so(graphs, tmp_path):
@@ -441,7 +457,7 @@ def test_build_engine_without_tensorrt_says_so(graphs, tmp_path):
         pytest.skip("TensorRT is installed; the message for its absence cannot be shown")
     profiles = tiny_profiles(max_points=4, max_prompts=4, opt_points=2, opt_prompts=2)
     with pytest.raises(ImportError, match="TensorRT is not installed"):
-        build.build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=profiles)
+        build_engine(graphs["fast"], str(tmp_path / "x.plan"), precision="fp32", profiles=profiles)
     assert not os.path.exists(tmp_path / "x.plan")
 
 
@@ -490,7 +506,7 @@ def test_real_int8_encoder_prepared_for_tensorrt(tmp_path, small_config, small_s
     # error plus the fp16 conversion's alone, with 25% for randomness (test_qdq_float_parts_to_fp16_accuracy).
     half = prep.prepare_for_tensorrt(int8, str(tmp_path / "encoder_trt16.onnx"), fp16_float_parts=True)
     assert half["fp16_float_parts"]["fp16_tensors"] > 0 and "float16" in half["float_types"]
-    fp16_only, _ = prep.qdq_float_parts_to_fp16(onnx.load(fp32))
+    fp16_only, _ = qdq_float_parts_to_fp16(onnx.load(fp32))
     run = lambda graph: prep.run_onnxruntime(graph, {"image": x}, optimize=False)[0]  # noqa: E731
     symmetric_error = _rel_l2(run(record["path"]), reference)
     fp16_error = _rel_l2(run(fp16_only.SerializeToString()), reference)
@@ -528,12 +544,12 @@ def test_default_profiles_fit_the_full_size_decoder(tmp_path):
 
     sam = build_sam_from_config(get_config("vit_b")).eval()
     path = export.export_decoder(sam, str(tmp_path / "decoder.onnx"))
-    specs = prep.input_specs(path)
-    interactive, batched = build.decoder_profiles()
-    build.validate_profile(batched, specs, "decoder")
-    shapes = prep.check_profile_with_onnxruntime(path, build.validate_profile(interactive, specs, "decoder"))
+    specs = input_specs(path)
+    interactive, batched = decoder_profiles()
+    validate_profile(batched, specs, "decoder")
+    shapes = prep.check_profile_with_onnxruntime(path, validate_profile(interactive, specs, "decoder"))
     assert shapes["max"] == [[1, 4], [1, 4, 256, 256]]
-    assert prep.value_dependent_shape_uses(path) == []
+    assert value_dependent_shape_uses(path) == []
 
 
 # ---------------------------------------------------------------- against the spec'd TensorRT fakes
@@ -598,16 +614,16 @@ def test_first_build_writes_the_timing_cache(fake_trt, graphs, tmp_path):
     cache and writes it; the next build reuses it. (TensorRT gives no cache back unless one was
     attached: the old code crashed on None after writing the plan.)"""
     cache_path = tmp_path / "timing.cache"
-    first = build.build_engine(graphs["fast"], str(tmp_path / "a.plan"), precision="fp32", profiles=_fast_profiles(),
+    first = build_engine(graphs["fast"], str(tmp_path / "a.plan"), precision="fp32", profiles=_fast_profiles(),
                                timing_cache_path=str(cache_path), progress=False)
     assert cache_path.is_file() and (tmp_path / "a.plan").is_file()
     assert first["timing_cache_reused"] is False
-    second = build.build_engine(graphs["fast"], str(tmp_path / "b.plan"), precision="fp32", profiles=_fast_profiles(),
+    second = build_engine(graphs["fast"], str(tmp_path / "b.plan"), precision="fp32", profiles=_fast_profiles(),
                                 timing_cache_path=str(cache_path), progress=False)
     assert second["timing_cache_reused"] is True
     # A cache from another TensorRT version is refused and replaced, not mixed in.
     cache_path.write_bytes(cache_path.read_bytes().replace(b"10.13.0.35", b"10.12.0.36"))
-    third = build.build_engine(graphs["fast"], str(tmp_path / "c.plan"), precision="fp32", profiles=_fast_profiles(),
+    third = build_engine(graphs["fast"], str(tmp_path / "c.plan"), precision="fp32", profiles=_fast_profiles(),
                                timing_cache_path=str(cache_path), progress=False)
     assert third["timing_cache_reused"] is False and b"10.13.0.35" in cache_path.read_bytes()
 
@@ -617,14 +633,14 @@ def test_build_engine_flags_follow_the_precision_plan(fake_trt, graphs, tmp_path
     weakly typed fp16: FP16 + OBEY_PRECISION_CONSTRAINTS with the islands pinned to fp32."""
     from tensorrt_fakes import plan_header
 
-    record = build.build_engine(graphs["fast"], str(tmp_path / "fp32.plan"), precision="fp32",
+    record = build_engine(graphs["fast"], str(tmp_path / "fp32.plan"), precision="fp32",
                                 profiles=_fast_profiles(), progress=False)
     header = plan_header((tmp_path / "fp32.plan").read_bytes())
     assert header["strongly_typed"] and "TF32" not in header["flags"] and record["cleared_builder_flags"] == ["TF32"]
     assert len(header["profiles"]) == 2 and header["profiles"][1]["point_coords"][2] == [4, 4, 2]
 
     mlp_profile = [{"x": ((1, 16), (2, 16), (8, 16))}]
-    record = build.build_engine(graphs["mlp"], str(tmp_path / "weak.plan"), precision="fp16", profiles=mlp_profile,
+    record = build_engine(graphs["mlp"], str(tmp_path / "weak.plan"), precision="fp16", profiles=mlp_profile,
                                 strongly_typed=False, progress=False)
     header = plan_header((tmp_path / "weak.plan").read_bytes())
     assert not header["strongly_typed"] and {"FP16", "OBEY_PRECISION_CONSTRAINTS", "TF32"} <= set(header["flags"])
@@ -644,7 +660,7 @@ def test_contrib_ops_are_refused_before_tensorrt(graphs, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"com\.microsoft\.Gelu.*--plain-attention"):
         prep.prepare_for_tensorrt(contrib, str(tmp_path / "out.onnx"), "encoder")
     with pytest.raises(ValueError, match="outside the ONNX domain"):
-        build.build_engine(contrib, str(tmp_path / "x.plan"), precision="fp32",
+        build_engine(contrib, str(tmp_path / "x.plan"), precision="fp32",
                            profiles=[{"x": ((1, 16), (1, 16), (2, 16))}])
     params = build.TensorRTBuildParams(model_type="vit_b", precision="fp16", progress=False)
     with pytest.raises(ValueError, match="outside the ONNX domain"):
@@ -676,9 +692,9 @@ def test_build_tensorrt_all_builds_standard_ops(tmp_path, monkeypatch):
 
 
 def test_int8_latency_warning():
-    assert build.int8_latency_warning(5.0, 4.0) and "not faster" in build.int8_latency_warning(4.0, 4.0)
-    assert build.int8_latency_warning(3.0, 4.0) is None
-    assert build.int8_latency_warning(None, 4.0) is None and build.int8_latency_warning(3.0, None) is None
+    assert int8_latency_warning(5.0, 4.0) and "not faster" in int8_latency_warning(4.0, 4.0)
+    assert int8_latency_warning(3.0, 4.0) is None
+    assert int8_latency_warning(None, 4.0) is None and int8_latency_warning(3.0, None) is None
 
 
 # ---------------------------------------------------------------- int8: fp16 float parts
@@ -706,15 +722,15 @@ def test_qdq_float_parts_to_fp16_structure(attention_qdq):
     fp32 islands is fp16 and the islands' are fp32; each DequantizeLinear still feeds its MatMul
     directly and each QuantizeLinear its DequantizeLinear; the graph's I/O stay float32."""
     _, qdq, _ = attention_qdq
-    symmetric, _ = prep.to_symmetric_int8_qdq(onnx.load(qdq))
-    islands = set(prep.fp32_island_nodes(symmetric))
+    symmetric, _ = to_symmetric_int8_qdq(onnx.load(qdq))
+    islands = set(fp32_island_nodes(symmetric))
     assert {"LayerNormalization", "Softmax", "Einsum"} <= {n.op_type for n in symmetric.graph.node if n.name in islands}
     assert not {"MatMul", "QuantizeLinear", "DequantizeLinear"} & {
         n.op_type for n in symmetric.graph.node if n.name in islands}
-    converted, counts = prep.qdq_float_parts_to_fp16(symmetric)
+    converted, counts = qdq_float_parts_to_fp16(symmetric)
     onnx.checker.check_model(converted, full_check=True)
     assert counts["casts_added"] > 0 and counts["fp16_constants"] > 0
-    assert prep.graph_float_types(converted) == ["float16", "float32"]
+    assert graph_float_types(converted) == ["float16", "float32"]
     types = _elem_types(converted)
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
     inserted = {n.name for n in converted.graph.node} - {n.name for n in symmetric.graph.node}
@@ -749,9 +765,9 @@ def test_qdq_float_parts_to_fp16_accuracy(attention_qdq):
     the int8 graph's plus the fp16 conversion's alone (measured on the fp32 graph with the same
     islands), with 25% for the randomness of summed rounding errors."""
     fp32, qdq, x = attention_qdq
-    symmetric, _ = prep.to_symmetric_int8_qdq(onnx.load(qdq))
-    converted, _ = prep.qdq_float_parts_to_fp16(symmetric)
-    fp16_only, _ = prep.qdq_float_parts_to_fp16(onnx.load(fp32))
+    symmetric, _ = to_symmetric_int8_qdq(onnx.load(qdq))
+    converted, _ = qdq_float_parts_to_fp16(symmetric)
+    fp16_only, _ = qdq_float_parts_to_fp16(onnx.load(fp32))
     run = lambda model: prep.run_onnxruntime(model.SerializeToString(), {"x": x}, optimize=False)[0]  # noqa: E731
     reference = prep.run_onnxruntime(fp32, {"x": x}, optimize=False)[0]
     int8_error, fp16_error = _rel_l2(run(symmetric), reference), _rel_l2(run(fp16_only), reference)
