@@ -1,7 +1,9 @@
 """`sam-edge bench`: latency of every inference stage, on the user's own machine.
 
     host.py      what machine measured (CPU model and features, cores, threads)
-    runner.py    the subjects (a bundle, the torch model, the official package) and the timing
+    subjects.py  what is timed: a bundle, the torch model, the official package
+    runner.py    the timing of every stage of a subject
+    memory.py    the resident set around a run
     schema.py    the results JSON: its documented layout, version and validator
     table.py     the table printed at the end
     compare.py   --compare A.json B.json: per-stage changes against the noise

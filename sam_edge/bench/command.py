@@ -69,7 +69,7 @@ def measure_all(request: BenchRequest) -> Dict[str, Any]:
     from tqdm import tqdm
 
     from .. import __version__, postprocess
-    from . import runner
+    from . import runner, subjects
     from .schema import validate_result
 
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -89,20 +89,20 @@ def measure_all(request: BenchRequest) -> Dict[str, Any]:
 
         for bundle in request.bundles:
             manifests[bundle] = read_manifest(bundle)
-            factories.append(lambda b=bundle: runner.bundle_subject(b, request.threads))
+            factories.append(lambda b=bundle: subjects.bundle_subject(b, request.threads))
         model_types = []
         for bundle, manifest in manifests.items():
             if manifest["model_type"] not in model_types:
                 model_types.append(manifest["model_type"])
         references = [(t, next(m for m in manifests.values() if m["model_type"] == t)) for t in model_types]
     else:
-        factories.append(lambda: runner.torch_subject(request.model, request.checkpoint))
+        factories.append(lambda: subjects.torch_subject(request.model, request.checkpoint))
         references = [(request.model, None)]
     if request.reference:
         for model_type, manifest in references:
             if manifest is not None:  # refuse a reduced test bundle before any timing
-                runner.reference_config_check(manifest)
-            factories.append(lambda t=model_type, m=manifest: runner.reference_subject(t, request.checkpoint, m))
+                subjects.reference_config_check(manifest)
+            factories.append(lambda t=model_type, m=manifest: subjects.reference_subject(t, request.checkpoint, m))
     runs = []
     with tqdm(total=len(factories) * request.repeat * len(images), desc="bench", unit="image") as bar:
         for factory in factories:

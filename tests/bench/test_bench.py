@@ -14,7 +14,7 @@ import pytest
 
 from onnx_helpers import build_test_bundle, photos, reduced_config  # noqa: E402
 
-from sam_edge.bench import runner
+from sam_edge.bench import runner, subjects
 from sam_edge.bench.compare import compare_results
 from sam_edge.bench.schema import SchemaError, load_result, stage_names, validate_result
 from sam_edge.cli import main
@@ -205,10 +205,10 @@ def test_reference_accepts_an_official_size_bundle():
     for model_type in ("vit_b", "vit_l", "vit_h"):
         config = json.loads(json.dumps(dataclasses.asdict(get_config(model_type))))
         manifest = {"model_type": model_type, "config": config}
-        runner.reference_config_check(manifest)  # no ValueError
+        subjects.reference_config_check(manifest)  # no ValueError
         manifest["config"]["encoder_depth"] += 1
         with pytest.raises(ValueError, match="modified configuration"):
-            runner.reference_config_check(manifest)
+            subjects.reference_config_check(manifest)
 
 
 def test_a_bundle_benches_on_the_lean_runtime(tiny_bundle, tmp_path, monkeypatch, capsys):
@@ -237,7 +237,7 @@ def test_the_torch_model_path_times_every_stage_it_has():
     image = photos()["portrait"][::4, ::4].copy()
 
     def factory():
-        return runner._ours("torch-test", "torch", model, "vit_b", "fp32", {"source": "random"}, "torch eager")
+        return subjects._ours("torch-test", "torch", model, "vit_b", "fp32", {"source": "random"}, "torch eager")
 
     run = runner.measure(factory, [image], [1, 2], [1, 2], repeat=1, warmup=0)
     assert list(run["stages"]) == stage_names([1, 2], [1, 2])
