@@ -1,17 +1,14 @@
-"""Optimization profiles, input name -> (min, opt, max) shapes: the encoder's and the
+"""Optimization profiles, input name -> ShapeTuple(min, opt, max): the encoder's and the
 fast decoder's as data, and any profile checked against a graph's inputs. Pure
 functions: neither onnx nor TensorRT is imported.
 """
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence
 
+from ..runtime.tensorrt_compat import Profile, ShapeTuple
 from .tensorrt_graph_checks import InputSpec
 
-Shape = Tuple[int, ...]
-#: input name -> (min, opt, max) shapes.
-Profile = Dict[str, Tuple[Shape, Shape, Shape]]
 ENCODER_INPUT = "image"
-DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 
 
 def encoder_profile(max_batch: int = 1, image_size: int = 1024, opt_batch: int = 1) -> Profile:
@@ -20,7 +17,7 @@ def encoder_profile(max_batch: int = 1, image_size: int = 1024, opt_batch: int =
     if opt_batch > max_batch:
         raise ValueError(f"opt_batch ({opt_batch}) must not exceed max_batch ({max_batch})")
     s = image_size
-    return {ENCODER_INPUT: ((1, 3, s, s), (opt_batch, 3, s, s), (max_batch, 3, s, s))}
+    return {ENCODER_INPUT: ShapeTuple((1, 3, s, s), (opt_batch, 3, s, s), (max_batch, 3, s, s))}
 
 
 def decoder_profiles(
@@ -51,11 +48,11 @@ def decoder_profiles(
 
     def profile(opt_b: int, max_b: int) -> Profile:
         return {
-            "image_embeddings": ((1, embed_dim, g, g),) * 3,
-            "point_coords": ((1, 1, 2), (opt_b, opt_points, 2), (max_b, max_points, 2)),
-            "point_labels": ((1, 1), (opt_b, opt_points), (max_b, max_points)),
-            "mask_input": ((1, 1, m, m), (1, 1, m, m), (max_b, 1, m, m)),
-            "has_mask_input": ((1,), (1,), (max_b,)),
+            "image_embeddings": ShapeTuple(*((1, embed_dim, g, g),) * 3),
+            "point_coords": ShapeTuple((1, 1, 2), (opt_b, opt_points, 2), (max_b, max_points, 2)),
+            "point_labels": ShapeTuple((1, 1), (opt_b, opt_points), (max_b, max_points)),
+            "mask_input": ShapeTuple((1, 1, m, m), (1, 1, m, m), (max_b, 1, m, m)),
+            "has_mask_input": ShapeTuple((1,), (1,), (max_b,)),
         }
 
     return [profile(1, 1), profile(opt_prompts, max_prompts)]
@@ -101,7 +98,7 @@ def validate_profile(profile: Mapping[str, Sequence[Sequence[int]]], specs: Mapp
         lo, opt, hi = shapes
         if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
             raise ValueError(f"{what}: {name} needs min <= opt <= max on every axis; got {lo}, {opt}, {hi}")
-        out[name] = shapes
+        out[name] = ShapeTuple(*shapes)
     return out
 
 
