@@ -7,6 +7,8 @@ compiled extensions from csrc/:
   found, as a fatbin for sm_80 (A100), sm_86 (A10, RTX 30), sm_87 (Jetson
   Orin), sm_89 (L4, L40S, RTX 40), sm_90 (H100, H200) plus compute_90 PTX for
   later GPUs. The kernels use sm_80 warp reductions, so nothing older.
+- ``sam_edge/libsam_edge_ops.so``: the same CPU kernels as ONNX Runtime custom
+  ops (csrc/ort/), a plain shared library that any ORT host loads. Always built.
 
 Environment:
     SAM_EDGE_NO_CUDA=1        skip the CUDA extension even when nvcc exists.
@@ -32,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -133,9 +135,28 @@ if NVCC:
     cuda_ext.cuda_sources = [str(p) for p in sorted((CSRC / "cuda").glob("*.cu"))]
     ext_modules.append(cuda_ext)
 
+# The ONNX Runtime custom-op library. A plain shared library, not a Python
+# module: ORT dlopens it in any host (C, C++, Triton, Python), so it is named
+# libsam_edge_ops.so with no Python ABI tag (BuildExt.get_ext_filename). It links
+# neither Python nor onnxruntime (csrc/ort/ort_abi.h; --no-undefined holds it to
+# that) and compiles the attention kernel in, its symbols hidden from _C's copy.
+ORT_OPS = "sam_edge.sam_edge_ops"
+ort_ops_ext = Extension(
+    ORT_OPS,
+    [str(CSRC / "ort" / "sam_edge_ops.cpp"), str(CSRC / "ort" / "abi_check.cpp"), str(CSRC / "attention_cpu.cpp")],
+    include_dirs=[str(CSRC)],
+    language="c++",
+    extra_compile_args=CXX_FLAGS + ["-std=c++17"] + (["-fopenmp"] if OPENMP else []),
+    extra_link_args=(["-Wl,--no-undefined"] if sys.platform.startswith("linux") else [])
+    + (["-fopenmp"] if OPENMP else []),
+    depends=[str(CSRC / "attention.h")] + [str(p) for p in sorted((CSRC / "ort").glob("*.h"))],
+)
+ext_modules.append(ort_ops_ext)
+
 
 class BuildExt(build_ext):
-    """build_ext that compiles an extension's .cu files with nvcc first."""
+    """build_ext that compiles an extension's .cu files with nvcc first, and names
+    the ONNX Runtime op library as the plain shared library it is."""
 
     def build_extension(self, ext):
         cuda_sources = getattr(ext, "cuda_sources", None)
@@ -145,6 +166,13 @@ class BuildExt(build_ext):
             # A freshly compiled object (new sources or targets) must relink the module.
             ext.depends = list(ext.depends) + objects
         super().build_extension(ext)
+
+    def get_ext_filename(self, fullname):
+        # Asked with the dotted name or its last part alone (build_ext does both).
+        *package, name = fullname.split(".")
+        if name == ORT_OPS.rsplit(".", 1)[1] and package in ([], ORT_OPS.split(".")[:-1]):
+            return os.path.join(*package, f"lib{name}.so")  # loaded by ONNX Runtime, never imported
+        return super().get_ext_filename(fullname)
 
     def _nvcc_compile(self, ext, sources):
         out_dir = Path(self.build_temp) / "cuda"

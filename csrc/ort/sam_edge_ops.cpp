@@ -1,0 +1,267 @@
+// Registration and the RelPosAttention op; see sam_edge_ops.h for the contract.
+#include "sam_edge_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "attention.h"
+
+namespace sam_edge::ort {
+namespace {
+
+// An ORT call's failure, carried as an exception within this file only.
+struct OrtCallError : std::runtime_error {
+  OrtCallError(OrtErrorCode code, const std::string& message) : std::runtime_error(message), code(code) {}
+  OrtErrorCode code;
+};
+
+void check(const OrtApi* api, OrtStatus* status) {
+  if (!status) return;
+  const OrtErrorCode code = api->GetErrorCode(status);
+  std::string message = api->GetErrorMessage(status);
+  api->ReleaseStatus(status);
+  throw OrtCallError(code, message);
+}
+
+// Every function ORT calls runs its body through here, so no C++ exception
+// crosses the C ABI: each becomes an error status, prefixed with where it arose.
+template <class Body>
+OrtStatus* guarded(const OrtApi* api, const char* where, Body&& body) noexcept {
+  try {
+    body();
+    return nullptr;
+  } catch (const OrtCallError& e) {
+    return api->CreateStatus(e.code, (std::string(where) + ": " + e.what()).c_str());
+  } catch (const std::invalid_argument& e) {
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, (std::string(where) + ": " + e.what()).c_str());
+  } catch (const std::bad_alloc&) {
+    return api->CreateStatus(ORT_RUNTIME_EXCEPTION, "sam_edge_ops: out of memory");
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_RUNTIME_EXCEPTION, (std::string(where) + ": " + e.what()).c_str());
+  } catch (...) {
+    return api->CreateStatus(ORT_FAIL, where);
+  }
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// A float32 input's data and shape; data null for an optional input left out.
+struct Input {
+  const float* data = nullptr;
+  std::vector<int64_t> shape;
+};
+
+Input input(const OrtApi* api, const OrtKernelContext* context, size_t index, const char* name) {
+  Input in;
+  const OrtValue* value = nullptr;
+  check(api, api->KernelContext_GetInput(context, index, &value));
+  if (!value) return in;
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  check(api, api->GetTensorTypeAndShape(value, &info));
+  // Released on every path: the calls below may throw.
+  struct Release {
+    const OrtApi* api;
+    OrtTensorTypeAndShapeInfo* info;
+    ~Release() { api->ReleaseTensorTypeAndShapeInfo(info); }
+  } release{api, info};
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  check(api, api->GetTensorElementType(info, &type));
+  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw std::invalid_argument(std::string(name) + " must be float32; got ONNX element type " + std::to_string(type));
+  size_t rank = 0;
+  check(api, api->GetDimensionsCount(info, &rank));
+  in.shape.resize(rank);
+  check(api, api->GetDimensions(info, in.shape.data(), rank));
+  void* data = nullptr;
+  // ORT's C API has one accessor for inputs and outputs; we only read through it.
+  check(api, api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
+  in.data = static_cast<const float*>(data);
+  return in;
+}
+
+// ---- RelPosAttention ----
+
+enum class Compute { fp32, fp16, bf16 };
+
+Compute parse_compute(const std::string& name) {
+  if (name == "fp32") return Compute::fp32;
+  if (name == "fp16") return Compute::fp16;
+  if (name == "bf16") return Compute::bf16;
+  throw std::invalid_argument("compute must be \"fp32\", \"fp16\" or \"bf16\"; got \"" + name + "\"");
+}
+
+// The one call into the attention kernel.
+void run_attention(const float* qkv, const float* rel_pos_h, const float* rel_pos_w, const float* kv_bias, float* out,
+                   int64_t batch, int64_t height, int64_t width, int64_t heads, int64_t head_dim, int64_t window,
+                   float scale, Compute compute) {
+  rel_pos_attention_qkv_cpu(qkv, rel_pos_h, rel_pos_w, kv_bias, out, batch, height, width, heads, head_dim, window,
+                            scale, /*threads=*/0, /*force_portable=*/false, compute == Compute::fp16,
+                            compute == Compute::bf16);
+}
+
+struct RelPosAttention {
+  const OrtApi* api;
+  int64_t heads;
+  int64_t window;
+  float scale;
+  Compute compute;
+};
+
+int64_t int_attribute(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+  int64_t value = 0;
+  if (OrtStatus* status = api->KernelInfoGetAttribute_int64(info, name, &value)) {
+    api->ReleaseStatus(status);
+    throw std::invalid_argument(std::string("needs the int attribute ") + name);
+  }
+  return value;
+}
+
+RelPosAttention* create_rel_pos_attention(const OrtApi* api, const OrtKernelInfo* info) {
+  RelPosAttention op{api, int_attribute(api, info, "heads"), int_attribute(api, info, "window"), 0.0f, Compute::fp32};
+  if (OrtStatus* status = api->KernelInfoGetAttribute_float(info, "scale", &op.scale)) {
+    api->ReleaseStatus(status);
+    throw std::invalid_argument("needs the float attribute scale");
+  }
+  size_t size = 0;
+  if (OrtStatus* status = api->KernelInfoGetAttribute_string(info, "compute", nullptr, &size)) {
+    api->ReleaseStatus(status);  // absent: fp32
+  } else {
+    std::string name(size, '\0');
+    check(api, api->KernelInfoGetAttribute_string(info, "compute", name.data(), &size));
+    name.resize(size > 0 ? size - 1 : 0);  // size counts the terminator
+    op.compute = parse_compute(name);
+  }
+  if (op.heads < 1 || op.window < 0)
+    throw std::invalid_argument("heads must be >= 1 and window >= 0; got heads " + std::to_string(op.heads) +
+                                ", window " + std::to_string(op.window));
+  if (!std::isfinite(op.scale)) throw std::invalid_argument("scale must be finite");
+  // The shape-independent requirement, at session creation rather than at the first run.
+  if (op.compute == Compute::fp16 && !rel_pos_attention_has_avx512_fp16())
+    throw std::invalid_argument("compute \"fp16\" needs a CPU with AVX512-FP16, which this one lacks");
+  if (op.compute == Compute::bf16 && !rel_pos_attention_has_amx_bf16())
+    throw std::invalid_argument("compute \"bf16\" needs a CPU with AMX-BF16 that the OS lets us use, "
+                                "which this one lacks");
+  return new RelPosAttention(op);
+}
+
+void compute_rel_pos_attention(const RelPosAttention& op, OrtKernelContext* context) {
+  const OrtApi* api = op.api;
+  size_t inputs = 0;
+  check(api, api->KernelContext_GetInputCount(context, &inputs));
+  const Input qkv = input(api, context, 0, "qkv");
+  const Input rel_pos_h = input(api, context, 1, "rel_pos_h");
+  const Input rel_pos_w = input(api, context, 2, "rel_pos_w");
+  const Input kv_bias = inputs > 3 ? input(api, context, 3, "kv_bias") : Input{};
+  if (qkv.shape.size() != 4 || qkv.shape[3] % (3 * op.heads) != 0)
+    throw std::invalid_argument("expected qkv (B, H, W, 3 * heads * D) with heads " + std::to_string(op.heads) +
+                                "; got " + shape_string(qkv.shape));
+  const int64_t batch = qkv.shape[0], height = qkv.shape[1], width = qkv.shape[2];
+  const int64_t d = qkv.shape[3] / (3 * op.heads);
+  // A window past the grid only adds padded keys; no SAM block has one.
+  if (op.window > std::max(height, width))
+    throw std::invalid_argument("window " + std::to_string(op.window) + " is larger than the " +
+                                std::to_string(height) + " x " + std::to_string(width) + " grid");
+  const int64_t s_h = op.window > 0 ? op.window : height, s_w = op.window > 0 ? op.window : width;
+  const std::vector<int64_t> want_h{2 * s_h - 1, d}, want_w{2 * s_w - 1, d}, want_bias{2, op.heads, d};
+  if (rel_pos_h.shape != want_h || rel_pos_w.shape != want_w)
+    throw std::invalid_argument("expected rel_pos_h " + shape_string(want_h) + " and rel_pos_w " +
+                                shape_string(want_w) + " (2 * s - 1, D), s the window or the grid; got " +
+                                shape_string(rel_pos_h.shape) + " and " + shape_string(rel_pos_w.shape));
+  if (kv_bias.data && kv_bias.shape != want_bias)
+    throw std::invalid_argument("expected kv_bias " + shape_string(want_bias) + " (2, heads, D); got " +
+                                shape_string(kv_bias.shape));
+  const std::vector<int64_t> out_shape{batch, height, width, op.heads * d};
+  OrtValue* out = nullptr;
+  check(api, api->KernelContext_GetOutput(context, 0, out_shape.data(), out_shape.size(), &out));
+  void* out_data = nullptr;
+  check(api, api->GetTensorMutableData(out, &out_data));
+  run_attention(qkv.data, rel_pos_h.data, rel_pos_w.data, kv_bias.data, static_cast<float*>(out_data), batch, height,
+                width, op.heads, d, op.window, op.scale, op.compute);
+}
+
+OrtCustomOp make_rel_pos_attention_op() {
+  OrtCustomOp op{};
+  op.version = kOrtApiVersion;
+  op.GetName = [](const OrtCustomOp*) noexcept { return "RelPosAttention"; };
+  op.GetExecutionProviderType = [](const OrtCustomOp*) noexcept -> const char* { return nullptr; };
+  op.GetInputTypeCount = [](const OrtCustomOp*) noexcept -> size_t { return 4; };
+  op.GetInputType = [](const OrtCustomOp*, size_t) noexcept { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t index) noexcept {
+    return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  };
+  op.GetInputMemoryType = [](const OrtCustomOp*, size_t) noexcept { return OrtMemTypeDefault; };
+  op.GetOutputTypeCount = [](const OrtCustomOp*) noexcept -> size_t { return 1; };
+  op.GetOutputType = [](const OrtCustomOp*, size_t) noexcept { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+  op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) noexcept { return INPUT_OUTPUT_REQUIRED; };
+  // No variadic inputs or outputs; the defaults ORT's own ops state.
+  op.GetVariadicInputMinArity = [](const OrtCustomOp*) noexcept { return 1; };
+  op.GetVariadicInputHomogeneity = [](const OrtCustomOp*) noexcept { return 1; };
+  op.GetVariadicOutputMinArity = [](const OrtCustomOp*) noexcept { return 1; };
+  op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) noexcept { return 1; };
+  op.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) noexcept {
+    *kernel = nullptr;
+    return guarded(api, "RelPosAttention", [&] { *kernel = create_rel_pos_attention(api, info); });
+  };
+  op.KernelComputeV2 = [](void* kernel, OrtKernelContext* context) noexcept {
+    const auto& op = *static_cast<const RelPosAttention*>(kernel);
+    return guarded(op.api, "RelPosAttention", [&] { compute_rel_pos_attention(op, context); });
+  };
+  op.KernelDestroy = [](void* kernel) noexcept { delete static_cast<RelPosAttention*>(kernel); };
+  return op;
+}
+
+const OrtCustomOp kRelPosAttention = make_rel_pos_attention_op();
+
+// One domain per runtime in the process, never released: it must outlive every
+// session built from options it was added to, which the library cannot see end.
+OrtCustomOpDomain* domain_for(const OrtApi* api) {
+  static std::mutex mutex;
+  static std::vector<std::pair<const OrtApi*, OrtCustomOpDomain*>> domains;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& [owner, domain] : domains)
+    if (owner == api) return domain;
+  OrtCustomOpDomain* domain = nullptr;
+  check(api, api->CreateCustomOpDomain(kDomain, &domain));
+  if (OrtStatus* status = api->CustomOpDomain_Add(domain, &kRelPosAttention)) {
+    api->ReleaseCustomOpDomain(domain);
+    check(api, status);
+  }
+  domains.emplace_back(api, domain);
+  return domain;
+}
+
+}  // namespace
+
+const OrtCustomOp* rel_pos_attention_op() { return &kRelPosAttention; }
+
+}  // namespace sam_edge::ort
+
+using namespace sam_edge::ort;
+
+extern "C" OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) noexcept {
+  const OrtApi* api = api_base->GetApi(kOrtApiVersion);
+  if (!api) {
+    // Every runtime has version 1's table, whose CreateStatus is all the refusal needs.
+    const OrtApi* oldest = api_base->GetApi(1);
+    if (!oldest) return nullptr;  // no table to report through; the model then fails on the unknown op
+    const std::string message = "sam_edge_ops needs ONNX Runtime API version " + std::to_string(kOrtApiVersion) +
+                                " (onnxruntime 1.16 or later); this runtime is " + api_base->GetVersionString();
+    return oldest->CreateStatus(ORT_FAIL, message.c_str());
+  }
+  return guarded(api, "sam_edge_ops", [&] {
+    if (!sam_edge::rel_pos_attention_has_avx512())
+      throw std::runtime_error("this CPU has no AVX-512, which sam_edge_ops' kernels need; "
+                               "run the bundle's standard-op graph instead");
+    check(api, api->AddCustomOpDomain(options, domain_for(api)));
+  });
+}

@@ -1,0 +1,42 @@
+// sam_edge_ops: sam-edge's CPU kernels as ONNX Runtime custom ops, for any ORT
+// host (Python, C, C++, C#, Triton's onnxruntime backend). A host loads the
+// library with SessionOptions.register_custom_ops_library(path), which calls
+// RegisterCustomOps; the library never links onnxruntime (see ort_abi.h).
+//
+// Domain "ai.sam_edge", version 1:
+//   RelPosAttention(qkv, rel_pos_h, rel_pos_w[, kv_bias]) -> out, all float32:
+//     SAM's block attention from its qkv Linear's output to its proj Linear's
+//     input, with the contract of rel_pos_attention_qkv_cpu (csrc/attention.h):
+//     qkv (B, H, W, 3 * heads * D); rel_pos_h (2 * s_h - 1, D); rel_pos_w
+//     (2 * s_w - 1, D); kv_bias (2, heads, D), needed when windows pad the grid;
+//     out (B, H, W, heads * D).
+//     Attributes: heads (int), window (int, 0 for a global block), scale
+//     (float), compute (string "fp32", "fp16" or "bf16"; "fp32" when absent).
+//
+// Exported C functions: RegisterCustomOps, and sam_edge_ops_check_api, a
+// self-check of ort_abi.h's table against the runtime that hands it over.
+#pragma once
+
+#include "ort_abi.h"
+
+namespace sam_edge::ort {
+
+// The domain and its op description, both valid for the library's lifetime.
+constexpr const char* kDomain = "ai.sam_edge";
+const OrtCustomOp* rel_pos_attention_op();
+
+}  // namespace sam_edge::ort
+
+extern "C" {
+// ORT's entry point: refuses (an error status) on a CPU without AVX-512, or a
+// runtime older than kOrtApiVersion.
+__attribute__((visibility("default"))) sam_edge::ort::OrtStatus* RegisterCustomOps(
+    sam_edge::ort::OrtSessionOptions* options, const sam_edge::ort::OrtApiBase* api_base) noexcept;
+
+// Calls every OrtApi slot that ort_abi.h declares, harmlessly, and checks what
+// comes back. 0 when all hold; otherwise 1, with the first failure written to
+// message (size bytes, terminated). A wrong slot may crash: call it in a
+// process you can lose.
+__attribute__((visibility("default"))) int sam_edge_ops_check_api(const sam_edge::ort::OrtApiBase* api_base,
+                                                                   char* message, size_t size) noexcept;
+}

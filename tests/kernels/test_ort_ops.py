@@ -1,0 +1,262 @@
+"""sam_edge_ops, the ONNX Runtime custom-op library (csrc/ort/), run the way any
+ORT host runs it: a one-node ONNX graph in the domain ai.sam_edge, in an
+onnxruntime.InferenceSession with the library registered.
+
+- Our declarations of ORT's C ABI (csrc/ort/ort_abi.h) against the installed
+  runtime: the library's self-check calls every declared table slot through
+  the C library (libonnxruntime.so) in a subprocess, since a wrong slot may
+  crash. The sessions below exercise the rest through the Python module's copy.
+- RelPosAttention against the float64 numpy reference, at the tolerances of the
+  kernel it wraps (tests/runtime/test_global_attention.py): fp32 within 4x the
+  error of the same reference computed in float32 numpy; fp16 and bf16 within
+  5x and 2x torch's own error at that precision. The op adds no arithmetic of
+  its own, so it inherits the kernel's bounds unchanged.
+- Bad attributes and shapes are onnxruntime errors carrying our message, never
+  a crash; so are a missing library and a CPU the library refuses.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+from sam_edge.runtime.global_attention import kernel_status, rel_pos_attention_qkv_reference  # noqa: E402
+from sam_edge.runtime.ort_ops import DOMAIN, DOMAIN_VERSION, LIBRARY_ENV, library_path, register_ort_ops  # noqa: E402
+
+LIBRARY = library_path()
+STATUS = kernel_status()
+needs_library = pytest.mark.skipif(
+    LIBRARY is None, reason=f"sam_edge_ops is not built (pip install . builds it; {LIBRARY_ENV} names a build)")
+# The library asks the same CPU checks as sam_edge._C (both compile csrc/attention_cpu.cpp).
+needs_avx512 = pytest.mark.skipif(not STATUS["avx512"], reason="this CPU has no AVX-512, so sam_edge_ops refuses it "
+                                  "(or sam_edge._C, which reports the CPU's features, is not built)")
+
+
+def _rel(a, ref):
+    return float(np.linalg.norm(a.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+def _session_options():
+    options = ort.SessionOptions()
+    # One node: ORT's own pool has nothing to run beside the kernel's OpenMP threads.
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 4  # the errors under test reach the test as exceptions
+    register_ort_ops(options)
+    return options
+
+
+def _attention_graph(attributes, with_bias=True):
+    """A one-node model: RelPosAttention(qkv, rel_pos_h, rel_pos_w[, kv_bias]) -> out."""
+    inputs = ["qkv", "rel_pos_h", "rel_pos_w"] + (["kv_bias"] if with_bias else [])
+    # No shapes, not even ranks: the op's own checks see every input as fed.
+    info = {name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in inputs + ["out"]}
+    node = helper.make_node("RelPosAttention", inputs, ["out"], domain=DOMAIN, **attributes)
+    graph = helper.make_graph([node], "rel_pos_attention", [info[n] for n in inputs], [info["out"]])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+    return model.SerializeToString()
+
+
+def _attention_session(heads, window, scale, compute=None, with_bias=True):
+    attributes = {"heads": heads, "window": window, "scale": scale}
+    if compute is not None:
+        attributes["compute"] = compute
+    return ort.InferenceSession(_attention_graph(attributes, with_bias), _session_options(),
+                                providers=["CPUExecutionProvider"])
+
+
+def _qkv_inputs(batch, grid, heads, d, window, seed):
+    """Seeded standard-normal qkv and kv_bias, and rel-pos tables scaled so their
+    bias weighs as much as q . k."""
+    rng = np.random.default_rng(seed)
+    s_h, s_w = (window, window) if window else grid
+    qkv = rng.standard_normal((batch, *grid, 3 * heads * d)).astype(np.float32)
+    rel_pos_h = (rng.standard_normal((2 * s_h - 1, d)) * d ** -0.5).astype(np.float32)
+    rel_pos_w = (rng.standard_normal((2 * s_w - 1, d)) * d ** -0.5).astype(np.float32)
+    kv_bias = rng.standard_normal((2, heads, d)).astype(np.float32)
+    return qkv, rel_pos_h, rel_pos_w, kv_bias
+
+
+def _feeds(qkv, rel_pos_h, rel_pos_w, kv_bias):
+    feeds = {"qkv": qkv, "rel_pos_h": rel_pos_h, "rel_pos_w": rel_pos_w}
+    if kv_bias is not None:
+        feeds["kv_bias"] = kv_bias
+    return feeds
+
+
+# (batch, (H, W), heads, head_dim, window, with kv_bias)
+SHAPES = [
+    (1, (16, 16), 2, 64, 0, False),  # reduced ViT-B/L global block; the optional input left out
+    (2, (8, 16), 3, 64, 0, True),    # batch of 2; a global block ignores kv_bias
+    (1, (8, 16), 2, 80, 0, False),   # ViT-H head_dim, global
+    (1, (20, 23), 2, 64, 7, True),   # windows padded at the bottom and right: padded keys are kv_bias
+    (1, (20, 23), 2, 80, 7, True),   # the same with ViT-H's head_dim
+    (2, (30, 30), 2, 64, 14, True),  # ViT-B's window, 3 x 3 windows, padded
+    (2, (9, 10), 1, 24, 4, True),    # odd head_dim: the kernel's portable loop
+]
+_ids = [f"b{s[0]}g{s[1][0]}x{s[1][1]}h{s[2]}d{s[3]}w{s[4]}{'' if s[5] else '-nobias'}" for s in SHAPES]
+
+
+# ---- the ABI ----
+
+_CHECK_API = textwrap.dedent("""
+    import ctypes, sys
+    runtime_path, library_path, expected_version = sys.argv[1:4]
+    runtime = ctypes.CDLL(runtime_path)
+    runtime.OrtGetApiBase.restype = ctypes.c_void_p
+    api_base = runtime.OrtGetApiBase()
+    # OrtApiBase: GetApi, then GetVersionString.
+    slot = ctypes.c_void_p.from_address(api_base + ctypes.sizeof(ctypes.c_void_p)).value
+    get_version = ctypes.CFUNCTYPE(ctypes.c_char_p)(slot)
+    version = get_version().decode()
+    if version != expected_version:
+        sys.exit(f"GetVersionString gave {version!r}; onnxruntime.__version__ is {expected_version!r}")
+    library = ctypes.CDLL(library_path)
+    message = ctypes.create_string_buffer(1024)
+    failed = library.sam_edge_ops_check_api(ctypes.c_void_p(api_base), message, len(message))
+    sys.exit(message.value.decode() if failed else 0)
+""")
+
+
+@needs_library
+def test_api_table_matches_the_installed_runtime():
+    """Every OrtApi slot ort_abi.h declares, called through the C library that C
+    and C++ hosts link, answers as the documented function does."""
+    from pathlib import Path
+
+    runtime = Path(ort.__file__).parent / "capi" / f"libonnxruntime.so.{ort.__version__}"
+    if not runtime.is_file():
+        pytest.skip(f"this onnxruntime ships no C library at {runtime}")
+    result = subprocess.run([sys.executable, "-c", _CHECK_API, str(runtime), LIBRARY, ort.__version__],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode >= 0, f"the self-check crashed (signal {-result.returncode}): a slot is miscounted"
+    assert result.returncode == 0, result.stderr
+
+
+# ---- RelPosAttention ----
+
+@needs_library
+@needs_avx512
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_rel_pos_attention_fp32_matches_float64(shape):
+    batch, grid, heads, d, window, with_bias = shape
+    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(batch, grid, heads, d, window, seed=sum(grid) + d + window)
+    kv_bias = kv_bias if with_bias else None
+    scale = d ** -0.5
+    (ours,) = _attention_session(heads, window, scale, with_bias=with_bias).run(
+        None, _feeds(qkv, rel_pos_h, rel_pos_w, kv_bias))
+    ref = rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale)
+    baseline = _rel(rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale,
+                                                    dtype=np.float32), ref)
+    assert ours.shape == (batch, *grid, heads * d) and ours.dtype == np.float32
+    assert _rel(ours, ref) <= 4 * baseline, (_rel(ours, ref), baseline)
+
+
+#: The CPU feature each reduced compute needs (the kernel's test states the bounds).
+_REDUCED_FEATURE = {"fp16": "avx512_fp16", "bf16": "amx_bf16"}
+_REDUCED_CASES = [(s, c) for c in ("fp16", "bf16") for s in SHAPES
+                  if s[3] == 64 or (c == "bf16" and s[3] == 80)]
+
+
+@needs_library
+@needs_avx512
+@pytest.mark.parametrize("shape, compute", _REDUCED_CASES,
+                         ids=[f"{c}-{_ids[SHAPES.index(s)]}" for s, c in _REDUCED_CASES])
+def test_rel_pos_attention_reduced_compute_within_torch_error(shape, compute):
+    if not STATUS[_REDUCED_FEATURE[compute]]:
+        pytest.skip(f"this CPU has no {_REDUCED_FEATURE[compute]} (or, for AMX, the OS does not grant it)")
+    torch = pytest.importorskip("torch")
+    # The kernel's own baseline and multiples, so the op is held to exactly its bounds.
+    from tests.runtime.test_global_attention import REDUCED_COMPUTE, _torch_reduced_qkv
+
+    batch, grid, heads, d, window, with_bias = shape
+    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(batch, grid, heads, d, window, seed=5 + sum(grid) + window)
+    scale = d ** -0.5
+    (ours,) = _attention_session(heads, window, scale, compute=compute).run(
+        None, _feeds(qkv, rel_pos_h, rel_pos_w, kv_bias))
+    ref = rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale)
+    dtype = torch.float16 if compute == "fp16" else torch.bfloat16
+    baseline = _rel(_torch_reduced_qkv(torch, qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale, dtype), ref)
+    factor = REDUCED_COMPUTE[compute][1]
+    assert _rel(ours, ref) <= factor * baseline, (_rel(ours, ref), baseline)
+
+
+@needs_library
+@needs_avx512
+@pytest.mark.parametrize("compute", ["fp16", "bf16"])
+def test_reduced_compute_without_the_cpu_feature_is_refused_at_session_creation(compute):
+    """The shape-independent requirement fails the session, with our message, not the first run."""
+    if STATUS[_REDUCED_FEATURE[compute]]:
+        pytest.skip(f"this CPU has {_REDUCED_FEATURE[compute]}: compute {compute!r} runs")
+    with pytest.raises(Exception, match=f'RelPosAttention: compute "{compute}" needs a CPU with'):
+        _attention_session(2, 7, 0.125, compute=compute)
+
+
+@needs_library
+@needs_avx512
+def test_bad_attributes_are_onnxruntime_errors():
+    with pytest.raises(Exception, match='RelPosAttention: compute must be "fp32", "fp16" or "bf16"; got "int4"'):
+        _attention_session(2, 7, 0.125, compute="int4")
+    with pytest.raises(Exception, match="RelPosAttention: heads must be >= 1"):
+        _attention_session(0, 7, 0.125)
+    graph = _attention_graph({"heads": 2, "scale": 0.125})  # no window
+    with pytest.raises(Exception, match="RelPosAttention: needs the int attribute window"):
+        ort.InferenceSession(graph, _session_options(), providers=["CPUExecutionProvider"])
+
+
+@needs_library
+@needs_avx512
+def test_bad_shapes_are_onnxruntime_errors_and_the_session_survives_them():
+    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(1, (10, 10), 2, 16, 4, seed=2)
+    session = _attention_session(2, 4, 0.25)
+    bad = [
+        (dict(qkv=qkv[..., :-1]), r"expected qkv \(B, H, W, 3 \* heads \* D\) with heads 2; got \(1, 10, 10, 95\)"),
+        (dict(qkv=qkv[0]), r"expected qkv \(B, H, W, 3 \* heads \* D\)"),
+        (dict(rel_pos_h=rel_pos_h[:-1]), r"expected rel_pos_h \(7, 16\) and rel_pos_w \(7, 16\)"),
+        (dict(kv_bias=kv_bias[:, :1]), r"expected kv_bias \(2, 2, 16\)"),
+    ]
+    good = _feeds(qkv, rel_pos_h, rel_pos_w, kv_bias)
+    for change, message in bad:
+        with pytest.raises(Exception, match="RelPosAttention: " + message):
+            session.run(None, {**good, **change})
+    # 10 x 10 tokens in 4 x 4 windows pad the grid: the kernel's own refusal, passed through.
+    with pytest.raises(Exception, match="the windows pad the grid, so kv_bias is needed"):
+        _attention_session(2, 4, 0.25, with_bias=False).run(None, _feeds(qkv, rel_pos_h, rel_pos_w, None))
+    (out,) = session.run(None, good)
+    ref = rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25)
+    assert _rel(out, ref) < 1e-5  # after the errors, the same session still computes
+
+
+@needs_library
+@needs_avx512
+def test_two_sessions_register_the_library_independently():
+    """Each registration adds the domain to its own options; both sessions run."""
+    inputs = _qkv_inputs(1, (16, 16), 2, 64, 0, seed=3)
+    first = _attention_session(2, 0, 0.125).run(None, _feeds(*inputs))[0]
+    second = _attention_session(2, 0, 0.125).run(None, _feeds(*inputs))[0]
+    np.testing.assert_array_equal(first, second)
+
+
+# ---- loading ----
+
+def test_a_missing_library_is_a_clear_error(monkeypatch, tmp_path):
+    missing = str(tmp_path / "libsam_edge_ops.so")
+    with pytest.raises(Exception, match="Failed to load library .*libsam_edge_ops.so"):
+        ort.SessionOptions().register_custom_ops_library(missing)
+    monkeypatch.setenv(LIBRARY_ENV, missing)
+    with pytest.raises(FileNotFoundError, match=f"{LIBRARY_ENV} names .*, which is not a file"):
+        register_ort_ops(ort.SessionOptions())
+
+
+@needs_library
+def test_a_cpu_without_avx512_is_refused_with_the_reason():
+    if STATUS["avx512"] or not STATUS["available"]:
+        pytest.skip("this CPU has AVX-512 (or sam_edge._C, which reports it, is not built): the library loads")
+    with pytest.raises(Exception, match="this CPU has no AVX-512, which sam_edge_ops' kernels need"):
+        register_ort_ops(ort.SessionOptions())
