@@ -139,17 +139,19 @@ if NVCC:
 # module: ORT dlopens it in any host (C, C++, Triton, Python), so it is named
 # libsam_edge_ops.so with no Python ABI tag (BuildExt.get_ext_filename). It links
 # neither Python nor onnxruntime (csrc/ort/ort_abi.h; --no-undefined holds it to
-# that) and compiles the attention kernel in, its symbols hidden from _C's copy.
+# that) and compiles its kernels in, their symbols hidden from _C's copies.
 ORT_OPS = "sam_edge.sam_edge_ops"
 ort_ops_ext = Extension(
     ORT_OPS,
-    [str(CSRC / "ort" / "sam_edge_ops.cpp"), str(CSRC / "ort" / "abi_check.cpp"), str(CSRC / "attention_cpu.cpp")],
+    [str(CSRC / "ort" / "sam_edge_ops.cpp"), str(CSRC / "ort" / "abi_check.cpp"), str(CSRC / "attention_cpu.cpp"),
+     str(CSRC / "layer_norm_cpu.cpp")],
     include_dirs=[str(CSRC)],
     language="c++",
     extra_compile_args=CXX_FLAGS + ["-std=c++17"] + (["-fopenmp"] if OPENMP else []),
     extra_link_args=(["-Wl,--no-undefined"] if sys.platform.startswith("linux") else [])
     + (["-fopenmp"] if OPENMP else []),
-    depends=[str(CSRC / "attention.h")] + [str(p) for p in sorted((CSRC / "ort").glob("*.h"))],
+    depends=[str(CSRC / "attention.h"), str(CSRC / "layer_norm.h")]
+    + [str(p) for p in sorted((CSRC / "ort").glob("*.h"))],
 )
 ext_modules.append(ort_ops_ext)
 

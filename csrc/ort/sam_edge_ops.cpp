@@ -1,8 +1,9 @@
-// Registration and the RelPosAttention op; see sam_edge_ops.h for the contract.
+// Registration and the ops; see sam_edge_ops.h for their contracts.
 #include "sam_edge_ops.h"
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "layer_norm.h"
 
 namespace sam_edge::ort {
 namespace {
@@ -189,15 +191,82 @@ void compute_rel_pos_attention(const RelPosAttention& op, OrtKernelContext* cont
                 width, op.heads, d, op.window, op.scale, op.compute);
 }
 
-OrtCustomOp make_rel_pos_attention_op() {
+// ---- LayerNorm ----
+
+// The one call into the LayerNorm kernel.
+void run_layer_norm(const float* x, const float* weight, const float* bias, float* out, int64_t rows, int64_t channels,
+                    float epsilon) {
+  layer_norm_cpu(x, weight, bias, out, rows, channels, epsilon, /*threads=*/0);
+}
+
+struct LayerNorm {
+  const OrtApi* api;
+  float epsilon;
+};
+
+LayerNorm* create_layer_norm(const OrtApi* api, const OrtKernelInfo* info) {
+  float epsilon = 0.0f;
+  if (OrtStatus* status = api->KernelInfoGetAttribute_float(info, "epsilon", &epsilon)) {
+    api->ReleaseStatus(status);
+    throw std::invalid_argument("needs the float attribute epsilon");
+  }
+  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
+    throw std::invalid_argument("epsilon must be finite and >= 0; got " + std::to_string(epsilon));
+  return new LayerNorm{api, epsilon};
+}
+
+void compute_layer_norm(const LayerNorm& op, OrtKernelContext* context) {
+  const OrtApi* api = op.api;
+  const Input x = input(api, context, 0, "X");
+  const Input weight = input(api, context, 1, "scale");
+  const Input bias = input(api, context, 2, "B");
+  if (x.shape.empty()) throw std::invalid_argument("expected X (..., C); got a scalar");
+  const int64_t channels = x.shape.back();
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < x.shape.size(); ++i) rows *= x.shape[i];
+  const std::vector<int64_t> want{channels};
+  if (weight.shape != want || bias.shape != want)
+    throw std::invalid_argument("expected scale and B " + shape_string(want) + ", X's last axis; got " +
+                                shape_string(weight.shape) + " and " + shape_string(bias.shape));
+  OrtValue* out = nullptr;
+  check(api, api->KernelContext_GetOutput(context, 0, x.shape.data(), x.shape.size(), &out));
+  if (rows == 0 || channels == 0) return;  // an empty tensor: nothing to normalise
+  void* out_data = nullptr;
+  check(api, api->GetTensorMutableData(out, &out_data));
+  run_layer_norm(x.data, weight.data, bias.data, static_cast<float*>(out_data), rows, channels, op.epsilon);
+}
+
+// ---- the op descriptions ----
+
+// Each op's traits: its name, its float32 inputs (the trailing ones past
+// kRequired optional), its kernel state and the functions that make and run it.
+struct RelPosAttentionOp {
+  static constexpr const char* kName = "RelPosAttention";
+  static constexpr size_t kInputs = 4, kRequired = 3;
+  using Kernel = RelPosAttention;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_rel_pos_attention(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) { compute_rel_pos_attention(kernel, context); }
+};
+
+struct LayerNormOp {
+  static constexpr const char* kName = "LayerNorm";
+  static constexpr size_t kInputs = 3, kRequired = 3;
+  using Kernel = LayerNorm;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_layer_norm(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) { compute_layer_norm(kernel, context); }
+};
+
+// One float32 output, on the CPU provider.
+template <class Op>
+OrtCustomOp describe() {
   OrtCustomOp op{};
   op.version = kOrtApiVersion;
-  op.GetName = [](const OrtCustomOp*) noexcept { return "RelPosAttention"; };
+  op.GetName = [](const OrtCustomOp*) noexcept { return Op::kName; };
   op.GetExecutionProviderType = [](const OrtCustomOp*) noexcept -> const char* { return nullptr; };
-  op.GetInputTypeCount = [](const OrtCustomOp*) noexcept -> size_t { return 4; };
+  op.GetInputTypeCount = [](const OrtCustomOp*) noexcept { return Op::kInputs; };
   op.GetInputType = [](const OrtCustomOp*, size_t) noexcept { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
   op.GetInputCharacteristic = [](const OrtCustomOp*, size_t index) noexcept {
-    return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return index < Op::kRequired ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   };
   op.GetInputMemoryType = [](const OrtCustomOp*, size_t) noexcept { return OrtMemTypeDefault; };
   op.GetOutputTypeCount = [](const OrtCustomOp*) noexcept -> size_t { return 1; };
@@ -210,17 +279,18 @@ OrtCustomOp make_rel_pos_attention_op() {
   op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) noexcept { return 1; };
   op.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) noexcept {
     *kernel = nullptr;
-    return guarded(api, "RelPosAttention", [&] { *kernel = create_rel_pos_attention(api, info); });
+    return guarded(api, Op::kName, [&] { *kernel = Op::create(api, info); });
   };
   op.KernelComputeV2 = [](void* kernel, OrtKernelContext* context) noexcept {
-    const auto& op = *static_cast<const RelPosAttention*>(kernel);
-    return guarded(op.api, "RelPosAttention", [&] { compute_rel_pos_attention(op, context); });
+    const auto& state = *static_cast<const typename Op::Kernel*>(kernel);
+    return guarded(state.api, Op::kName, [&] { Op::compute(state, context); });
   };
-  op.KernelDestroy = [](void* kernel) noexcept { delete static_cast<RelPosAttention*>(kernel); };
+  op.KernelDestroy = [](void* kernel) noexcept { delete static_cast<typename Op::Kernel*>(kernel); };
   return op;
 }
 
-const OrtCustomOp kRelPosAttention = make_rel_pos_attention_op();
+const OrtCustomOp kRelPosAttention = describe<RelPosAttentionOp>();
+const OrtCustomOp kLayerNorm = describe<LayerNormOp>();
 
 // One domain per runtime in the process, never released: it must outlive every
 // session built from options it was added to, which the library cannot see end.
@@ -232,9 +302,11 @@ OrtCustomOpDomain* domain_for(const OrtApi* api) {
     if (owner == api) return domain;
   OrtCustomOpDomain* domain = nullptr;
   check(api, api->CreateCustomOpDomain(kDomain, &domain));
-  if (OrtStatus* status = api->CustomOpDomain_Add(domain, &kRelPosAttention)) {
-    api->ReleaseCustomOpDomain(domain);
-    check(api, status);
+  for (const OrtCustomOp* op : {&kRelPosAttention, &kLayerNorm}) {
+    if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
+      api->ReleaseCustomOpDomain(domain);
+      check(api, status);
+    }
   }
   domains.emplace_back(api, domain);
   return domain;

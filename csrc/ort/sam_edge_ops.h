@@ -12,6 +12,9 @@
 //     out (B, H, W, heads * D).
 //     Attributes: heads (int), window (int, 0 for a global block), scale
 //     (float), compute (string "fp32", "fp16" or "bf16"; "fp32" when absent).
+//   LayerNorm(X, scale, B) -> Y, all float32: torch.nn.LayerNorm over X's last
+//     axis (csrc/layer_norm.h): X (..., C), scale and B (C,), Y like X.
+//     Attribute: epsilon (float).
 //
 // Exported C functions: RegisterCustomOps, and sam_edge_ops_check_api, a
 // self-check of ort_abi.h's table against the runtime that hands it over.
@@ -21,7 +24,7 @@
 
 namespace sam_edge::ort {
 
-// The domain and its op description, both valid for the library's lifetime.
+// The domain, and an op description valid for the library's lifetime.
 constexpr const char* kDomain = "ai.sam_edge";
 const OrtCustomOp* rel_pos_attention_op();
 

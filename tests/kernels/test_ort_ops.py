@@ -11,6 +11,10 @@ onnxruntime.InferenceSession with the library registered.
   error of the same reference computed in float32 numpy; fp16 and bf16 within
   5x and 2x torch's own error at that precision. The op adds no arithmetic of
   its own, so it inherits the kernel's bounds unchanged.
+- LayerNorm against float64 numpy, within 4x the error of the same formula in
+  float32 numpy: both round the same operations in float32, the kernel summing
+  in 16 lanes where numpy sums pairwise (measured 1.1-1.6x). Inputs carry a
+  mean far from zero, where a one-pass variance would lose its digits.
 - Bad attributes and shapes are onnxruntime errors carrying our message, never
   a crash; so are a missing library and a CPU the library refuses.
 """
@@ -241,6 +245,73 @@ def test_two_sessions_register_the_library_independently():
     first = _attention_session(2, 0, 0.125).run(None, _feeds(*inputs))[0]
     second = _attention_session(2, 0, 0.125).run(None, _feeds(*inputs))[0]
     np.testing.assert_array_equal(first, second)
+
+
+# ---- LayerNorm ----
+
+def layer_norm_reference(x, weight, bias, epsilon, dtype=np.float64):
+    """torch.nn.LayerNorm over the last axis, in numpy: float64 by default;
+    float32 gives the same-precision baseline."""
+    x, weight, bias = (np.asarray(a, dtype=dtype) for a in (x, weight, bias))
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + dtype(epsilon)) * weight + bias
+
+
+def _layer_norm_session(epsilon=1e-6):
+    names = ["X", "scale", "B"]
+    attributes = {} if epsilon is None else {"epsilon": epsilon}
+    node = helper.make_node("LayerNorm", names, ["Y"], domain=DOMAIN, **attributes)
+    info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names + ["Y"]]
+    graph = helper.make_graph([node], "layer_norm", info[:3], info[3:])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+
+
+def _layer_norm_inputs(shape, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2.0 + offset).astype(np.float32)
+    weight = rng.standard_normal(shape[-1]).astype(np.float32)
+    bias = rng.standard_normal(shape[-1]).astype(np.float32)
+    return x, weight, bias
+
+
+# (X's shape, the rows' mean)
+LAYER_NORM_SHAPES = [
+    ((1, 16, 16, 768), 5.0),   # ViT-B's width over a token grid
+    ((3, 5, 1024), 0.0),       # ViT-L's width, centred rows
+    ((2, 7, 9, 1280), 5.0),    # ViT-H's width
+    ((64, 768), 100.0),        # rows whose mean dwarfs their spread
+    ((1, 4, 37), 30.0),        # a width with a partial last lane group
+]
+
+
+@needs_library
+@needs_avx512
+@pytest.mark.parametrize("shape, offset", LAYER_NORM_SHAPES, ids=lambda v: str(v))
+def test_layer_norm_fp32_matches_float64(shape, offset):
+    x, weight, bias = _layer_norm_inputs(shape, offset, seed=sum(shape))
+    (ours,) = _layer_norm_session(1e-6).run(None, {"X": x, "scale": weight, "B": bias})
+    ref = layer_norm_reference(x, weight, bias, 1e-6)
+    baseline = _rel(layer_norm_reference(x, weight, bias, 1e-6, dtype=np.float32), ref)
+    assert ours.shape == shape and ours.dtype == np.float32
+    assert _rel(ours, ref) <= 4 * baseline, (_rel(ours, ref), baseline)
+
+
+@needs_library
+@needs_avx512
+def test_layer_norm_bad_inputs_are_onnxruntime_errors():
+    x, weight, bias = _layer_norm_inputs((2, 8), 1.0, seed=4)
+    session = _layer_norm_session(1e-6)
+    with pytest.raises(Exception, match=r"LayerNorm: expected scale and B \(8,\), X's last axis; got \(7,\) and"):
+        session.run(None, {"X": x, "scale": weight[:-1], "B": bias})
+    with pytest.raises(Exception, match="LayerNorm: expected X"):
+        session.run(None, {"X": np.array(1.0, dtype=np.float32), "scale": weight, "B": bias})
+    with pytest.raises(Exception, match="LayerNorm: needs the float attribute epsilon"):
+        _layer_norm_session(None)
+    with pytest.raises(Exception, match="LayerNorm: epsilon must be finite and >= 0"):
+        _layer_norm_session(-1.0)
 
 
 # ---- loading ----
