@@ -22,6 +22,7 @@ onnxruntime.InferenceSession with the library registered.
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,14 @@ _ids = [f"b{s[0]}g{s[1][0]}x{s[1][1]}h{s[2]}d{s[3]}w{s[4]}{'' if s[5] else '-nob
 
 # ---- the ABI ----
 
+def _c_runtime():
+    """The C library that C and C++ hosts link, from the installed wheel (skips without it)."""
+    runtime = Path(ort.__file__).parent / "capi" / f"libonnxruntime.so.{ort.__version__}"
+    if not runtime.is_file():
+        pytest.skip(f"this onnxruntime ships no C library at {runtime}")
+    return runtime
+
+
 _CHECK_API = textwrap.dedent("""
     import ctypes, sys
     runtime_path, library_path, expected_version = sys.argv[1:4]
@@ -132,15 +141,48 @@ _CHECK_API = textwrap.dedent("""
 def test_api_table_matches_the_installed_runtime():
     """Every OrtApi slot ort_abi.h declares, called through the C library that C
     and C++ hosts link, answers as the documented function does."""
-    from pathlib import Path
-
-    runtime = Path(ort.__file__).parent / "capi" / f"libonnxruntime.so.{ort.__version__}"
-    if not runtime.is_file():
-        pytest.skip(f"this onnxruntime ships no C library at {runtime}")
+    runtime = _c_runtime()
     result = subprocess.run([sys.executable, "-c", _CHECK_API, str(runtime), LIBRARY, ort.__version__],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode >= 0, f"the self-check crashed (signal {-result.returncode}): a slot is miscounted"
     assert result.returncode == 0, result.stderr
+
+
+_OLDER_RUNTIME = textwrap.dedent("""
+    import ctypes, sys
+    runtime_path, library_path = sys.argv[1:3]
+    runtime = ctypes.CDLL(runtime_path)
+    runtime.OrtGetApiBase.restype = ctypes.c_void_p
+    real = (ctypes.c_void_p * 2).from_address(runtime.OrtGetApiBase())
+    GetApi = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint32)
+    real_get_api = GetApi(real[0])
+    # The tables of a runtime that stops at API 15, as onnxruntime 1.15 does.
+    version = ctypes.create_string_buffer(b"1.15.1")
+    older_get_api = GetApi(lambda v: real_get_api(v) if v <= 15 else None)
+    older_version = ctypes.CFUNCTYPE(ctypes.c_void_p)(lambda: ctypes.addressof(version))
+    api_base = (ctypes.c_void_p * 2)(ctypes.cast(older_get_api, ctypes.c_void_p).value,
+                                     ctypes.cast(older_version, ctypes.c_void_p).value)
+    library = ctypes.CDLL(library_path)
+    library.RegisterCustomOps.restype = ctypes.c_void_p
+    status = library.RegisterCustomOps(None, api_base)
+    if not status:
+        sys.exit("RegisterCustomOps accepted a runtime without API 16")
+    api = (ctypes.c_void_p * 94).from_address(real_get_api(1))
+    print(ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p)(api[2])(status).decode())  # GetErrorMessage
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(api[93])(status)  # ReleaseStatus
+""")
+
+
+@needs_library
+def test_an_older_runtime_is_refused_with_the_reason():
+    """A runtime without API version 16 gets an error status naming both
+    versions, built from the version-1 table every runtime has."""
+    runtime = _c_runtime()
+    result = subprocess.run([sys.executable, "-c", _OLDER_RUNTIME, str(runtime), LIBRARY],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("sam_edge_ops needs ONNX Runtime API version 16 (onnxruntime 1.16 or later); "
+                                     "this runtime is 1.15.1")
 
 
 # ---- RelPosAttention ----
