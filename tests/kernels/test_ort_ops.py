@@ -13,8 +13,8 @@ onnxruntime.InferenceSession with the library registered.
   its own, so it inherits the kernel's bounds unchanged.
 - LayerNorm against float64 numpy, within 4x the error of the same formula in
   float32 numpy: both round the same operations in float32, the kernel summing
-  in 16 lanes where numpy sums pairwise (measured 1.1-1.6x). Inputs carry a
-  mean far from zero, where a one-pass variance would lose its digits.
+  in 16 lanes where numpy sums pairwise. Inputs carry a mean far from zero,
+  where a one-pass variance would lose its digits.
 - Bad attributes and shapes are onnxruntime errors carrying our message, never
   a crash; so are a missing library and a CPU the library refuses.
 """
