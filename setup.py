@@ -147,7 +147,8 @@ ort_ops_ext = Extension(
      str(CSRC / "layer_norm_cpu.cpp")],
     include_dirs=[str(CSRC)],
     language="c++",
-    extra_compile_args=CXX_FLAGS + ["-std=c++17"] + (["-fopenmp"] if OPENMP else []),
+    # _C's flags: both compile csrc/attention_cpu.cpp to the same object in build_temp.
+    extra_compile_args=CXX_FLAGS + ["-g0", "-std=c++17"] + (["-fopenmp"] if OPENMP else []),
     extra_link_args=(["-Wl,--no-undefined"] if sys.platform.startswith("linux") else [])
     + (["-fopenmp"] if OPENMP else []),
     depends=[str(CSRC / "attention.h"), str(CSRC / "layer_norm.h")]
