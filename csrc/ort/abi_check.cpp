@@ -2,8 +2,8 @@
 // over. Each declared slot is called once, harmlessly, and its result checked
 // against what the documented function returns, so a miscounted slot shows as
 // a wrong answer (or a crash, hence the test's subprocess) instead of a
-// misbehaving op. The kernel-info and kernel-context slots need a running
-// session; the op tests exercise them.
+// misbehaving op. The kernel-info and kernel-context slots and Run need a
+// running session; the op tests and the C++ example's test exercise them.
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -95,6 +95,37 @@ void check_registration(const OrtApi* api) {
   expect_ok(api, status, "CreateCustomOpDomain, CustomOpDomain_Add or AddCustomOpDomain");
 }
 
+// The host-side slots, without a model: an env, a session from a file that is
+// not there (ORT's NO_SUCHFILE, so a miscounted CreateSession shows), the
+// thread setting, and a library registration that fails for a missing file.
+void check_host(const OrtApi* api) {
+  OrtEnv* env = nullptr;
+  expect_ok(api, api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "sam_edge_ops_check", &env), "CreateEnv");
+  OrtSessionOptions* options = nullptr;
+  OrtStatus* status = api->CreateSessionOptions(&options);
+  if (!status) status = api->SetIntraOpNumThreads(options, 1);
+  if (status) {
+    api->ReleaseSessionOptions(options);
+    api->ReleaseEnv(env);
+    expect_ok(api, status, "CreateSessionOptions or SetIntraOpNumThreads");
+  }
+  const char* missing = "/nonexistent/sam_edge_ops_check/model.onnx";
+  OrtSession* session = nullptr;
+  OrtStatus* opened = api->CreateSession(env, missing, options, &session);
+  void* handle = nullptr;
+  OrtStatus* registered = api->RegisterCustomOpsLibrary(options, "/nonexistent/sam_edge_ops_check/lib.so", &handle);
+  const OrtErrorCode opened_code = opened ? api->GetErrorCode(opened) : ORT_OK;
+  api->ReleaseStatus(opened);
+  api->ReleaseStatus(registered);
+  api->ReleaseSession(session);  // null unless a miscounted slot made one; release takes null
+  api->ReleaseSessionOptions(options);
+  api->ReleaseEnv(env);
+  expect(opened_code == ORT_NO_SUCHFILE,
+         "CreateSession on a missing file gave code " + std::to_string(opened_code) + ", not ORT_NO_SUCHFILE");
+  expect(registered != nullptr && handle == nullptr,
+         "RegisterCustomOpsLibrary accepted a library that does not exist");
+}
+
 }  // namespace
 }  // namespace sam_edge::ort
 
@@ -111,6 +142,7 @@ extern "C" int sam_edge_ops_check_api(const OrtApiBase* api_base, char* message,
     check_status(api);
     check_tensor(api);
     check_registration(api);
+    check_host(api);
   } catch (const CheckFailed& e) {
     failure = e.what;
   } catch (const std::exception& e) {

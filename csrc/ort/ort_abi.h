@@ -1,4 +1,5 @@
-// Our declarations of the part of ONNX Runtime's C ABI that sam_edge_ops uses.
+// Our declarations of the part of ONNX Runtime's C ABI that sam_edge_ops and
+// the C++ example (examples/cpp/) use.
 //
 // The onnxruntime wheels ship no C headers, and the library must not link
 // onnxruntime: ORT hands it the function table at registration
@@ -13,7 +14,11 @@
 //     that version);
 //   - the enums those use.
 // Every slot we declare is checked against the installed runtime by
-// sam_edge_ops_check_api (abi_check.cpp) and tests/kernels/test_ort_ops.py.
+// sam_edge_ops_check_api (abi_check.cpp) and tests/kernels/test_ort_ops.py,
+// except those that need a loaded model (Run, the kernel slots), which the op
+// tests and tests/test_cpp_example.py exercise.
+// A host that loads onnxruntime itself gets the table from the library's one
+// exported function, OrtGetApiBase() -> const OrtApiBase*.
 #pragma once
 
 #include <cstddef>
@@ -28,6 +33,9 @@ constexpr uint32_t kOrtApiVersion = 16;
 
 // Opaque runtime objects, only ever handled by pointer.
 struct OrtStatus;
+struct OrtEnv;
+struct OrtSession;
+struct OrtRunOptions;
 struct OrtMemoryInfo;
 struct OrtValue;
 struct OrtTensorTypeAndShapeInfo;
@@ -57,6 +65,14 @@ enum ONNXTensorElementDataType : int {
   ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16 = 16,
 };
 
+enum OrtLoggingLevel : int {
+  ORT_LOGGING_LEVEL_VERBOSE = 0,
+  ORT_LOGGING_LEVEL_INFO = 1,
+  ORT_LOGGING_LEVEL_WARNING = 2,
+  ORT_LOGGING_LEVEL_ERROR = 3,
+  ORT_LOGGING_LEVEL_FATAL = 4,
+};
+
 enum OrtAllocatorType : int { OrtInvalidAllocator = -1, OrtDeviceAllocator = 0, OrtArenaAllocator = 1 };
 
 enum OrtMemType : int { OrtMemTypeCPUInput = -2, OrtMemTypeCPUOutput = -1, OrtMemTypeDefault = 0 };
@@ -80,13 +96,27 @@ struct OrtApi {
   OrtStatus* (*CreateStatus)(OrtErrorCode code, const char* message) noexcept;  // 0
   OrtErrorCode (*GetErrorCode)(const OrtStatus* status) noexcept;                // 1
   const char* (*GetErrorMessage)(const OrtStatus* status) noexcept;             // 2
-  void* slots_3_to_9[7];
+  OrtStatus* (*CreateEnv)(OrtLoggingLevel level, const char* log_id, OrtEnv** out) noexcept;  // 3
+  void* slots_4_to_6[3];
+  OrtStatus* (*CreateSession)(const OrtEnv* env, const char* model_path, const OrtSessionOptions* options,
+                              OrtSession** out) noexcept;  // 7
+  void* slot_8;
+  // outputs: null entries are filled with values the caller releases.
+  OrtStatus* (*Run)(OrtSession* session, const OrtRunOptions* run_options, const char* const* input_names,
+                    const OrtValue* const* inputs, size_t input_count, const char* const* output_names,
+                    size_t output_count, OrtValue** outputs) noexcept;  // 9
   OrtStatus* (*CreateSessionOptions)(OrtSessionOptions** out) noexcept;  // 10
-  void* slots_11_to_25[15];
+  void* slots_11_to_23[13];
+  OrtStatus* (*SetIntraOpNumThreads)(OrtSessionOptions* options, int threads) noexcept;  // 24
+  void* slot_25;
   OrtStatus* (*CreateCustomOpDomain)(const char* domain, OrtCustomOpDomain** out) noexcept;  // 26
   OrtStatus* (*CustomOpDomain_Add)(OrtCustomOpDomain* domain, const OrtCustomOp* op) noexcept;  // 27
   OrtStatus* (*AddCustomOpDomain)(OrtSessionOptions* options, OrtCustomOpDomain* domain) noexcept;  // 28
-  void* slots_29_to_48[20];
+  // dlopens library_path and calls its RegisterCustomOps; *library_handle is
+  // the caller's to dlclose once no session made with these options remains.
+  OrtStatus* (*RegisterCustomOpsLibrary)(OrtSessionOptions* options, const char* library_path,
+                                         void** library_handle) noexcept;  // 29
+  void* slots_30_to_48[19];
   OrtStatus* (*CreateTensorWithDataAsOrtValue)(const OrtMemoryInfo* info, void* data, size_t bytes,
                                                const int64_t* shape, size_t rank, ONNXTensorElementDataType type,
                                                OrtValue** out) noexcept;  // 49
@@ -116,10 +146,10 @@ struct OrtApi {
                                        const OrtValue** out) noexcept;  // 90
   OrtStatus* (*KernelContext_GetOutput)(OrtKernelContext* context, size_t index, const int64_t* dims,
                                         size_t rank, OrtValue** out) noexcept;  // 91
-  void* slot_92;
+  void (*ReleaseEnv)(OrtEnv* env) noexcept;                   // 92
   void (*ReleaseStatus)(OrtStatus* status) noexcept;          // 93
   void (*ReleaseMemoryInfo)(OrtMemoryInfo* info) noexcept;    // 94
-  void* slot_95;
+  void (*ReleaseSession)(OrtSession* session) noexcept;       // 95
   void (*ReleaseValue)(OrtValue* value) noexcept;             // 96
   void* slots_97_to_98[2];
   void (*ReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo* info) noexcept;  // 99
@@ -161,9 +191,14 @@ struct OrtCustomOp {
   static_assert(offsetof(OrtApi, name) == (index) * sizeof(void*), #name " is slot " #index)
 SAM_EDGE_ORT_SLOT(CreateStatus, 0);
 SAM_EDGE_ORT_SLOT(GetErrorMessage, 2);
+SAM_EDGE_ORT_SLOT(CreateEnv, 3);
+SAM_EDGE_ORT_SLOT(CreateSession, 7);
+SAM_EDGE_ORT_SLOT(Run, 9);
 SAM_EDGE_ORT_SLOT(CreateSessionOptions, 10);
+SAM_EDGE_ORT_SLOT(SetIntraOpNumThreads, 24);
 SAM_EDGE_ORT_SLOT(CreateCustomOpDomain, 26);
 SAM_EDGE_ORT_SLOT(AddCustomOpDomain, 28);
+SAM_EDGE_ORT_SLOT(RegisterCustomOpsLibrary, 29);
 SAM_EDGE_ORT_SLOT(CreateTensorWithDataAsOrtValue, 49);
 SAM_EDGE_ORT_SLOT(GetTensorMutableData, 51);
 SAM_EDGE_ORT_SLOT(GetTensorElementType, 60);
@@ -173,7 +208,9 @@ SAM_EDGE_ORT_SLOT(CreateCpuMemoryInfo, 69);
 SAM_EDGE_ORT_SLOT(MemoryInfoGetName, 71);
 SAM_EDGE_ORT_SLOT(KernelInfoGetAttribute_float, 85);
 SAM_EDGE_ORT_SLOT(KernelContext_GetOutput, 91);
+SAM_EDGE_ORT_SLOT(ReleaseEnv, 92);
 SAM_EDGE_ORT_SLOT(ReleaseStatus, 93);
+SAM_EDGE_ORT_SLOT(ReleaseSession, 95);
 SAM_EDGE_ORT_SLOT(ReleaseValue, 96);
 SAM_EDGE_ORT_SLOT(ReleaseTensorTypeAndShapeInfo, 99);
 SAM_EDGE_ORT_SLOT(ReleaseCustomOpDomain, 101);
