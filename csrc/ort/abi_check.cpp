@@ -97,18 +97,24 @@ void check_registration(const OrtApi* api) {
 
 // The host-side slots, without a model: an env, a session from a file that is
 // not there (ORT's NO_SUCHFILE, so a miscounted CreateSession shows), the
-// thread setting, and a library registration that fails for a missing file.
+// option setters, a config entry with an empty key (ORT's INVALID_ARGUMENT)
+// beside a valid one, and a library registration that fails for a missing file.
 void check_host(const OrtApi* api) {
   OrtEnv* env = nullptr;
   expect_ok(api, api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "sam_edge_ops_check", &env), "CreateEnv");
   OrtSessionOptions* options = nullptr;
   OrtStatus* status = api->CreateSessionOptions(&options);
   if (!status) status = api->SetIntraOpNumThreads(options, 1);
+  if (!status) status = api->DisableMemPattern(options);
+  if (!status) status = api->AddSessionConfigEntry(options, "session.x64quantprecision", "1");
+  OrtStatus* empty_key = status ? nullptr : api->AddSessionConfigEntry(options, "", "1");
   if (status) {
     api->ReleaseSessionOptions(options);
     api->ReleaseEnv(env);
-    expect_ok(api, status, "CreateSessionOptions or SetIntraOpNumThreads");
+    expect_ok(api, status, "CreateSessionOptions, SetIntraOpNumThreads, DisableMemPattern or AddSessionConfigEntry");
   }
+  const OrtErrorCode empty_key_code = empty_key ? api->GetErrorCode(empty_key) : ORT_OK;
+  api->ReleaseStatus(empty_key);
   const char* missing = "/nonexistent/sam_edge_ops_check/model.onnx";
   OrtSession* session = nullptr;
   OrtStatus* opened = api->CreateSession(env, missing, options, &session);
@@ -120,6 +126,8 @@ void check_host(const OrtApi* api) {
   api->ReleaseSession(session);  // null unless a miscounted slot made one; release takes null
   api->ReleaseSessionOptions(options);
   api->ReleaseEnv(env);
+  expect(empty_key_code == ORT_INVALID_ARGUMENT, "AddSessionConfigEntry with an empty key gave code " +
+                                                     std::to_string(empty_key_code) + ", not ORT_INVALID_ARGUMENT");
   expect(opened_code == ORT_NO_SUCHFILE,
          "CreateSession on a missing file gave code " + std::to_string(opened_code) + ", not ORT_NO_SUCHFILE");
   expect(registered != nullptr && handle == nullptr,

@@ -106,7 +106,9 @@ struct OrtApi {
                     const OrtValue* const* inputs, size_t input_count, const char* const* output_names,
                     size_t output_count, OrtValue** outputs) noexcept;  // 9
   OrtStatus* (*CreateSessionOptions)(OrtSessionOptions** out) noexcept;  // 10
-  void* slots_11_to_23[13];
+  void* slots_11_to_16[6];
+  OrtStatus* (*DisableMemPattern)(OrtSessionOptions* options) noexcept;  // 17
+  void* slots_18_to_23[6];
   OrtStatus* (*SetIntraOpNumThreads)(OrtSessionOptions* options, int threads) noexcept;  // 24
   void* slot_25;
   OrtStatus* (*CreateCustomOpDomain)(const char* domain, OrtCustomOpDomain** out) noexcept;  // 26
@@ -155,6 +157,10 @@ struct OrtApi {
   void (*ReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo* info) noexcept;  // 99
   void (*ReleaseSessionOptions)(OrtSessionOptions* options) noexcept;              // 100
   void (*ReleaseCustomOpDomain)(OrtCustomOpDomain* domain) noexcept;               // 101
+  void* slots_102_to_129[28];
+  // key: at most 128 bytes, not empty (else ORT_INVALID_ARGUMENT); see ORT's
+  // session options config keys.
+  OrtStatus* (*AddSessionConfigEntry)(OrtSessionOptions* options, const char* key, const char* value) noexcept;  // 130
   // Later slots exist in the runtime's table; we declare none of them.
 };
 
@@ -195,6 +201,7 @@ SAM_EDGE_ORT_SLOT(CreateEnv, 3);
 SAM_EDGE_ORT_SLOT(CreateSession, 7);
 SAM_EDGE_ORT_SLOT(Run, 9);
 SAM_EDGE_ORT_SLOT(CreateSessionOptions, 10);
+SAM_EDGE_ORT_SLOT(DisableMemPattern, 17);
 SAM_EDGE_ORT_SLOT(SetIntraOpNumThreads, 24);
 SAM_EDGE_ORT_SLOT(CreateCustomOpDomain, 26);
 SAM_EDGE_ORT_SLOT(AddCustomOpDomain, 28);
@@ -214,6 +221,7 @@ SAM_EDGE_ORT_SLOT(ReleaseSession, 95);
 SAM_EDGE_ORT_SLOT(ReleaseValue, 96);
 SAM_EDGE_ORT_SLOT(ReleaseTensorTypeAndShapeInfo, 99);
 SAM_EDGE_ORT_SLOT(ReleaseCustomOpDomain, 101);
+SAM_EDGE_ORT_SLOT(AddSessionConfigEntry, 130);
 #undef SAM_EDGE_ORT_SLOT
 // version, padded to a pointer, then 18 function pointers.
 static_assert(offsetof(OrtCustomOp, KernelComputeV2) == 18 * sizeof(void*), "OrtCustomOp's version-16 layout");

@@ -464,6 +464,14 @@ int run(const Arguments& args) {
   auto options = own(api, &OrtApi::ReleaseSessionOptions, raw_options);
   if (args.threads)
     ort.check(api->SetIntraOpNumThreads(options.get(), static_cast<int>(args.threads)), "SetIntraOpNumThreads");
+  // As the Python runtime's sessions (onnxruntime_backend.session_options): on
+  // x86 CPUs without VNNI, int8 bundles' u8s8 GEMMs would saturate in int16;
+  // this makes ORT use u8u8 kernels there, and changes nothing elsewhere.
+  ort.check(api->AddSessionConfigEntry(options.get(), "session.x64quantprecision", "1"), "AddSessionConfigEntry");
+  // The memory pattern plans one block per run on top of the arena, which for
+  // the encoder holds every attention map at once; the arena alone reuses them
+  // (the decoder shares these options and is small either way).
+  ort.check(api->DisableMemPattern(options.get()), "DisableMemPattern");
 
   // Registered on the options, so both sessions see the domain ai.sam_edge.
   if (!args.ops.empty()) {
