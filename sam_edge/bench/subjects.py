@@ -204,12 +204,10 @@ def reference_config_check(manifest: Dict[str, Any]) -> None:
                          "from a modified configuration (a reduced test model?): drop --reference for it")
 
 
-def reference_subject(model_type: str, checkpoint: Optional[str], manifest: Optional[Dict[str, Any]] = None) -> Subject:
-    """A Subject for the official segment_anything package with the same weights:
+def official_model(model_type: str, checkpoint: Optional[str], manifest: Optional[Dict[str, Any]] = None):
+    """(the official segment_anything Sam in eval mode, a description of its weights):
     `checkpoint`, or the seeded random weights the bundle (or torch run) was built with."""
     try:
-        import torch
-        from segment_anything import SamPredictor as OfficialPredictor
         from segment_anything import sam_model_registry as official_registry
     except ImportError as exc:
         raise ImportError(
@@ -232,7 +230,16 @@ def reference_subject(model_type: str, checkpoint: Optional[str], manifest: Opti
         model = official_registry[model_type](checkpoint=None)
         model.load_state_dict(state, strict=True)
         del state
-    model.eval()
+    return model.eval(), weights
+
+
+def reference_subject(model_type: str, checkpoint: Optional[str], manifest: Optional[Dict[str, Any]] = None) -> Subject:
+    """A Subject for the official segment_anything package with the same weights:
+    `checkpoint`, or the seeded random weights the bundle (or torch run) was built with."""
+    model, weights = official_model(model_type, checkpoint, manifest)
+    import torch
+    from segment_anything import SamPredictor as OfficialPredictor
+
     predictor = OfficialPredictor(model)
 
     def preprocess(image):
