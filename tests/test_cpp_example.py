@@ -8,9 +8,10 @@ graph, not the segments around the attention kernel). Both run the same graphs
 in the same onnxruntime build with the same thread count, so the outputs are
 bit-identical in practice; the bound rel-L2 <= 1e-5 leaves room only for a
 change of summation order between runs (a few float32 ulps through the
-layers), far below any error in the feed or the preprocessing, which would
-show at 1e-3 or more. Masks may differ only at pixels whose logit is within
-1e-4 of the threshold (sam_edge.postprocess's own agreement with torch).
+layers), orders of magnitude below what a mistake in the feed or the
+preprocessing shows (a point moved by one pixel exceeds it by far). Masks may
+differ only at pixels whose logit is within 1e-4 of the threshold
+(sam_edge.postprocess's own agreement with torch).
 """
 
 import os

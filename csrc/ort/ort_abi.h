@@ -115,7 +115,7 @@ struct OrtApi {
   OrtStatus* (*CustomOpDomain_Add)(OrtCustomOpDomain* domain, const OrtCustomOp* op) noexcept;  // 27
   OrtStatus* (*AddCustomOpDomain)(OrtSessionOptions* options, OrtCustomOpDomain* domain) noexcept;  // 28
   // dlopens library_path and calls its RegisterCustomOps; *library_handle is
-  // the caller's to dlclose once no session made with these options remains.
+  // the caller's: dlclose it, if at all, once no session from these options remains.
   OrtStatus* (*RegisterCustomOpsLibrary)(OrtSessionOptions* options, const char* library_path,
                                          void** library_handle) noexcept;  // 29
   void* slots_30_to_48[19];

@@ -456,9 +456,6 @@ int run(const Arguments& args) {
   ort.check(api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "sam_edge_example", &raw_env), "CreateEnv");
   auto env = own(api, &OrtApi::ReleaseEnv, raw_env);
 
-  // The op library's handle, closed after the options and sessions that use it
-  // (declared before them, so released after them).
-  std::unique_ptr<void, int (*)(void*)> ops_handle(nullptr, dlclose);
   OrtSessionOptions* raw_options = nullptr;
   ort.check(api->CreateSessionOptions(&raw_options), "CreateSessionOptions");
   auto options = own(api, &OrtApi::ReleaseSessionOptions, raw_options);
@@ -474,11 +471,12 @@ int run(const Arguments& args) {
   ort.check(api->DisableMemPattern(options.get()), "DisableMemPattern");
 
   // Registered on the options, so both sessions see the domain ai.sam_edge.
+  // The library stays loaded until exit, as the runtime does: it keeps its
+  // domain, which the runtime points into, for the life of the process.
   if (!args.ops.empty()) {
     void* handle = nullptr;
-    OrtStatus* status = api->RegisterCustomOpsLibrary(options.get(), args.ops.c_str(), &handle);
-    ops_handle.reset(handle);
-    ort.check(status, "cannot register the op library " + args.ops);
+    ort.check(api->RegisterCustomOpsLibrary(options.get(), args.ops.c_str(), &handle),
+              "cannot register the op library " + args.ops);
   }
 
   OrtSession* raw_session = nullptr;
