@@ -29,6 +29,9 @@ def add_export_triton_parser(subparsers) -> argparse.ArgumentParser:
                    help="the Python-backend model's embedding cache, MiB (default 512)")
     p.add_argument("--max-batch-size", type=int, default=16, metavar="N",
                    help="requests the predictor model takes per execute (default 16)")
+    p.add_argument("--ops-library-dir", metavar="DIR",
+                   help="where the repository will be on the Triton server, for graphs with sam-edge's "
+                        "custom ops (default: --output's absolute path)")
     p.set_defaults(func=run_export_triton)
     return p
 
@@ -54,6 +57,6 @@ def run_export_triton(args: argparse.Namespace) -> int:
     from ..serve.triton_repo import export_triton_repository
 
     written = export_triton_repository(args.bundle, args.output, cache_bytes=args.cache_mib << 20,
-                                       max_batch_size=args.max_batch_size)
+                                       max_batch_size=args.max_batch_size, ops_library_dir=args.ops_library_dir)
     print(f"sam-edge export-triton: wrote {len(written)} models to {args.output}: {', '.join(written)}")
     return 0

@@ -13,6 +13,9 @@ sends the prompts for one image as one decoder call.
 
 The configs are derived from the graphs' own inputs and outputs (ONNX), or from
 the manifest (TensorRT plans, which name their tensors as the ONNX graphs do).
+A graph with sam-edge's custom ops (ONNX domain "ai.sam_edge") gets the op
+library copied beside its config, and `model_operations { op_library_filename }`
+naming it, so Triton's onnxruntime backend registers it when it loads the model.
 Torch-free and Ray-free; reading ONNX graphs needs the `onnx` package.
 """
 
@@ -20,9 +23,11 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..runtime.bundle import read_manifest, verify_bundle
+from ..runtime.ort_ops import DOMAIN as OPS_DOMAIN
+from ..runtime.ort_ops import library_path as ops_library_path
 
 ENCODER, DECODER, PREDICTOR = "sam_encoder", "sam_decoder", "sam_predictor"
 MODEL_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_model.py")
@@ -224,12 +229,29 @@ def predictor_config(manifest: Dict[str, Any], cache_bytes: int, max_batch_size:
     }
 
 
+def uses_custom_ops(onnx_path: str) -> bool:
+    """Whether an ONNX graph has nodes of sam-edge's op domain (ai.sam_edge)."""
+    import onnx
+
+    model = onnx.load(onnx_path, load_external_data=False)
+    graphs, found = [model.graph], False
+    while graphs and not found:
+        graph = graphs.pop()
+        for node in graph.node:
+            found = found or node.domain == OPS_DOMAIN
+            graphs += [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return found
+
+
 def export_triton_repository(bundle_dir: str, output_dir: str, cache_bytes: int = 512 << 20,
                              max_batch_size: int = 16, encoder_max_batch_size: int = 4,
-                             instance_kind: str = "KIND_GPU") -> List[str]:
+                             instance_kind: str = "KIND_GPU", ops_library_dir: Optional[str] = None) -> List[str]:
     """Write the model repository for `bundle_dir` under `output_dir`; returns the model names.
 
     instance_kind: where the graph models run ("KIND_GPU" on a fleet; "KIND_CPU" to try it out).
+    ops_library_dir: where the repository will live on the Triton server, for the absolute
+        op_library_filename of a graph with sam-edge's custom ops (default: output_dir's
+        absolute path, right when the server reads the repository where it is written).
     """
     if max_batch_size < 1 or encoder_max_batch_size < 1:
         raise ValueError(f"batch sizes must be >= 1; got {max_batch_size}, {encoder_max_batch_size}")
@@ -247,6 +269,7 @@ def export_triton_repository(bundle_dir: str, output_dir: str, cache_bytes: int 
         source = os.path.join(bundle_dir, graphs[part])
         version = os.path.join(output_dir, name, "1")
         os.makedirs(version)
+        config_extra: Dict[str, Any] = {}
         if backend == "tensorrt":
             io = _manifest_io(manifest, part)
             shutil.copyfile(source, os.path.join(version, "model.plan"))
@@ -255,13 +278,27 @@ def export_triton_repository(bundle_dir: str, output_dir: str, cache_bytes: int 
             shutil.copyfile(source, os.path.join(version, "model.onnx"))
             # External weights keep their file name: the graph refers to it.
             _copy_external_data(source, version, bundle_dir)
+            if uses_custom_ops(source):
+                config_extra = _copy_ops_library(output_dir, name, ops_library_dir)
         with open(os.path.join(output_dir, name, "config.pbtxt"), "w") as f:
-            f.write(to_pbtxt(_graph_config(name, backend, io, batch, instance_kind)))
+            f.write(to_pbtxt({**_graph_config(name, backend, io, batch, instance_kind), **config_extra}))
     os.makedirs(os.path.join(output_dir, PREDICTOR, "1"))
     shutil.copyfile(MODEL_PY, os.path.join(output_dir, PREDICTOR, "1", "model.py"))
     with open(os.path.join(output_dir, PREDICTOR, "config.pbtxt"), "w") as f:
         f.write(to_pbtxt(predictor_config(manifest, cache_bytes, max_batch_size)))
     return [ENCODER, DECODER, PREDICTOR]
+
+
+def _copy_ops_library(output_dir: str, model: str, server_dir: Optional[str]) -> Dict[str, Any]:
+    """Copy the op library beside `model`'s config; its model_operations entry."""
+    library = ops_library_path()
+    if library is None or not os.path.isfile(library):
+        raise FileNotFoundError(f"{model}'s graph uses sam-edge's custom ops ({OPS_DOMAIN}), but the op library "
+                                f"is not built ({library or 'pip install . builds sam_edge/libsam_edge_ops.so'})")
+    filename = os.path.basename(library)
+    shutil.copyfile(library, os.path.join(output_dir, model, filename))
+    root = server_dir if server_dir is not None else os.path.abspath(output_dir)
+    return {"model_operations": {"op_library_filename": [os.path.join(root, model, filename)]}}
 
 
 def _copy_external_data(onnx_path: str, version_dir: str, bundle_dir: str) -> None:

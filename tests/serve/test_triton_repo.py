@@ -307,3 +307,60 @@ def test_export_refuses_a_non_empty_output(bundle, tmp_path, capsys):
     assert main(["export-triton", str(bundle), "--output", str(tmp_path)]) == 1
     assert "not empty" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_a_graph_with_sam_edge_ops_gets_the_op_library(bundle, tmp_path):
+    """A graph with ai.sam_edge nodes gets the op library copied beside its config and
+    model_operations { op_library_filename } naming it; onnxruntime loads the graph after
+    registering that file, as Triton's onnxruntime backend does, and not without it."""
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+
+    from sam_edge.runtime import ort_ops
+    from sam_edge.runtime.bundle import sha256_file
+
+    library = ort_ops.library_path()
+    if library is None:
+        pytest.skip("sam_edge_ops is not built (pip install . builds it)")
+    custom = tmp_path / "bundle"
+    shutil.copytree(bundle, custom)
+    manifest = json.loads((custom / "manifest.json").read_text())
+    decoder_path = custom / manifest["graphs"]["decoder"]
+    model = onnx.load(str(decoder_path))
+    # The decoder's low-res logits pass through the library's LayerNorm over their last axis.
+    producer = next(n for n in model.graph.node if "low_res_masks" in n.output)
+    producer.output[list(producer.output).index("low_res_masks")] = "low_res_masks_raw"
+    width = next(o for o in model.graph.output if o.name == "low_res_masks").type.tensor_type.shape.dim[-1].dim_value
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.ones(width, np.float32), "ln_scale"),
+                                    onnx.numpy_helper.from_array(np.zeros(width, np.float32), "ln_bias")])
+    model.graph.node.append(onnx.helper.make_node("LayerNorm", ["low_res_masks_raw", "ln_scale", "ln_bias"],
+                                                  ["low_res_masks"], domain=ort_ops.DOMAIN, epsilon=1e-5))
+    model.opset_import.append(onnx.helper.make_opsetid(ort_ops.DOMAIN, ort_ops.DOMAIN_VERSION))
+    onnx.save(model, str(decoder_path))
+    record = manifest["files"][manifest["graphs"]["decoder"]]
+    record.update(bytes=decoder_path.stat().st_size, sha256=sha256_file(str(decoder_path)))
+    (custom / "manifest.json").write_text(json.dumps(manifest))
+
+    out = tmp_path / "repo"
+    assert main(["export-triton", str(custom), "--output", str(out), "--cache-mib", "1"]) == 0
+    configs = triton_repo.read_repository(str(out))
+    assert "model_operations" not in configs["sam_encoder"]
+    (ops,) = configs["sam_decoder"]["model_operations"]
+    (named,) = ops["op_library_filename"]
+    assert named == str(out.resolve() / "sam_decoder" / os.path.basename(library))
+    with open(named, "rb") as a, open(library, "rb") as b:
+        assert a.read() == b.read()
+    graph = str(out / "sam_decoder" / "1" / "model.onnx")
+    with pytest.raises(Exception, match="LayerNorm|ai.sam_edge"):
+        ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(named)
+    ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    moved = tmp_path / "repo_for_server"
+    assert main(["export-triton", str(custom), "--output", str(moved), "--cache-mib", "1",
+                 "--ops-library-dir", "/models"]) == 0
+    (ops,) = triton_repo.read_repository(str(moved))["sam_decoder"]["model_operations"]
+    assert ops["op_library_filename"] == ["/models/sam_decoder/" + os.path.basename(library)]
