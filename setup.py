@@ -102,12 +102,13 @@ if not OPENMP:
 
 cpu_ext = Pybind11Extension(
     "sam_edge._C",
-    [str(CSRC / "postprocess_cpu.cpp"), str(CSRC / "attention_cpu.cpp"), str(CSRC / "bindings.cpp")],
+    [str(CSRC / "postprocess_cpu.cpp"), str(CSRC / "attention_cpu.cpp")]
+    + [str(CSRC / "bindings_attention.cpp"), str(CSRC / "bindings_postprocess.cpp"), str(CSRC / "module.cpp")],
     include_dirs=[str(CSRC)],
     cxx_std=17,
     extra_compile_args=CXX_FLAGS + (["-fopenmp"] if OPENMP else []),
     extra_link_args=["-fopenmp"] if OPENMP else [],
-    depends=[str(CSRC / "postprocess.h"), str(CSRC / "attention.h")],
+    depends=[str(CSRC / "postprocess.h"), str(CSRC / "attention.h"), str(CSRC / "bindings.h")],
 )
 
 NVCC = find_nvcc()
