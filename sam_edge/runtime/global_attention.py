@@ -5,7 +5,7 @@ Runtime backend's segmented encoder. numpy only: no torch.
     out = softmax(scale * q @ k^T + bias) @ v,
     bias[b, n, i, (kh, kw)] = rel_h[b, n, i, kh] + rel_w[b, n, i, kw]
 
-The fused kernel is sam_edge._C.rel_pos_attention (csrc/attention_cpu.cpp): it
+The fused kernel is sam_edge._C.rel_pos_attention (csrc/attention/): it
 keeps each block of scores in cache instead of materialising the
 (B, heads, N, M) matrix and bias. Its compute precisions:
 

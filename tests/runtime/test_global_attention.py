@@ -1,4 +1,4 @@
-"""sam_edge._C's fused attention (csrc/attention_cpu.cpp) against float64: the
+"""sam_edge._C's fused attention (csrc/attention/) against float64: the
 core op on q, k, v and bias terms, and the block-level op that the segmented
 encoder calls, from the qkv projection with the rel-pos tables and windows.
 The block-level reference is itself checked against the official package's
