@@ -15,16 +15,30 @@
 namespace sam_edge {
 
 void bind_attention(py::module_& m) {
+  py::enum_<Compute>(m, "Compute", "The precision of both products of rel_pos_attention and rel_pos_attention_qkv.")
+      .value("fp32", Compute::fp32)
+      .value("fp16", Compute::fp16)
+      .value("bf16", Compute::bf16);
+
   m.def("rel_pos_attention_has_avx512", &rel_pos_attention_has_avx512,
         "Whether rel_pos_attention runs its AVX-512 path on this CPU.");
   m.def("rel_pos_attention_has_avx512_fp16", &rel_pos_attention_has_avx512_fp16,
-        "Whether this CPU has AVX512-FP16, which rel_pos_attention(fp16=True) needs.");
+        "Whether this CPU has AVX512-FP16, which fp16 compute needs.");
   m.def("rel_pos_attention_has_amx_bf16", &rel_pos_attention_has_amx_bf16,
-        "Whether this CPU has AMX-BF16 and the OS grants the tiles, which rel_pos_attention_qkv(bf16=True) needs.");
+        "Whether this CPU has AMX-BF16 and the OS grants the tiles, which bf16 compute needs.");
+  m.def(
+      "rel_pos_attention_fast_compute",
+      [](int64_t head_dim, int64_t k_h, int64_t k_w, Compute preferred, bool avx512, bool avx512_fp16, bool amx_bf16) {
+        return rel_pos_attention_fast_compute(head_dim, k_h, k_w, preferred, CpuFeatures{avx512, avx512_fp16, amx_bf16});
+      },
+      py::arg("head_dim"), py::arg("k_h"), py::arg("k_w"), py::arg("preferred"), py::kw_only(), py::arg("avx512"),
+      py::arg("avx512_fp16"), py::arg("amx_bf16"),
+      "The Compute a fast path of rel_pos_attention_qkv runs for head_dim and a k_h x k_w key grid on a CPU with "
+      "these features: preferred, else the next down bf16 -> fp16 -> fp32; None when none of them does.");
   m.def(
       "rel_pos_attention",
       [](const py::array& q, const py::array& k, const py::array& v, const py::array& rel_h,
-         const py::array& rel_w, int64_t k_h, int64_t k_w, double scale, int threads, bool force_portable, bool fp16) {
+         const py::array& rel_w, int64_t k_h, int64_t k_w, double scale, int threads, bool force_portable, Compute compute) {
         checked_threads(threads);
         const float* qp = typed_data<float>(q, 3, "q");
         const float* kp = typed_data<float>(k, 3, "k");
@@ -47,18 +61,19 @@ void bind_attention(py::module_& m) {
         {
           py::gil_scoped_release release;
           rel_pos_attention_cpu(qp, kp, vp, hp, wp, op, bh, n, k_h, k_w, d, static_cast<float>(scale), threads,
-                                force_portable, fp16);
+                                force_portable, compute);
         }
         return out;
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("rel_h"), py::arg("rel_w"), py::arg("k_h"),
-      py::arg("k_w"), py::arg("scale"), py::arg("threads") = 0, py::arg("force_portable") = false, py::arg("fp16") = false,
+      py::arg("k_w"), py::arg("scale"), py::arg("threads") = 0, py::arg("force_portable") = false,
+      py::arg("compute") = Compute::fp32,
       "Fused softmax(scale q k^T + rel-pos bias) v over float32 (BH, N, D) arrays; see attention.h.");
 
   m.def(
       "rel_pos_attention_qkv",
       [](const py::array& qkv, const py::array& rel_pos_h, const py::array& rel_pos_w, const py::object& kv_bias,
-         int64_t heads, int64_t window, double scale, int threads, bool force_portable, bool fp16, bool bf16) {
+         int64_t heads, int64_t window, double scale, int threads, bool force_portable, Compute compute) {
         checked_threads(threads);
         const float* xp = typed_data<float>(qkv, 4, "qkv");
         const float* hp = typed_data<float>(rel_pos_h, 2, "rel_pos_h");
@@ -93,13 +108,13 @@ void bind_attention(py::module_& m) {
         {
           py::gil_scoped_release release;
           rel_pos_attention_qkv_cpu(xp, hp, wp, bp, op, b, height, width, heads, d, window,
-                                    static_cast<float>(scale), threads, force_portable, fp16, bf16);
+                                    static_cast<float>(scale), threads, force_portable, compute);
         }
         return out;
       },
       py::arg("qkv"), py::arg("rel_pos_h"), py::arg("rel_pos_w"), py::arg("kv_bias"), py::arg("heads"),
       py::arg("window"), py::arg("scale"), py::arg("threads") = 0, py::arg("force_portable") = false,
-      py::arg("fp16") = false, py::arg("bf16") = false,
+      py::arg("compute") = Compute::fp32,
       "SAM's block attention from its qkv projection (B, H, W, 3 * heads * D) -> (B, H, W, heads * D); "
       "see attention.h.");
 }

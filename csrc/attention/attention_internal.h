@@ -255,7 +255,7 @@ std::vector<float> rel_pos_table(const float* rel_pos, int64_t s, int64_t kp, in
 std::vector<float> reversed_table(const float* rel_pos, int64_t s, int64_t kl, int64_t d);
 void qkv_generic(const float* qkv, const float* table_h, const float* table_w, const float* rev_w, int64_t kl_w,
                  const float* kv_bias, float* out, const QkvGeometry& g, float scale, int threads,
-                 bool force_portable, bool fp16);
+                 bool force_portable);
 std::vector<std::pair<int64_t, int64_t>> qkv_tasks(const QkvGeometry& g, int64_t rows_per_task);
 int64_t task_queries(const QkvGeometry& g, const float* qkv, int64_t u, int64_t i0, int64_t max_rows, int64_t* tokens,
                      int64_t* cols, const float** q32);

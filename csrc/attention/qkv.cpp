@@ -175,13 +175,13 @@ std::vector<float> reversed_table(const float* rel_pos, int64_t s, int64_t kl, i
   return rev;
 }
 
-// Any precision and shape: gather the units into the (units, m, D) layout of
+// fp32, any shape: gather the units into the (units, m, D) layout of
 // rel_pos_attention_cpu, run it, scatter the valid rows back. Padded keys and
 // values are kv_bias (the qkv bias: a padded token is zero after the norm);
 // padded queries are zero, and their rows are dropped.
 void qkv_generic(const float* qkv, const float* table_h, const float* table_w, const float* rev_w, int64_t kl_w,
                  const float* kv_bias, float* out, const QkvGeometry& g, float scale, int threads,
-                 bool force_portable, bool fp16) {
+                 bool force_portable) {
   const int64_t U = g.units(), m = g.m(), d = g.d, ts = g.token_stride();
   float* q = scratch<float>(8, U * m * d);
   float* k = scratch<float>(9, U * m * d);
@@ -227,7 +227,7 @@ void qkv_generic(const float* qkv, const float* table_h, const float* table_w, c
           rel_terms_portable(q + (row0 + tx) * d, table_w + tx * d * g.kp_w, d, g.kp_w, g.s_w, rw + (row0 + tx) * g.s_w);
     }
   }
-  rel_pos_attention_cpu(q, k, v, rh, rw, o, U, m, g.s_h, g.s_w, d, scale, threads, force_portable, fp16);
+  rel_pos_attention_cpu(q, k, v, rh, rw, o, U, m, g.s_h, g.s_w, d, scale, threads, force_portable, Compute::fp32);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t t = 0; t < U * m; ++t) {
     const int64_t u = t / m, token = g.token(u, t % m);
