@@ -102,7 +102,7 @@ if not OPENMP:
 
 cpu_ext = Pybind11Extension(
     "sam_edge._C",
-    [str(CSRC / "postprocess_cpu.cpp")]
+    [str(p) for p in sorted((CSRC / "postprocess").glob("*.cpp"))]
     + [str(p) for p in sorted((CSRC / "attention").glob("*.cpp"))]
     + [str(CSRC / "bindings_attention.cpp"), str(CSRC / "bindings_postprocess.cpp"), str(CSRC / "module.cpp")],
     include_dirs=[str(CSRC)],
@@ -110,7 +110,7 @@ cpu_ext = Pybind11Extension(
     extra_compile_args=CXX_FLAGS + (["-fopenmp"] if OPENMP else []),
     extra_link_args=["-fopenmp"] if OPENMP else [],
     depends=[str(CSRC / "postprocess.h"), str(CSRC / "attention.h"), str(CSRC / "bindings.h")]
-    + [str(p) for p in sorted((CSRC / "attention").glob("*.h"))],
+    + [str(p) for p in sorted((CSRC / "postprocess").glob("*.h")) + sorted((CSRC / "attention").glob("*.h"))],
 )
 
 NVCC = find_nvcc()
