@@ -1,8 +1,8 @@
 // The AMX-BF16 path (head_dim 64 or 80), from the qkv projection.
 //
 // The tile unit of Sapphire Rapids multiplies (16 x 32) by (32 x 16) bf16
-// blocks into (16 x 16) fp32 sums, about twice the AVX512-FP16 FMA rate in an
-// ad-hoc probe here (~0.7-0.8 TFLOP/s a core). q, k, v and the probabilities
+// blocks into (16 x 16) fp32 sums, faster than the AVX512-FP16 FMAs
+// (benchmarks/bench_cpu_attention.py measures it). q, k, v and the probabilities
 // are rounded to bf16 (8 significant bits to fp16's 11); every sum is fp32,
 // and the bias and softmax are the fp32 ones of the other paths. A task is 16
 // query rows, one tile's height. Linux hands out the tile state only on

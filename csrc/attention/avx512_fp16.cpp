@@ -26,8 +26,8 @@ SAM_AVX512_FP16 inline __m512 high_to_fp32(__m512h x) {
 }
 
 // Scores of R rows against the 64 keys of the panel at j0, plus the bias.
-// noinline, like value_rows_fp16: inlined into the block loop, GCC 12 spilled
-// the 24 accumulators around the inline-asm FMAs (slower by about half in an ad-hoc probe).
+// noinline, like value_rows_fp16: inlined into the block loop, GCC spills the
+// 24 accumulators around the inline-asm FMAs.
 template <int R, bool SMALL>
 SAM_AVX512_FP16 __attribute__((noinline)) void score_tile_fp16(const HeadFp16& h, const _Float16* q,
                                                                const float* __restrict rh, const float* __restrict rw,
@@ -252,8 +252,8 @@ SAM_AVX512_FP16 void qkv_fp16(const float* qkv, const float* table_h, const floa
       _Float16* dst = kt + u * head_k + (j0 / 64) * 64 * d;
       const float* src[64];
       for (int64_t j = 0; j < 64; ++j) src[j] = g.key(qkv, kv_bias, u, j0 + j, 1);
-      // 16 keys x 16 channels at a time, transposed in registers (a 16-bit
-      // scalar transpose of the panel took a fifth of a windowed call).
+      // 16 keys x 16 channels at a time, transposed in registers: a 16-bit
+      // scalar transpose of the panel is a large share of a windowed call.
       for (int64_t jb = 0; jb < 64; jb += 16)
         for (int64_t cb = 0; cb < d; cb += 16) {
           __m512 r[16];
