@@ -102,12 +102,15 @@ if not OPENMP:
 
 cpu_ext = Pybind11Extension(
     "sam_edge._C",
-    [str(CSRC / "postprocess_cpu.cpp"), str(CSRC / "attention_cpu.cpp"), str(CSRC / "bindings.cpp")],
+    [str(p) for p in sorted((CSRC / "postprocess").glob("*.cpp"))]
+    + [str(p) for p in sorted((CSRC / "attention").glob("*.cpp"))]
+    + [str(CSRC / "bindings_attention.cpp"), str(CSRC / "bindings_postprocess.cpp"), str(CSRC / "module.cpp")],
     include_dirs=[str(CSRC)],
     cxx_std=17,
     extra_compile_args=CXX_FLAGS + (["-fopenmp"] if OPENMP else []),
     extra_link_args=["-fopenmp"] if OPENMP else [],
-    depends=[str(CSRC / "postprocess.h"), str(CSRC / "attention.h")],
+    depends=[str(CSRC / "postprocess.h"), str(CSRC / "attention.h"), str(CSRC / "bindings.h")]
+    + [str(p) for p in sorted((CSRC / "postprocess").glob("*.h")) + sorted((CSRC / "attention").glob("*.h"))],
 )
 
 NVCC = find_nvcc()
@@ -143,16 +146,16 @@ if NVCC:
 ORT_OPS = "sam_edge.sam_edge_ops"
 ort_ops_ext = Extension(
     ORT_OPS,
-    [str(CSRC / "ort" / "sam_edge_ops.cpp"), str(CSRC / "ort" / "abi_check.cpp"), str(CSRC / "attention_cpu.cpp"),
-     str(CSRC / "layer_norm_cpu.cpp")],
+    [str(CSRC / "ort" / "sam_edge_ops.cpp"), str(CSRC / "ort" / "abi_check.cpp"), str(CSRC / "layer_norm_cpu.cpp")]
+    + [str(p) for p in sorted((CSRC / "attention").glob("*.cpp"))],
     include_dirs=[str(CSRC)],
     language="c++",
-    # _C's flags: both compile csrc/attention_cpu.cpp to the same object in build_temp.
+    # _C's flags: both compile csrc/attention/*.cpp to the same objects in build_temp.
     extra_compile_args=CXX_FLAGS + ["-g0", "-std=c++17"] + (["-fopenmp"] if OPENMP else []),
     extra_link_args=(["-Wl,--no-undefined"] if sys.platform.startswith("linux") else [])
     + (["-fopenmp"] if OPENMP else []),
     depends=[str(CSRC / "attention.h"), str(CSRC / "layer_norm.h")]
-    + [str(p) for p in sorted((CSRC / "ort").glob("*.h"))],
+    + [str(p) for p in sorted((CSRC / "ort").glob("*.h")) + sorted((CSRC / "attention").glob("*.h"))],
 )
 ext_modules.append(ort_ops_ext)
 

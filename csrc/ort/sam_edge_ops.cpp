@@ -93,8 +93,7 @@ Input input(const OrtApi* api, const OrtKernelContext* context, size_t index, co
 
 // ---- RelPosAttention ----
 
-enum class Compute { fp32, fp16, bf16 };
-
+// The attribute's name as attention.h's Compute.
 Compute parse_compute(const std::string& name) {
   if (name == "fp32") return Compute::fp32;
   if (name == "fp16") return Compute::fp16;
@@ -107,8 +106,7 @@ void run_attention(const float* qkv, const float* rel_pos_h, const float* rel_po
                    int64_t batch, int64_t height, int64_t width, int64_t heads, int64_t head_dim, int64_t window,
                    float scale, Compute compute) {
   rel_pos_attention_qkv_cpu(qkv, rel_pos_h, rel_pos_w, kv_bias, out, batch, height, width, heads, head_dim, window,
-                            scale, /*threads=*/0, /*force_portable=*/false, compute == Compute::fp16,
-                            compute == Compute::bf16);
+                            scale, /*threads=*/0, /*force_portable=*/false, compute);
 }
 
 struct RelPosAttention {

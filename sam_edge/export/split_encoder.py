@@ -1,7 +1,7 @@
 """Cut an encoder graph at its attentions, for sam-edge's own attention kernel.
 
 ONNX Runtime's CPU attention materialises each global block's scores and bias
-several times over; sam_edge._C's fused kernel (csrc/attention_cpu.cpp) keeps
+several times over; sam_edge._C's fused kernel (csrc/attention/) keeps
 them in cache. ORT cannot call that kernel from inside a graph (its custom-op
 API needs headers that no pip package ships), so the runtime runs the graph in
 pieces instead:

@@ -5,7 +5,7 @@ Runtime backend's segmented encoder. numpy only: no torch.
     out = softmax(scale * q @ k^T + bias) @ v,
     bias[b, n, i, (kh, kw)] = rel_h[b, n, i, kh] + rel_w[b, n, i, kw]
 
-The fused kernel is sam_edge._C.rel_pos_attention (csrc/attention_cpu.cpp): it
+The fused kernel is sam_edge._C.rel_pos_attention (csrc/attention/): it
 keeps each block of scores in cache instead of materialising the
 (B, heads, N, M) matrix and bias. Its compute precisions:
 
@@ -46,7 +46,15 @@ def _native():
         from .. import _C
     except ImportError:
         return None
-    return _C if hasattr(_C, "rel_pos_attention") else None
+    # A _C built before the compute enum takes other arguments: treated as absent.
+    return _C if hasattr(_C, "rel_pos_attention_fast_compute") else None
+
+
+def _compute(native, compute: str, allowed: Sequence[str]):
+    """The kernel's Compute for a compute name of `allowed`."""
+    if compute not in allowed:
+        raise ValueError(f"compute must be one of {tuple(allowed)}; got {compute!r}")
+    return getattr(native.Compute, compute)
 
 
 def kernel_status() -> dict:
@@ -58,7 +66,7 @@ def kernel_status() -> dict:
         "available": True,
         "avx512": bool(native.rel_pos_attention_has_avx512()),
         "avx512_fp16": bool(native.rel_pos_attention_has_avx512_fp16()),
-        "amx_bf16": bool(getattr(native, "rel_pos_attention_has_amx_bf16", lambda: False)()),
+        "amx_bf16": bool(native.rel_pos_attention_has_amx_bf16()),
         "threads": int(native.num_threads()),
     }
 
@@ -72,22 +80,20 @@ def fast_compute(head_dim: int, k_size: Sequence[int], preferred: str) -> Option
     fp32: head_dim 64 or 80, k_w a multiple of 16 (the global blocks).
     fp16: AVX512-FP16, head_dim 64, and k_w % 16 == 0 with k_h * k_w % 64 == 0
     (global blocks) or k_h, k_w <= 16 (windowed blocks).
-    bf16: the same shapes on AMX-BF16, head_dim 64 or 80 (rel_pos_attention_qkv only)."""
+    bf16: the same shapes on AMX-BF16, head_dim 64 or 80 (rel_pos_attention_qkv only).
+
+    The rule is the kernel's own (csrc/attention/dispatch.cpp), which enforces it."""
     if preferred not in QKV_COMPUTE:
         raise ValueError(f"compute must be one of {QKV_COMPUTE}; got {preferred!r}")
-    status = kernel_status()
-    k_h, k_w = int(k_size[0]), int(k_size[1])
-    if not status["avx512"]:
+    native = _native()
+    if native is None:
         return None
-    aligned = k_w % 16 == 0
-    if (aligned and (k_h * k_w) % 64 == 0) or (k_h <= 16 and k_w <= 16):
-        if preferred == "bf16" and status["amx_bf16"] and head_dim in (64, 80):
-            return "bf16"
-        if preferred in ("bf16", "fp16") and status["avx512_fp16"] and head_dim == 64:
-            return "fp16"
-    if head_dim in (64, 80) and aligned:
-        return "fp32"
-    return None
+    status = kernel_status()
+    compute = native.rel_pos_attention_fast_compute(
+        int(head_dim), int(k_size[0]), int(k_size[1]), _compute(native, preferred, QKV_COMPUTE),
+        avx512=status["avx512"], avx512_fp16=status["avx512_fp16"], amx_bf16=status["amx_bf16"],
+    )
+    return None if compute is None else compute.name
 
 
 def _check(name: str, a, ndim: int) -> np.ndarray:
@@ -126,8 +132,7 @@ def rel_pos_attention(
     native = _native()
     if native is None:
         raise RuntimeError("sam_edge._C is not built: rel_pos_attention needs it (pip install . builds it)")
-    if compute not in COMPUTE:
-        raise ValueError(f"compute must be one of {COMPUTE}; got {compute!r}")
+    kernel_compute = _compute(native, compute, COMPUTE)
     q, k, v = (_check(n, a, 4) for n, a in (("q", q), ("k", k), ("v", v)))
     rel_h, rel_w = _check("rel_h", rel_h, 5), _check("rel_w", rel_w, 5)
     b, heads, n, d = q.shape
@@ -142,7 +147,7 @@ def rel_pos_attention(
     out = native.rel_pos_attention(
         q.reshape(b * heads, n, d), k.reshape(b * heads, -1, d), v.reshape(b * heads, -1, d),
         rel_h.reshape(b * heads, n, k_h), rel_w.reshape(b * heads, n, k_w), k_h, k_w, float(scale),
-        0 if threads is None else int(threads), False, compute == "fp16",
+        0 if threads is None else int(threads), False, kernel_compute,
     )
     return out.reshape(b, heads, n, d)
 
@@ -190,17 +195,16 @@ def rel_pos_attention_qkv(
         (B, H, W, heads * D) float32: each token's attention output, heads then channels.
     """
     native = _native()
-    if native is None or not hasattr(native, "rel_pos_attention_qkv"):
+    if native is None:
         raise RuntimeError("sam_edge._C is not built: rel_pos_attention_qkv needs it (pip install . builds it)")
-    if compute not in QKV_COMPUTE:
-        raise ValueError(f"compute must be one of {QKV_COMPUTE}; got {compute!r}")
+    kernel_compute = _compute(native, compute, QKV_COMPUTE)
     qkv = _check("qkv", qkv, 4)
     rel_pos_h, rel_pos_w = _check("rel_pos_h", rel_pos_h, 2), _check("rel_pos_w", rel_pos_w, 2)
     if kv_bias is not None:
         kv_bias = _check("kv_bias", kv_bias, 3)
     return native.rel_pos_attention_qkv(
         qkv, rel_pos_h, rel_pos_w, kv_bias, int(heads), int(window), float(scale),
-        0 if threads is None else int(threads), False, compute == "fp16", compute == "bf16",
+        0 if threads is None else int(threads), False, kernel_compute,
     )
 
 

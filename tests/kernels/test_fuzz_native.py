@@ -97,7 +97,7 @@ def test_fuzz_rel_pos_attention_qkv(case):
     C = _native()
     try:
         out = C.rel_pos_attention_qkv(qkv, table_h, table_w, kv_bias, heads, window, 0.125, threads, False,
-                                      compute == "fp16", compute == "bf16")
+                                      getattr(C.Compute, compute))
     except ERRORS:
         return
     assert compute == "fp32" or C.rel_pos_attention_has_avx512_fp16() or C.rel_pos_attention_has_amx_bf16()
@@ -123,8 +123,10 @@ def attention_case(draw):
 @given(attention_case())
 def test_fuzz_rel_pos_attention(case):
     q, k, v, rel_h, rel_w, k_h, k_w, fp16, threads = case
+    C = _native()
     try:
-        out = _native().rel_pos_attention(q, k, v, rel_h, rel_w, k_h, k_w, 0.125, threads, False, fp16)
+        out = C.rel_pos_attention(q, k, v, rel_h, rel_w, k_h, k_w, 0.125, threads, False,
+                                  C.Compute.fp16 if fp16 else C.Compute.fp32)
     except ERRORS:
         return
     assert out.shape == q.shape and out.dtype == np.float32

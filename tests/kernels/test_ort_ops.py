@@ -38,7 +38,7 @@ LIBRARY = library_path()
 STATUS = kernel_status()
 needs_library = pytest.mark.skipif(
     LIBRARY is None, reason=f"sam_edge_ops is not built (pip install . builds it; {LIBRARY_ENV} names a build)")
-# The library asks the same CPU checks as sam_edge._C (both compile csrc/attention_cpu.cpp).
+# The library asks the same CPU checks as sam_edge._C (both compile csrc/attention/).
 needs_avx512 = pytest.mark.skipif(not STATUS["avx512"], reason="this CPU has no AVX-512, so sam_edge_ops refuses it "
                                   "(or sam_edge._C, which reports the CPU's features, is not built)")
 

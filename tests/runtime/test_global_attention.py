@@ -1,4 +1,4 @@
-"""sam_edge._C's fused attention (csrc/attention_cpu.cpp) against float64: the
+"""sam_edge._C's fused attention (csrc/attention/) against float64: the
 core op on q, k, v and bias terms, and the block-level op that the segmented
 encoder calls, from the qkv projection with the rel-pos tables and windows.
 The block-level reference is itself checked against the official package's
@@ -139,6 +139,7 @@ def test_bad_inputs_are_refused():
         rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, compute="fp16")
 
 
+@needs_kernel  # the rule is the kernel's (csrc/attention/dispatch.cpp)
 @pytest.mark.parametrize("amx, fp16, expected", [
     (True, True, ("bf16", "bf16", "bf16")),
     (False, True, ("fp16", "fp32", "fp16")),   # no AMX: fp16, and fp32 for head_dim 80
@@ -302,8 +303,8 @@ def test_qkv_avx512_path_matches_the_portable_loop():
     from sam_edge import _C
 
     qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(1, (16, 32), 2, 64, 0, seed=13)
-    fast = _C.rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125, 0, False, False)
-    portable = _C.rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125, 0, True, False)
+    fast = _C.rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125, 0, False, _C.Compute.fp32)
+    portable = _C.rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125, 0, True, _C.Compute.fp32)
     ref = rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125)
     assert _rel(fast, ref) < 1e-6 and _rel(portable, ref) < 1e-6
 
