@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         windowed_rel_pos_attention,
         windowed_rel_pos_attention_reference,
     )
-    from sam_edge.kernels.rel_pos_attention import rel_pos_bias_terms
+    from sam_edge.kernels.rel_pos import rel_pos_bias_terms
 
     def sdpa_with_bias(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, scale):
         rel_h, rel_w = rel_pos_bias_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)

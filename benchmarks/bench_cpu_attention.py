@@ -105,8 +105,8 @@ def _ort_session(batch, heads, k_h, k_w, d, scale, fused, threads):
 
 def _qkv_paths(shape_name, heads, d, scale, args):
     """rel_pos_attention_qkv on a ViT-B block's qkv projection: {path: (stats, rel-L2)}."""
-    from sam_edge.runtime.global_attention import (
-        kernel_status,
+    from sam_edge.kernels.cpu_attention import (
+        cpu_kernel_status,
         rel_pos_attention_qkv,
         rel_pos_attention_qkv_reference,
     )
@@ -122,9 +122,9 @@ def _qkv_paths(shape_name, heads, d, scale, args):
     ref = rel_pos_attention_qkv_reference(two, *tables, kv_bias[:, :2], 2, window, scale)
     out = {}
     computes = ["fp32"] if window == 0 else []
-    if kernel_status()["avx512_fp16"]:
+    if cpu_kernel_status()["avx512_fp16"]:
         computes.append("fp16")
-    if kernel_status()["amx_bf16"]:
+    if cpu_kernel_status()["amx_bf16"]:
         computes.append("bf16")
     for compute in computes:
         got = rel_pos_attention_qkv(two, *tables, kv_bias[:, :2].copy(), 2, window, scale, compute, args.threads)
@@ -141,25 +141,25 @@ def main() -> int:
     parser.add_argument("--tag", default=None)
     args = parser.parse_args()
 
-    from sam_edge.runtime.global_attention import kernel_status, rel_pos_attention, rel_pos_attention_reference
+    from sam_edge.kernels.cpu_attention import cpu_kernel_status, rel_pos_attention_cpu, rel_pos_attention_cpu_reference
 
-    status = kernel_status()
+    status = cpu_kernel_status()
     rows = []
     for shape_name, (batch, heads, k_h, k_w, d) in SHAPES.items():
         q, k, v, rel_h, rel_w = _inputs(batch, heads, k_h, k_w, d)
         scale = d ** -0.5
         # float64 reference on the first 2 (window x head)s: enough for the error, bounded memory.
         sub = [a[:1, :2] for a in (q, k, v, rel_h, rel_w)]
-        ref = rel_pos_attention_reference(*sub, scale)
+        ref = rel_pos_attention_cpu_reference(*sub, scale)
         feeds = {"q": q, "k": k, "v": v, "rel_h": rel_h, "rel_w": rel_w}
         paths = {"ort_plain": _ort_session(batch, heads, k_h, k_w, d, scale, False, args.threads)}
         if shape_name == "global":
             paths["ort_mha"] = _ort_session(batch, heads, k_h, k_w, d, scale, True, args.threads)
         calls = {name: (lambda s=s: s.run(None, feeds)[0]) for name, s in paths.items()}
         if status["avx512"] and k_w % 16 == 0:
-            calls["kernel_fp32"] = lambda: rel_pos_attention(q, k, v, rel_h, rel_w, scale, "fp32", args.threads)
+            calls["kernel_fp32"] = lambda: rel_pos_attention_cpu(q, k, v, rel_h, rel_w, scale, "fp32", args.threads)
         if status["avx512_fp16"]:
-            calls["kernel_fp16"] = lambda: rel_pos_attention(q, k, v, rel_h, rel_w, scale, "fp16", args.threads)
+            calls["kernel_fp16"] = lambda: rel_pos_attention_cpu(q, k, v, rel_h, rel_w, scale, "fp16", args.threads)
         results = {}
         for name, fn in calls.items():
             out = fn()

@@ -161,7 +161,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import sam_edge
-    from sam_edge.runtime.global_attention import kernel_status
+    from sam_edge.kernels.cpu_attention import cpu_kernel_status
 
     bundle = args.bundle or tiny_bundle(args.bundles)
     engine = sam_edge.load(bundle)
@@ -176,7 +176,7 @@ def main() -> int:
 
         model, precision = item.split(":")
         path = ensure_bundle(args.bundles, model, precision, args.calib_images)
-        modes = [False] + ([True] if kernel_status()["avx512"] else [])
+        modes = [False] + ([True] if cpu_kernel_status()["avx512"] else [])
         for native in modes:
             peak = dict(model=model, precision=precision, **encoder_peak(path, native))
             print(peak)
@@ -186,7 +186,7 @@ def main() -> int:
                      encoder_mode=engine.encoder_mode, queries=args.queries, encoder_calls=args.encoder_calls,
                      note="reduced config (vit_b, 2 blocks, 256 px) for the soak; --peak bundles are full size"),
         "encoder_peak": peaks,
-        "kernel": kernel_status(),
+        "kernel": cpu_kernel_status(),
     }
     if peaks:
         print_table([{k: v for k, v in p.items() if not isinstance(v, list)} for p in peaks],

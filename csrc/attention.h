@@ -23,7 +23,7 @@
 // OpenMP thread; force_portable selects the portable loop on any CPU (tests
 // compare the two). Shapes or a compute the CPU cannot run throw
 // std::invalid_argument. The semantics are documented in
-// sam_edge/runtime/global_attention.py, the public interface.
+// sam_edge/kernels/cpu_attention.py, the public interface.
 #pragma once
 
 #include <cstdint>

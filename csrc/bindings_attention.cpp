@@ -1,5 +1,5 @@
 // sam_edge._C's attention functions: a thin layer over attention.h.
-// sam_edge/runtime/global_attention.py is their interface.
+// sam_edge/kernels/cpu_attention.py is their interface.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

@@ -15,7 +15,7 @@ PYBIND11_MODULE(_C, m) {
   using namespace sam_edge;
   m.doc() =
       "sam-edge compiled CPU kernels: post-processing and attention. Use sam_edge.postprocess and "
-      "sam_edge.runtime.global_attention, not this module.";
+      "sam_edge.kernels.cpu_attention, not this module.";
 
   m.def("num_threads", &max_threads, "Threads the kernels use (1 when built without OpenMP).");
   m.def(

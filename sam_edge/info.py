@@ -40,9 +40,9 @@ def info() -> Dict[str, str]:
         report["postprocess_cuda"] = postprocess_cuda.status()["summary"]
     except Exception as exc:
         report["postprocess"] = report.get("postprocess", f"unavailable ({exc})")
-    from .runtime.global_attention import kernel_status
+    from .kernels.cpu_attention import cpu_kernel_status
 
-    kernel = kernel_status()
+    kernel = cpu_kernel_status()
     if not kernel["available"]:
         report["cpu_attention_kernel"] = "unavailable (sam_edge._C is not built): ORT bundles run their single graph"
     else:

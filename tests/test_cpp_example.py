@@ -27,7 +27,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx_helpers import build_test_bundle, reduced_config, rel_l2  # noqa: E402
 import sam_edge  # noqa: E402
 from sam_edge import postprocess  # noqa: E402
-from sam_edge.runtime.global_attention import kernel_status  # noqa: E402
+from sam_edge.kernels.cpu_attention import cpu_kernel_status  # noqa: E402
 from sam_edge.runtime.ort_ops import library_path  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cpp"
@@ -35,7 +35,7 @@ RUNTIME = Path(ort.__file__).parent / "capi" / f"libonnxruntime.so.{ort.__versio
 OPS = library_path()
 # The library refuses a CPU without AVX-512 (csrc/ort/sam_edge_ops.h); the
 # example then runs the bundle's standard-op graphs without it.
-OPS_USABLE = OPS is not None and os.path.isfile(OPS) and kernel_status()["avx512"]
+OPS_USABLE = OPS is not None and os.path.isfile(OPS) and cpu_kernel_status()["avx512"]
 THREADS = 2
 WIDTH, HEIGHT, POINT = 256, 176, (150.0, 90.0)  # landscape, so the frame pads below the image
 

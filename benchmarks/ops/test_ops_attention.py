@@ -95,13 +95,13 @@ def test_ours_torch(benchmark, block, backend, compute):
 
 @pytest.mark.parametrize("compute", ["fp32", "fp16", "bf16"])
 def test_ours_cpu_kernel(benchmark, block, compute):
-    from sam_edge.runtime.global_attention import fast_compute, kernel_status, rel_pos_attention_qkv
+    from sam_edge.kernels.cpu_attention import fast_compute, cpu_kernel_status, rel_pos_attention_qkv
 
     kind, official, x = block
     window = KINDS[kind]
     side = window or GRID
     if fast_compute(DIM // HEADS, (side, side), compute) != compute:
-        pytest.skip(f"sam-edge's CPU kernel does not run {compute} {kind} attention here: {kernel_status()}")
+        pytest.skip(f"sam-edge's CPU kernel does not run {compute} {kind} attention here: {cpu_kernel_status()}")
     head_dim = DIM // HEADS
     weights = {k: v.detach().numpy() for k, v in official.state_dict().items()}
     bias = weights["qkv.bias"].reshape(3, HEADS, head_dim)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import register_backend
-from ..kernels.rel_pos_attention import get_rel_pos
+from ..kernels.rel_pos import get_rel_pos
 from ..modeling.transformer import ImageProjections
 
 #: The opset every graph is exported with.

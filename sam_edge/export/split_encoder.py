@@ -10,7 +10,7 @@ pieces instead:
 
 Segment k computes everything that can be computed before attention k's
 output is known. Attention k is a whole block's attention between its two
-Linears, as global_attention.rel_pos_attention_qkv computes it:
+Linears, as cpu_attention.rel_pos_attention_qkv computes it:
 
     qkv (B, H, W, 3 * heads * D), the qkv Linear's output
     -> out (B, H, W, heads * D), the proj Linear's input
@@ -31,7 +31,7 @@ import os
 from typing import Any, Dict, List, Sequence, Set
 
 from ..precision import Compute
-from ..runtime.global_attention import QKV_INPUTS
+from ..kernels.cpu_attention import QKV_INPUTS
 from ..runtime.segmented_encoder import AttentionCut, EncoderSplitPlan, Segment
 from .graph_patterns import attention_cores
 

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .rel_pos_attention import Size2, get_rel_pos
+from .rel_pos import Size2, get_rel_pos
 from .triton_support import autotune_configs, folded_grid, triton_unavailable_reason
 
 #: Kernels are built for the CPU interpreter when this is set at import time.

@@ -87,7 +87,7 @@ def triton_unavailable_reason(t: torch.Tensor) -> Optional[str]:
     )
 
 
-def kernel_status(device: Optional[str] = None) -> dict:
+def triton_status(device: Optional[str] = None) -> dict:
     """Whether the Triton kernels would run on `device` (default: CUDA when present), and why not.
 
     For ``sam-edge info``-style reports: {"device", "triton", "interpreter"}.

@@ -14,7 +14,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .rel_pos_attention import Size2, rel_pos_attention, resolve_backend
+from .attention import rel_pos_attention, resolve_backend
+from .rel_pos import Size2
 
 # name -> fused implementation with windowed_rel_pos_attention's signature
 _FUSED: Dict[str, Callable[..., torch.Tensor]] = {}
@@ -121,3 +122,13 @@ def windowed_rel_pos_attention(
     return windowed_rel_pos_attention_reference(
         q, k, v, rel_pos_h, rel_pos_w, grid_size, window_size, pad_k, pad_v, backend=name, scale=scale
     )
+
+
+def _windowed_rel_pos_attention_triton(*args, **kwargs):
+    # Imported on the first call, so this module imports without Triton.
+    from .triton_attention import windowed_rel_pos_attention_triton
+
+    return windowed_rel_pos_attention_triton(*args, **kwargs)
+
+
+register_fused_backend("triton", _windowed_rel_pos_attention_triton)

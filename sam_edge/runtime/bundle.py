@@ -161,7 +161,7 @@ def load(
             The engine's `encoder_mode` says which runs.
         attention_compute: the kernel's arithmetic, a sam_edge.precision.Compute
             or its value ("fp32", "fp16" or "bf16"), where it runs (else the next
-            one down, see global_attention.fast_compute). None: the bundle's plan's
+            one down, see cpu_attention.fast_compute). None: the bundle's plan's
             (int8 bundles: bf16, which runs as fp16 where the CPU lacks AMX).
     Returns:
         an OnnxRuntimeBackend, with the manifest as `.manifest`.
@@ -226,7 +226,7 @@ def _encoder_split(bundle_dir, split, providers, native_attention, attention_com
     for the single encoder graph (see load's native_attention)."""
     encoder_split = None
     if native_attention is not False:
-        from .global_attention import fast_compute, kernel_status
+        from ..kernels.cpu_attention import fast_compute, cpu_kernel_status
 
         if split is None or "tables" not in split:
             # Bundles from before the cut moved to the qkv projection have no tables file.
@@ -242,7 +242,7 @@ def _encoder_split(bundle_dir, split, providers, native_attention, attention_com
                 computes = [None]  # the kernel is a CPU kernel
             if None in computes and native_attention:
                 raise BundleError(f"sam-edge's attention kernel cannot run this bundle's cuts here "
-                                  f"({kernel_status()}; head_dim, k_size per cut: "
+                                  f"({cpu_kernel_status()}; head_dim, k_size per cut: "
                                   f"{sorted({(a.head_dim, a.k_size) for a in plan.attention})})")
             if None not in computes:
                 encoder_split = {"dir": bundle_dir, "plan": split, "compute": computes}

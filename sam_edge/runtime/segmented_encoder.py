@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..precision import Compute
-from .global_attention import QKV_INPUTS, rel_pos_attention_qkv
+from ..kernels.cpu_attention import QKV_INPUTS, rel_pos_attention_qkv
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class EncoderSplitPlan:
     rel_pos_w_j and kv_bias_j in the `tables` file (numpy .npz).
 
     compute is the kernel's arithmetic (where this CPU runs it, else the next one
-    down: global_attention.fast_compute)."""
+    down: cpu_attention.fast_compute)."""
 
     input: str
     output: str
@@ -151,7 +151,7 @@ class SegmentedEncoder:
         options: onnxruntime.SessionOptions for every segment (spinning is turned off in it).
         providers: ONNX Runtime execution providers.
         compute: the kernel's arithmetic per attention of the plan, each a Compute
-            or its value (global_attention.fast_compute).
+            or its value (cpu_attention.fast_compute).
         threads: the kernel's threads (all when None).
         shared_arena: one ONNX Runtime CPU arena for all segments (default).
 

@@ -17,7 +17,7 @@ import pytest
 
 import sam_edge
 from onnx_helpers import build_test_bundle, mask_iou, photos, prompt_kinds, reduced_config, rel_l2
-from sam_edge.runtime.global_attention import kernel_status
+from sam_edge.kernels.cpu_attention import cpu_kernel_status
 
 TOLERANCES = {"fp16": (1e-2, 0.99), "int8": (0.05, 0.95), "int8-dynamic": (0.05, 0.95)}
 # The segments run the same int8 linears as the single graph; only the attention between
@@ -53,7 +53,7 @@ def _errors(engine, official, seed=9):
 def test_reduced_precision_bundle_against_fp32_reference(root, precision, calibration_dir, monkeypatch):
     from segment_anything import SamPredictor as OfficialPredictor
 
-    from sam_edge.runtime import global_attention
+    from sam_edge.kernels import cpu_attention
 
     extra = {"calib_images": calibration_dir} if precision == "int8" else {}
     reference, _, bundle = build_test_bundle(
@@ -75,9 +75,9 @@ def test_reduced_precision_bundle_against_fp32_reference(root, precision, calibr
     assert single_errors.max() <= max_rel_l2
     assert single_ious.mean() >= min_mean_iou
     engines = {"default load": sam_edge.load(str(bundle))}
-    if kernel_status()["available"]:
+    if cpu_kernel_status()["available"]:
         # Every cut in the kernel's fp32 path, which runs on every CPU (its portable path where no fast one does).
-        monkeypatch.setattr(global_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
+        monkeypatch.setattr(cpu_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
         engines["segments, fp32 kernel"] = sam_edge.load(str(bundle), native_attention=True)
         monkeypatch.undo()
         assert engines["segments, fp32 kernel"].encoder_mode.startswith("segments"), \

@@ -25,7 +25,7 @@ ERRORS = (ValueError, TypeError)
 
 
 def _native():
-    from sam_edge.runtime.global_attention import _native
+    from sam_edge.kernels.cpu_attention import _native
 
     return _native()
 
@@ -92,7 +92,7 @@ def qkv_case(draw):
 @given(qkv_case())
 def test_fuzz_rel_pos_attention_qkv(case):
     qkv, table_h, table_w, kv_bias, heads, window, d, compute, threads = case
-    from sam_edge.runtime.global_attention import rel_pos_attention_qkv_reference
+    from sam_edge.kernels.cpu_attention import rel_pos_attention_qkv_reference
 
     C = _native()
     try:

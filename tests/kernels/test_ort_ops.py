@@ -7,7 +7,7 @@ onnxruntime.InferenceSession with the library registered.
   the C library (libonnxruntime.so) in a subprocess, since a wrong slot may
   crash. The sessions below exercise the rest through the Python module's copy.
 - RelPosAttention against the float64 numpy reference, at the tolerances of the
-  kernel it wraps (tests/runtime/test_global_attention.py): fp32 within 4x the
+  kernel it wraps (tests/kernels/test_cpu_attention.py): fp32 within 4x the
   error of the same reference computed in float32 numpy; fp16 and bf16 within
   5x and 2x torch's own error at that precision. The op adds no arithmetic of
   its own, so it inherits the kernel's bounds unchanged.
@@ -31,11 +31,11 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
-from sam_edge.runtime.global_attention import kernel_status, rel_pos_attention_qkv_reference  # noqa: E402
+from sam_edge.kernels.cpu_attention import cpu_kernel_status, rel_pos_attention_qkv_reference  # noqa: E402
 from sam_edge.runtime.ort_ops import DOMAIN, DOMAIN_VERSION, LIBRARY_ENV, library_path, register_ort_ops  # noqa: E402
 
 LIBRARY = library_path()
-STATUS = kernel_status()
+STATUS = cpu_kernel_status()
 needs_library = pytest.mark.skipif(
     LIBRARY is None, reason=f"sam_edge_ops is not built (pip install . builds it; {LIBRARY_ENV} names a build)")
 # The library asks the same CPU checks as sam_edge._C (both compile csrc/attention/).
@@ -219,7 +219,7 @@ def test_rel_pos_attention_reduced_compute_within_torch_error(shape, compute):
         pytest.skip(f"this CPU has no {_REDUCED_FEATURE[compute]} (or, for AMX, the OS does not grant it)")
     torch = pytest.importorskip("torch")
     # The kernel's own baseline and multiples, so the op is held to exactly its bounds.
-    from tests.runtime.test_global_attention import REDUCED_COMPUTE, _torch_reduced_qkv
+    from tests.kernels.test_cpu_attention import REDUCED_COMPUTE, _torch_reduced_qkv
 
     batch, grid, heads, d, window, with_bias = shape
     qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(batch, grid, heads, d, window, seed=5 + sum(grid) + window)

@@ -24,7 +24,7 @@ from sam_edge.kernels import (
     windowed_rel_pos_attention_reference,
 )
 from sam_edge.kernels import triton_support
-from sam_edge.kernels.rel_pos_attention import auto_backend_order
+from sam_edge.kernels.attention import auto_backend_order
 
 pytest.importorskip("triton", reason="Triton is not installed")
 from sam_edge.kernels.triton_attention import (  # noqa: E402
@@ -390,8 +390,8 @@ def test_inputs_that_need_grad_fall_back(monkeypatch):
         assert resolve_backend(q, "triton") == "triton"
 
 
-def test_kernel_status_reports_the_active_path():
-    status = triton_support.kernel_status("cpu")
+def test_triton_status_reports_the_active_path():
+    status = triton_support.triton_status("cpu")
     assert status["device"] == "cpu"
     # On CPU tensors the kernels run only in the interpreter.
     assert (status["triton"] == "available") == triton_support.interpreting(), status

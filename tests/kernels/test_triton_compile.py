@@ -32,7 +32,7 @@ import torch
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 
-from sam_edge.kernels.rel_pos_attention import auto_backend_order  # noqa: E402
+from sam_edge.kernels.attention import auto_backend_order  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

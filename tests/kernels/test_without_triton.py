@@ -67,7 +67,7 @@ OLD_TRITON_SCRIPT = textwrap.dedent(
         raise SystemExit("forcing triton with Triton 2.3.1 did not raise")
     except RuntimeError as e:
         assert ">= 3.0" in str(e), e
-    assert "triton" in K.kernel_status("cpu")["triton"] and ">= 3.0" in K.kernel_status("cpu")["triton"]
+    assert "triton" in K.triton_status("cpu")["triton"] and ">= 3.0" in K.triton_status("cpu")["triton"]
     """
 )
 

@@ -31,11 +31,11 @@ def _segments_engine(path, monkeypatch):
     """The bundle's segments with the attention kernel between them. Where the
     kernel has no fast path (no AVX-512) load() keeps the single graph, so the
     choice is forced: the kernel's portable path runs the same cuts."""
-    from sam_edge.runtime import global_attention
+    from sam_edge.kernels import cpu_attention
 
-    if not global_attention.kernel_status()["available"]:
+    if not cpu_attention.cpu_kernel_status()["available"]:
         pytest.skip("sam_edge._C is not built: the segmented encoder needs its attention kernel")
-    monkeypatch.setattr(global_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
+    monkeypatch.setattr(cpu_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
     engine = sam_edge.load(path, native_attention=True)
     assert engine.encoder_mode.startswith("segments"), engine.encoder_mode
     return engine
@@ -112,9 +112,9 @@ def test_the_attention_kernel_in_two_threads_at_once():
     """Two Python threads inside _C.rel_pos_attention_qkv with the GIL released,
     each with its own OpenMP team and thread_local scratch: each answer is the
     one it gives alone. Shapes differ per thread so a shared buffer would show."""
-    from sam_edge.runtime.global_attention import kernel_status, rel_pos_attention_qkv
+    from sam_edge.kernels.cpu_attention import cpu_kernel_status, rel_pos_attention_qkv
 
-    if not kernel_status()["available"]:
+    if not cpu_kernel_status()["available"]:
         pytest.skip("sam_edge._C is not built")
     rng = np.random.default_rng(3)
     cases = []

@@ -3,7 +3,7 @@ segments with sam-edge's kernel between them (runtime/segmented_encoder.py):
 each cut runs from a block's qkv projection to its proj input.
 
 The single encoder graph of the same bundle is the reference: in fp32 the
-two compute the same math (the kernel's fp32 error is ~1e-7, test_global_attention),
+two compute the same math (the kernel's fp32 error is ~1e-7, tests/kernels/test_cpu_attention.py),
 so they agree to 1e-5. int8 segments are held to a margin over their own
 single graph's error against the official fp32 model, on the same photos
 (INT8_MARGIN); the int8 bundles calibrate on photos these tests do not
@@ -18,7 +18,7 @@ import pytest
 import sam_edge
 from onnx_helpers import build_test_bundle, photos, reduced_config, rel_l2
 from sam_edge.runtime.bundle import BundleError
-from sam_edge.runtime.global_attention import fast_compute, kernel_status
+from sam_edge.kernels.cpu_attention import fast_compute, cpu_kernel_status
 
 FAST = fast_compute(64, (16, 16), "fp32") is not None
 # The int8 single graph's own error against the official model is held to the issue's
@@ -228,13 +228,13 @@ def test_int8_segments_within_a_margin_of_the_single_graph(int8_bundle, int8_sin
     in fp32, within INT8_MARGIN of the int8 single graph's own error against the
     official fp32 model, photo by photo. The kernel's portable path runs where no
     fast one does, so this runs on every CPU."""
-    from sam_edge.runtime import global_attention
+    from sam_edge.kernels import cpu_attention
 
-    if not kernel_status()["available"]:
+    if not cpu_kernel_status()["available"]:
         pytest.skip("sam_edge._C is not built")
     _, path = int8_bundle
     official, single = int8_single_errors
-    monkeypatch.setattr(global_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
+    monkeypatch.setattr(cpu_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
     engine = sam_edge.load(str(path), native_attention=True)
     assert engine.encoder_mode == "segments + sam-edge attention kernel (4 cuts, fp32)", engine.encoder_mode
     monkeypatch.undo()
@@ -252,7 +252,7 @@ def test_int8_segments_in_reduced_precision_within_a_margin_of_the_single_graph(
     for options in ({}, {"attention_compute": "fp16"}):
         engine = sam_edge.load(str(path), **options)
         if not options:
-            assert engine.encoder_mode.endswith("bf16)" if kernel_status()["amx_bf16"] else "fp16)"), \
+            assert engine.encoder_mode.endswith("bf16)" if cpu_kernel_status()["amx_bf16"] else "fp16)"), \
                 engine.encoder_mode
         errors = _embedding_errors(engine, official)
         print(engine.encoder_mode, errors, "single graph:", single)
@@ -346,7 +346,7 @@ def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path, calibrat
     assert [a["block"] for a in plan["attention"]] == list(config.encoder_global_attn_indexes)
     assert {a["head_dim"] for a in plan["attention"]} == {80}
     engine = sam_edge.load(str(path))
-    status = kernel_status()
+    status = cpu_kernel_status()
     if not status["avx512"]:
         assert engine.encoder_mode == "single ONNX Runtime graph"
         pytest.skip("no AVX-512 here: the ViT-H bundle loads its single encoder graph (checked), so the "
@@ -385,9 +385,9 @@ def test_fully_cut_fp32_encoder_matches_the_single_graph(tmp_path, monkeypatch):
 
     from sam_edge.export.split_encoder import split_encoder_at_attention
     from sam_edge.precision import Compute
-    from sam_edge.runtime import global_attention
+    from sam_edge.kernels import cpu_attention
 
-    if not kernel_status()["available"]:
+    if not cpu_kernel_status()["available"]:
         pytest.skip("sam_edge._C is not built")
     # The plain graph (no fused attention, not split), then cut at every block here.
     _, _, path = build_test_bundle(tmp_path, reduced_config(depth=4), seed=6, official_decoder=False,
@@ -400,7 +400,7 @@ def test_fully_cut_fp32_encoder_matches_the_single_graph(tmp_path, monkeypatch):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["encoder_split"] = plan
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(global_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
+    monkeypatch.setattr(cpu_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
     cut = sam_edge.load(str(copy), native_attention=True, verify=False)
     assert cut.encoder_mode == "segments + sam-edge attention kernel (4 cuts, fp32)", cut.encoder_mode
     monkeypatch.undo()

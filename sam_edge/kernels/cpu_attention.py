@@ -13,7 +13,7 @@ keeps each block of scores in cache instead of materialising the
 - "fp16": both products in fp16 with fp16 partial sums over at most 64 terms
   (AVX512-FP16); softmax, inputs and output in float32. Used for int8 bundles,
   whose q, k, v come out of int8 layers: its error against float64
-  (tests/runtime/test_global_attention.py bounds it) is far inside those bundles'.
+  (tests/kernels/test_cpu_attention.py bounds it) is far inside those bundles'.
 - "bf16" (rel_pos_attention_qkv only, head_dim 64 or 80): both products on AMX
   tiles (where the CPU has them and the OS grants them), q, k, v and the
   probabilities in bf16, every sum in fp32. int8 bundles run it where it runs,
@@ -26,7 +26,7 @@ padding handled in the kernel (_C.rel_pos_attention_qkv), and the output in the
 layout the block's proj Linear reads. The ONNX Runtime segmented encoder cuts
 its graph there (sam_edge.export.split_encoder).
 
-rel_pos_attention_reference and rel_pos_attention_qkv_reference are the same
+rel_pos_attention_cpu_reference and rel_pos_attention_qkv_reference are the same
 math in float64 numpy, for the tests.
 """
 
@@ -57,7 +57,7 @@ def _compute(native, compute: str, allowed: Sequence[str]):
     return getattr(native.Compute, compute)
 
 
-def kernel_status() -> dict:
+def cpu_kernel_status() -> dict:
     """What this machine runs: {"available", "avx512", "avx512_fp16", "amx_bf16", "threads"}."""
     native = _native()
     if native is None:
@@ -88,7 +88,7 @@ def fast_compute(head_dim: int, k_size: Sequence[int], preferred: str) -> Option
     native = _native()
     if native is None:
         return None
-    status = kernel_status()
+    status = cpu_kernel_status()
     compute = native.rel_pos_attention_fast_compute(
         int(head_dim), int(k_size[0]), int(k_size[1]), _compute(native, preferred, QKV_COMPUTE),
         avx512=status["avx512"], avx512_fp16=status["avx512_fp16"], amx_bf16=status["amx_bf16"],
@@ -106,7 +106,7 @@ def _check(name: str, a, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def rel_pos_attention(
+def rel_pos_attention_cpu(
     q: np.ndarray,
     k: np.ndarray,
     v: np.ndarray,
@@ -152,7 +152,7 @@ def rel_pos_attention(
     return out.reshape(b, heads, n, d)
 
 
-def rel_pos_attention_reference(q, k, v, rel_h, rel_w, scale: float, dtype=np.float64) -> np.ndarray:
+def rel_pos_attention_cpu_reference(q, k, v, rel_h, rel_w, scale: float, dtype=np.float64) -> np.ndarray:
     """rel_pos_attention in numpy, materialising the scores: for clarity. float64
     by default; float32 gives the tests their same-precision baseline."""
     q, k, v, rel_h, rel_w = (np.asarray(a, dtype=dtype) for a in (q, k, v, rel_h, rel_w))
@@ -229,7 +229,7 @@ def rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, heads: i
     rel_h = np.einsum("...ywc,ykc->...ywk", q, table_h)
     rel_w = np.einsum("...ywc,wkc->...ywk", q, table_w)
     lead = q.shape[:-3]
-    out = rel_pos_attention_reference(
+    out = rel_pos_attention_cpu_reference(
         q.reshape(-1, 1, s_h * s_w, d), k.reshape(-1, 1, s_h * s_w, d), v.reshape(-1, 1, s_h * s_w, d),
         rel_h.reshape(-1, 1, s_h, s_w, s_h), rel_w.reshape(-1, 1, s_h, s_w, s_w), scale, dtype,
     ).reshape(*lead, s_h, s_w, d)

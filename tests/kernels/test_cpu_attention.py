@@ -17,16 +17,16 @@ implementation in the same precision, measured against the same reference.
 import numpy as np
 import pytest
 
-from sam_edge.runtime.global_attention import (
+from sam_edge.kernels.cpu_attention import (
     fast_compute,
-    kernel_status,
-    rel_pos_attention,
+    cpu_kernel_status,
+    rel_pos_attention_cpu,
     rel_pos_attention_qkv,
     rel_pos_attention_qkv_reference,
-    rel_pos_attention_reference,
+    rel_pos_attention_cpu_reference,
 )
 
-STATUS = kernel_status()
+STATUS = cpu_kernel_status()
 needs_kernel = pytest.mark.skipif(not STATUS["available"], reason="sam_edge._C is not built")
 needs_avx512 = pytest.mark.skipif(not STATUS["avx512"], reason="this CPU has no AVX-512: the portable loop runs")
 needs_fp16 = pytest.mark.skipif(not STATUS["avx512_fp16"], reason="this CPU has no AVX512-FP16")
@@ -73,8 +73,8 @@ def test_fp32_matches_float64(shape):
     batch, heads, q_size, k_size, d, q_scale = shape
     q, k, v, rel_h, rel_w = _inputs(batch, heads, q_size, k_size, d, q_scale, seed=sum(q_size) + d)
     scale = d ** -0.5
-    ref = rel_pos_attention_reference(q, k, v, rel_h, rel_w, scale)
-    ours = rel_pos_attention(q, k, v, rel_h, rel_w, scale)
+    ref = rel_pos_attention_cpu_reference(q, k, v, rel_h, rel_w, scale)
+    ours = rel_pos_attention_cpu(q, k, v, rel_h, rel_w, scale)
     baseline = _rel(_fp32_numpy(q, k, v, rel_h, rel_w, scale), ref)
     assert ours.shape == q.shape and ours.dtype == np.float32
     assert _rel(ours, ref) <= 4 * baseline, (_rel(ours, ref), baseline)
@@ -89,12 +89,12 @@ def test_fp16_compute_within_torch_fp16_error(shape):
     batch, heads, q_size, k_size, d, q_scale = shape
     q, k, v, rel_h, rel_w = _inputs(batch, heads, q_size, k_size, d, q_scale, seed=7 + d)
     scale = d ** -0.5
-    ref = rel_pos_attention_reference(q, k, v, rel_h, rel_w, scale)
+    ref = rel_pos_attention_cpu_reference(q, k, v, rel_h, rel_w, scale)
     t = [torch.from_numpy(a).half() for a in (q, k, v, rel_h, rel_w)]
     scores = scale * t[0] @ t[1].transpose(-1, -2) + (t[3][..., :, None] + t[4][..., None, :]).reshape(
         batch, heads, q.shape[2], -1)
     torch_fp16 = (scores.float().softmax(-1).half() @ t[2]).float().numpy()
-    ours = rel_pos_attention(q, k, v, rel_h, rel_w, scale, compute="fp16")
+    ours = rel_pos_attention_cpu(q, k, v, rel_h, rel_w, scale, compute="fp16")
     assert _rel(ours, ref) <= 5 * _rel(torch_fp16, ref), (_rel(ours, ref), _rel(torch_fp16, ref))
 
 
@@ -109,7 +109,7 @@ def test_avx512_path_matches_the_portable_loop():
             rel_w.reshape(4, 144, 16), 12, 16, 0.125)
     fast = _C.rel_pos_attention(*args, 0, False)
     portable = _C.rel_pos_attention(*args, 0, True)
-    ref = rel_pos_attention_reference(q, k, v, rel_h, rel_w, 0.125).reshape(4, 144, 64)
+    ref = rel_pos_attention_cpu_reference(q, k, v, rel_h, rel_w, 0.125).reshape(4, 144, 64)
     assert _rel(fast, ref) < 1e-6 and _rel(portable, ref) < 1e-6
 
 
@@ -117,8 +117,8 @@ def test_avx512_path_matches_the_portable_loop():
 def test_thread_count_does_not_change_the_result():
     """Each query row is computed by one thread in a fixed order: bitwise equal."""
     q, k, v, rel_h, rel_w = _inputs(1, 3, (16, 16), (16, 16), 64, 1.0, seed=5)
-    one = rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, threads=1)
-    two = rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, threads=2)
+    one = rel_pos_attention_cpu(q, k, v, rel_h, rel_w, 0.125, threads=1)
+    two = rel_pos_attention_cpu(q, k, v, rel_h, rel_w, 0.125, threads=2)
     np.testing.assert_array_equal(one, two)
 
 
@@ -126,17 +126,17 @@ def test_thread_count_does_not_change_the_result():
 def test_bad_inputs_are_refused():
     q, k, v, rel_h, rel_w = _inputs(1, 2, (4, 4), (4, 16), 64, 1.0, seed=1)
     with pytest.raises(TypeError, match="q must be float32"):
-        rel_pos_attention(q.astype(np.float64), k, v, rel_h, rel_w, 0.125)
+        rel_pos_attention_cpu(q.astype(np.float64), k, v, rel_h, rel_w, 0.125)
     with pytest.raises(ValueError, match="expected q"):
-        rel_pos_attention(q, k[:, :, :-1], v, rel_h, rel_w, 0.125)
+        rel_pos_attention_cpu(q, k[:, :, :-1], v, rel_h, rel_w, 0.125)
     with pytest.raises(ValueError, match="compute must be one of"):
-        rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, compute="int4")
+        rel_pos_attention_cpu(q, k, v, rel_h, rel_w, 0.125, compute="int4")
     with pytest.raises(ValueError, match="4 dimensions"):
-        rel_pos_attention(q[0], k, v, rel_h, rel_w, 0.125)
+        rel_pos_attention_cpu(q[0], k, v, rel_h, rel_w, 0.125)
     # head_dim 80 has no fp16 path on any CPU: refused with or without AVX512-FP16.
     q, k, v, rel_h, rel_w = _inputs(1, 2, (4, 4), (4, 16), 80, 1.0, seed=1)
     with pytest.raises(ValueError, match="fp16 compute needs"):
-        rel_pos_attention(q, k, v, rel_h, rel_w, 0.125, compute="fp16")
+        rel_pos_attention_cpu(q, k, v, rel_h, rel_w, 0.125, compute="fp16")
 
 
 @needs_kernel  # the rule is the kernel's (csrc/attention/dispatch.cpp)
@@ -147,17 +147,17 @@ def test_bad_inputs_are_refused():
 ])
 def test_fast_compute_steps_down_without_the_cpu_features(monkeypatch, amx, fp16, expected):
     """bf16 -> fp16 -> fp32 on machines without AMX or AVX512-FP16, whatever this one has."""
-    from sam_edge.runtime import global_attention
+    from sam_edge.kernels import cpu_attention
 
     status = {"available": True, "avx512": True, "avx512_fp16": fp16, "amx_bf16": amx, "threads": 2}
-    monkeypatch.setattr(global_attention, "kernel_status", lambda: status)
-    got = (global_attention.fast_compute(64, (64, 64), "bf16"), global_attention.fast_compute(80, (64, 64), "bf16"),
-           global_attention.fast_compute(64, (14, 14), "bf16"))
+    monkeypatch.setattr(cpu_attention, "cpu_kernel_status", lambda: status)
+    got = (cpu_attention.fast_compute(64, (64, 64), "bf16"), cpu_attention.fast_compute(80, (64, 64), "bf16"),
+           cpu_attention.fast_compute(64, (14, 14), "bf16"))
     assert got == expected
 
 
 def test_fast_compute_follows_the_machine():
-    status = kernel_status()
+    status = cpu_kernel_status()
     got = fast_compute(64, (64, 64), "fp16")
     if not status["avx512"]:
         assert got is None
