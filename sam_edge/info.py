@@ -50,6 +50,13 @@ def info() -> Dict[str, str]:
                  + (" + AMX-BF16" if kernel["amx_bf16"] else "")) if kernel["avx512"] else (
             "portable loop only: ORT bundles run their single graph")
         report["cpu_attention_kernel"] = f"sam_edge._C ({paths}, {kernel['threads']} threads)"
+    from .runtime import ort_ops
+
+    library = ort_ops.library_path()
+    report["ort_ops_library"] = (
+        "not built (pip install . builds sam_edge/libsam_edge_ops.so)" if library is None
+        else f"{library} (ONNX domain {ort_ops.DOMAIN})" if kernel["avx512"]
+        else f"{library}: refuses this CPU (no AVX-512)")
     from .runtime import tensorrt_compat
 
     report["tensorrt_runtime"] = tensorrt_compat.status()["summary"]
