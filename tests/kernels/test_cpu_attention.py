@@ -25,6 +25,7 @@ from sam_edge.kernels.cpu_attention import (
     rel_pos_attention_qkv_reference,
     rel_pos_attention_cpu_reference,
 )
+from attention_inputs import qkv_inputs  # noqa: E402
 
 STATUS = cpu_kernel_status()
 needs_kernel = pytest.mark.skipif(not STATUS["available"], reason="sam_edge._C is not built")
@@ -195,15 +196,6 @@ QKV_SHAPES = [
 _qkv_ids = [f"b{s[0]}g{s[1][0]}x{s[1][1]}h{s[2]}d{s[3]}w{s[4]}" for s in QKV_SHAPES]
 
 
-def _qkv_inputs(batch, grid, heads, d, window, seed):
-    rng = np.random.default_rng(seed)
-    s_h, s_w = (window, window) if window else grid
-    qkv = rng.standard_normal((batch, *grid, 3 * heads * d)).astype(np.float32)
-    # Tables at the scale that makes the bias matter as much as q . k.
-    rel_pos_h = (rng.standard_normal((2 * s_h - 1, d)) * d ** -0.5).astype(np.float32)
-    rel_pos_w = (rng.standard_normal((2 * s_w - 1, d)) * d ** -0.5).astype(np.float32)
-    kv_bias = rng.standard_normal((2, heads, d)).astype(np.float32)
-    return qkv, rel_pos_h, rel_pos_w, kv_bias
 
 
 def test_qkv_reference_matches_the_official_attention():
@@ -237,7 +229,7 @@ def test_qkv_reference_matches_the_official_attention():
 @pytest.mark.parametrize("shape", QKV_SHAPES, ids=_qkv_ids)
 def test_qkv_fp32_matches_float64(shape):
     batch, grid, heads, d, window = shape
-    inputs = _qkv_inputs(batch, grid, heads, d, window, seed=sum(grid) + d + window)
+    inputs = qkv_inputs(batch, grid, heads, d, window, seed=sum(grid) + d + window)
     scale = d ** -0.5
     ref = rel_pos_attention_qkv_reference(*inputs, heads, window, scale)
     baseline = _rel(rel_pos_attention_qkv_reference(*inputs, heads, window, scale, dtype=np.float32), ref)
@@ -288,7 +280,7 @@ def test_qkv_reduced_compute_within_torch_error(shape, compute):
     if not STATUS[feature]:
         pytest.skip(f"this CPU has no {feature} (or, for AMX, the OS does not grant it)")
     batch, grid, heads, d, window = shape
-    inputs = _qkv_inputs(batch, grid, heads, d, window, seed=seed + sum(grid) + window)
+    inputs = qkv_inputs(batch, grid, heads, d, window, seed=seed + sum(grid) + window)
     scale = d ** -0.5
     ref = rel_pos_attention_qkv_reference(*inputs, heads, window, scale)
     dtype = torch.float16 if compute == "fp16" else torch.bfloat16
@@ -302,7 +294,7 @@ def test_qkv_reduced_compute_within_torch_error(shape, compute):
 def test_qkv_avx512_path_matches_the_portable_loop():
     from sam_edge import _C
 
-    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(1, (16, 32), 2, 64, 0, seed=13)
+    qkv, rel_pos_h, rel_pos_w, kv_bias = qkv_inputs(1, (16, 32), 2, 64, 0, seed=13)
     fast = _C.rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125, 0, False, _C.Compute.fp32)
     portable = _C.rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125, 0, True, _C.Compute.fp32)
     ref = rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, 2, 0, 0.125)
@@ -316,7 +308,7 @@ def test_qkv_thread_count_does_not_change_the_result(compute):
         pytest.skip("this CPU has no AVX512-FP16")
     if compute == "bf16" and not STATUS["amx_bf16"]:
         pytest.skip("this CPU has no AMX-BF16, or the OS does not grant it")
-    inputs = _qkv_inputs(1, (20, 23), 3, 64, 7, seed=17)
+    inputs = qkv_inputs(1, (20, 23), 3, 64, 7, seed=17)
     one = rel_pos_attention_qkv(*inputs, 3, 7, 0.125, compute=compute, threads=1)
     two = rel_pos_attention_qkv(*inputs, 3, 7, 0.125, compute=compute, threads=2)
     np.testing.assert_array_equal(one, two)
@@ -324,7 +316,7 @@ def test_qkv_thread_count_does_not_change_the_result(compute):
 
 @needs_kernel
 def test_qkv_bad_inputs_are_refused():
-    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(1, (10, 10), 2, 16, 4, seed=2)
+    qkv, rel_pos_h, rel_pos_w, kv_bias = qkv_inputs(1, (10, 10), 2, 16, 4, seed=2)
     with pytest.raises(TypeError, match="qkv must be float32"):
         rel_pos_attention_qkv(qkv.astype(np.float64), rel_pos_h, rel_pos_w, kv_bias, 2, 4, 0.25)
     with pytest.raises(ValueError, match="3 \\* heads \\* head_dim"):

@@ -33,6 +33,7 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from sam_edge.kernels.cpu_attention import cpu_kernel_status, rel_pos_attention_qkv_reference  # noqa: E402
 from sam_edge.runtime.ort_ops import DOMAIN, DOMAIN_VERSION, LIBRARY_ENV, library_path, register_ort_ops  # noqa: E402
+from attention_inputs import qkv_inputs  # noqa: E402
 
 LIBRARY = library_path()
 STATUS = cpu_kernel_status()
@@ -76,16 +77,6 @@ def _attention_session(heads, window, scale, compute=None, with_bias=True):
                                 providers=["CPUExecutionProvider"])
 
 
-def _qkv_inputs(batch, grid, heads, d, window, seed):
-    """Seeded standard-normal qkv and kv_bias, and rel-pos tables scaled so their
-    bias weighs as much as q . k."""
-    rng = np.random.default_rng(seed)
-    s_h, s_w = (window, window) if window else grid
-    qkv = rng.standard_normal((batch, *grid, 3 * heads * d)).astype(np.float32)
-    rel_pos_h = (rng.standard_normal((2 * s_h - 1, d)) * d ** -0.5).astype(np.float32)
-    rel_pos_w = (rng.standard_normal((2 * s_w - 1, d)) * d ** -0.5).astype(np.float32)
-    kv_bias = rng.standard_normal((2, heads, d)).astype(np.float32)
-    return qkv, rel_pos_h, rel_pos_w, kv_bias
 
 
 def _feeds(qkv, rel_pos_h, rel_pos_w, kv_bias):
@@ -192,7 +183,7 @@ def test_an_older_runtime_is_refused_with_the_reason():
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
 def test_rel_pos_attention_fp32_matches_float64(shape):
     batch, grid, heads, d, window, with_bias = shape
-    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(batch, grid, heads, d, window, seed=sum(grid) + d + window)
+    qkv, rel_pos_h, rel_pos_w, kv_bias = qkv_inputs(batch, grid, heads, d, window, seed=sum(grid) + d + window)
     kv_bias = kv_bias if with_bias else None
     scale = d ** -0.5
     (ours,) = _attention_session(heads, window, scale, with_bias=with_bias).run(
@@ -222,7 +213,7 @@ def test_rel_pos_attention_reduced_compute_within_torch_error(shape, compute):
     from tests.kernels.test_cpu_attention import REDUCED_COMPUTE, _torch_reduced_qkv
 
     batch, grid, heads, d, window, with_bias = shape
-    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(batch, grid, heads, d, window, seed=5 + sum(grid) + window)
+    qkv, rel_pos_h, rel_pos_w, kv_bias = qkv_inputs(batch, grid, heads, d, window, seed=5 + sum(grid) + window)
     scale = d ** -0.5
     (ours,) = _attention_session(heads, window, scale, compute=compute).run(
         None, _feeds(qkv, rel_pos_h, rel_pos_w, kv_bias))
@@ -259,7 +250,7 @@ def test_bad_attributes_are_onnxruntime_errors():
 @needs_library
 @needs_avx512
 def test_bad_shapes_are_onnxruntime_errors_and_the_session_survives_them():
-    qkv, rel_pos_h, rel_pos_w, kv_bias = _qkv_inputs(1, (10, 10), 2, 16, 4, seed=2)
+    qkv, rel_pos_h, rel_pos_w, kv_bias = qkv_inputs(1, (10, 10), 2, 16, 4, seed=2)
     session = _attention_session(2, 4, 0.25)
     bad = [
         (dict(qkv=qkv[..., :-1]), r"expected qkv \(B, H, W, 3 \* heads \* D\) with heads 2; got \(1, 10, 10, 95\)"),
@@ -283,7 +274,7 @@ def test_bad_shapes_are_onnxruntime_errors_and_the_session_survives_them():
 @needs_avx512
 def test_two_sessions_register_the_library_independently():
     """Each registration adds the domain to its own options; both sessions run."""
-    inputs = _qkv_inputs(1, (16, 16), 2, 64, 0, seed=3)
+    inputs = qkv_inputs(1, (16, 16), 2, 64, 0, seed=3)
     first = _attention_session(2, 0, 0.125).run(None, _feeds(*inputs))[0]
     second = _attention_session(2, 0, 0.125).run(None, _feeds(*inputs))[0]
     np.testing.assert_array_equal(first, second)
