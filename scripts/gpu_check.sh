@@ -90,7 +90,8 @@ else
 fi
 
 GPU_FILES=(tests/kernels/test_triton_attention.py tests/postprocess/test_torch_ops.py tests/postprocess/test_cuda.py
-           tests/kernels/test_triton_compile.py tests/runtime/test_tensorrt_backend.py)
+           tests/kernels/test_triton_compile.py tests/runtime/test_tensorrt_backend.py
+           tests/runtime/test_tensorrt_compat.py tests/runtime/test_cuda_buffers.py)
 step tests-gpu-marked 150 "$PY" -m pytest -q -p no:cacheprovider -m "gpu or tensorrt" tests
 step tests-gpu-files 180 "$PY" -m pytest -q -p no:cacheprovider -m "not (gpu or tensorrt)" "${GPU_FILES[@]}"
 

@@ -1,7 +1,7 @@
-"""The TensorRT runtime: engine compatibility and profiles (tensorrt_compat, pure), CUDA
-buffers and error reporting (cuda_buffers), the backend's plumbing over spec'd fakes; and,
+"""The TensorRT backend (sam_edge.runtime.tensorrt_backend): its plumbing over spec'd fakes; and,
 where TensorRT and a GPU exist, engines built at a reduced size checked against the
-PyTorch reference."""
+PyTorch reference. Compatibility checks are in test_tensorrt_compat.py, CUDA buffers in
+test_cuda_buffers.py."""
 
 import os
 import threading
@@ -12,192 +12,8 @@ import pytest
 
 from sam_edge.runtime import cuda_buffers, tensorrt_compat
 from sam_edge.runtime import tensorrt_backend as trb
-from sam_edge.runtime.tensorrt_compat import EngineCompatibilityError, ShapeTuple, check_engine_compatibility
-
-
-def manifest(version="10.13.0.35", cc="8.6", gpu="NVIDIA A10", hardware="none", version_compatible=False, **build):
-    return {
-        "model_type": "vit_l",
-        "precision": "int8",
-        "weights": {"source": "checkpoint", "checkpoint": "sam_vit_l_0b3195.pth"},
-        "tensorrt": {
-            "version": version,
-            "gpu": gpu,
-            "compute_capability": cc,
-            "hardware_compatibility": hardware,
-            "version_compatible": version_compatible,
-            "build": dict({"model_type": "vit_l", "precision": "int8"}, **build),
-        },
-    }
-
-
-def here(version="10.13.0.35", cc="8.6", gpu="NVIDIA A10"):
-    return {"tensorrt": version, "compute_capability": cc, "gpu": gpu}
-
-
-# ---------------------------------------------------------------- compatibility
-
-
-@pytest.mark.parametrize(
-    "built,runtime",
-    [
-        (manifest(), here()),
-        (manifest(version="10.13.0.35"), here(version="10.13.0.40")),  # the build number is not part of compatibility
-        (manifest(cc="8.6", gpu="NVIDIA A10"), here(cc="8.6", gpu="NVIDIA RTX A6000")),  # same architecture
-        (manifest(hardware="ampere_plus"), here(cc="9.0", gpu="NVIDIA H100")),
-        (manifest(hardware="ampere_plus", cc="9.0"), here(cc="8.0", gpu="NVIDIA A100")),
-        (manifest(version_compatible=True, version="10.3.0"), here(version="10.13.0.35")),
-    ],
-)
-def test_compatible(built, runtime):
-    check_engine_compatibility(built, runtime)
-
-
-@pytest.mark.parametrize(
-    "built,runtime,reasons,problems",
-    [
-        (manifest(cc="8.6"), here(cc="9.0", gpu="NVIDIA H100"), ["compute capability 8.6", "NVIDIA H100 has 9.0"], 1),
-        (manifest(cc="8.7", gpu="Orin"), here(cc="8.6"), ["8.7 (Orin)"], 1),
-        (manifest(version="10.13.0"), here(version="10.12.0"), ["TensorRT 10.13.0", "10.12.0"], 1),
-        (manifest(version="10.3.0"), here(version="10.3.1"), ["built with TensorRT 10.3.0"], 1),
-        (manifest(hardware="ampere_plus"), here(cc="7.5", gpu="Tesla T4"), ["Ampere", "Tesla T4 has 7.5"], 1),
-        (manifest(version_compatible=True, version="10.13.0"), here(version="10.12.0"), ["version-compatible"], 1),
-        (manifest(version_compatible=True, version="10.13.0"), here(version="11.0.0"), ["major version 10"], 1),
-        (manifest(cc="8.6", version="10.3.0"), here(cc="8.9", version="10.4.0"), ["8.6", "10.3.0"], 2),
-        (manifest(hardware="turing_plus"), here(), ["unknown hardware compatibility"], 1),
-    ],
-)
-def test_incompatible_says_why_and_how_to_rebuild(built, runtime, reasons, problems):
-    with pytest.raises(EngineCompatibilityError) as info:
-        check_engine_compatibility(built, runtime, "/bundles/vit_l-int8")
-    message = str(info.value)
-    for reason in reasons:
-        assert reason in message
-    expected = (
-        "sam-edge build --model vit_l --checkpoint sam_vit_l_0b3195.pth --backend tensorrt --precision int8"
-    )
-    assert expected in message and "--output /bundles/vit_l-int8 --overwrite" in message
-    assert message.count("\n  - ") == problems, "one line per problem"
-
-
-def test_rebuild_command_keeps_non_default_options():
-    command = tensorrt_compat.rebuild_command(manifest(max_points=8, hardware_compatibility="ampere_plus", version_compatible=True))
-    assert "--max-points 8" in command and "--hardware-compatibility ampere_plus" in command
-    assert "--version-compatible" in command and "--output BUNDLE_DIR" in command
-
-
-@pytest.mark.parametrize(
-    "built,runtime,message",
-    [
-        ({"model_type": "vit_b"}, here(), "no 'tensorrt' section"),
-        ({"tensorrt": {"version": "10.3.0"}}, here(), "lacks 'compute_capability'"),
-        (manifest(), {"tensorrt": "10.13.0"}, "runtime_info needs 'compute_capability'"),
-        (manifest(cc="sm_86"), here(), "compute capability must look like"),
-        (manifest(version="ten"), here(), "not a version number"),
-    ],
-)
-def test_malformed_inputs_are_value_errors(built, runtime, message):
-    with pytest.raises(ValueError, match=message):
-        check_engine_compatibility(built, runtime)
-
-
-# ---------------------------------------------------------------- profiles and versions (pure)
-
-
-@pytest.mark.parametrize("shape,inside", [
-    ((1, 1, 2), True), ((3, 4, 2), True), ((2, 3, 2), True),  # both ends and between
-    ((4, 1, 2), False), ((1, 5, 2), False), ((0, 1, 2), False), ((1, 1, 3), False),  # one axis out
-    ((1, 1), False), ((1, 1, 2, 1), False),  # another rank
-])
-def test_shape_tuple_holds(shape, inside):
-    shapes = ShapeTuple(min=(1, 1, 2), opt=(1, 2, 2), max=(3, 4, 2))
-    assert (shapes.min, shapes.opt, shapes.max) == ((1, 1, 2), (1, 2, 2), (3, 4, 2))
-    assert shapes.holds(shape) is inside
-
-
-def test_profile_holds_every_input_it_names():
-    profile = {"point_coords": ShapeTuple((1, 1, 2), (1, 2, 2), (3, 4, 2)), "has_mask_input": ShapeTuple((1,), (1,), (3,))}
-    assert tensorrt_compat.profile_holds(profile, {"point_coords": (2, 4, 2), "has_mask_input": (3,), "other": (9,)})
-    assert not tensorrt_compat.profile_holds(profile, {"point_coords": (2, 4, 2)})  # has_mask_input missing
-    assert not tensorrt_compat.profile_holds(profile, {"point_coords": (2, 4, 2), "has_mask_input": (4,)})
-    assert tensorrt_compat.describe_profile(profile) == "point_coords (1, 1, 2)..(3, 4, 2), has_mask_input (1,)..(3,)"
-
-
-@pytest.mark.parametrize("text,expected", [("10.13.0.35", (10, 13, 0)), ("10.3.1", (10, 3, 1)), ("10.3", (10, 3)),
-                                           ("11", (11,))])
-def test_parse_version_keeps_major_minor_patch(text, expected):
-    assert tensorrt_compat.parse_version(text) == expected
-
-
-@pytest.mark.parametrize("text,expected", [("8.6", (8, 6)), ("10.0", (10, 0)), ("12.1", (12, 1))])
-def test_parse_compute_capability(text, expected):
-    assert tensorrt_compat.parse_compute_capability(text) == expected
-
-
-@pytest.mark.parametrize("text", ["sm_86", "8", "8.6.1", ""])
-def test_parse_compute_capability_refuses(text):
-    with pytest.raises(ValueError, match="compute capability must look like '8.6'"):
-        tensorrt_compat.parse_compute_capability(text)
-
-
-@pytest.mark.parametrize("section,allowed", [({"version_compatible": True}, True), ({"version_compatible": False}, False),
-                                             ({}, False), (None, False)])
-def test_host_code_allowed_only_for_version_compatible_plans(section, allowed):
-    assert tensorrt_compat.host_code_allowed({"tensorrt": section}) is allowed
-
-
-def _engine_io(**changes):
-    """The I/O of sam-edge's engines as TensorRT reports it, with `changes` ({"decoder_out": {...}} ...)."""
-    f32 = np.dtype(np.float32)
-    io = {
-        "encoder_in": {"image": ((-1, 3, 64, 64), f32)},
-        "encoder_out": {"image_embeddings": ((-1, 8, 4, 4), f32)},
-        "decoder_in": {"image_embeddings": ((1, 8, 4, 4), f32), "point_coords": ((-1, -1, 2), f32),
-                       "point_labels": ((-1, -1), f32), "mask_input": ((-1, 1, 16, 16), f32),
-                       "has_mask_input": ((-1,), f32)},
-        "decoder_out": {"iou_predictions": ((-1, 4), f32), "low_res_masks": ((-1, 4, 16, 16), f32)},
-    }
-    io.update(changes)
-    return {"encoder": (io["encoder_in"], io["encoder_out"]), "decoder": (io["decoder_in"], io["decoder_out"])}
-
-
-def test_engine_io_of_sam_edge_engines_passes():
-    tensorrt_compat.check_engine_io(_engine_io())
-
-
-@pytest.mark.parametrize("changes,message", [
-    ({"encoder_in": {"image": ((-1, 3, 64, 64), np.float32), "scale": ((1,), np.float32)}}, "expected image -> image_embeddings"),
-    ({"encoder_out": {"features": ((-1, 8, 4, 4), np.float32)}}, "expected image -> image_embeddings"),
-    ({"decoder_out": {"low_res_masks": ((-1, 4, 16, 16), np.float32)}}, "expected the fast decoder"),
-    ({"encoder_out": {"image_embeddings": ((-1, 8, 4, 4), np.float16)}}, "encoder tensor image_embeddings is float16"),
-])
-def test_engine_io_refusals_name_the_problem(changes, message):
-    with pytest.raises(ValueError, match=message):
-        tensorrt_compat.check_engine_io(_engine_io(**changes))
-
-
-# ---------------------------------------------------------------- CUDA errors
-
-
-def test_cuda_errors_carry_cuda_s_message():
-    runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python (cuda-bindings)")
-    status = runtime.cudaError_t.cudaErrorInvalidValue
-    with pytest.raises(cuda_buffers.CudaError, match=r"cudaMalloc\(8\) failed: cudaErrorInvalidValue: invalid argument"):
-        cuda_buffers.cuda_check((status, None), "cudaMalloc(8)")
-    assert cuda_buffers.cuda_check((runtime.cudaError_t.cudaSuccess, 7), "x") == 7
-    assert cuda_buffers.cuda_check((runtime.cudaError_t.cudaSuccess, 1, 2), "x") == (1, 2)
-    assert cuda_buffers.cuda_check((runtime.cudaError_t.cudaSuccess,), "x") is None
-
-
-def test_a_real_cuda_call_is_checked():
-    runtime = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-python (cuda-bindings)")
-    result = runtime.cudaGetDeviceCount()
-    if int(result[0]) == 0:
-        assert cuda_buffers.cuda_check(result, "cudaGetDeviceCount") >= 0
-    else:  # no driver or no GPU here: the error names itself
-        name = runtime.cudaGetErrorName(result[0])[1].decode()
-        with pytest.raises(cuda_buffers.CudaError, match=f"cudaGetDeviceCount failed: {name}"):
-            cuda_buffers.cuda_check(result, "cudaGetDeviceCount")
+from sam_edge.runtime.tensorrt_compat import ShapeTuple
+from tensorrt_runtime_doubles import _FakeAllocation, manifest
 
 
 # ---------------------------------------------------------------- host paths
@@ -254,28 +70,6 @@ def test_host_postprocess_matches_the_official_one():
     np.testing.assert_allclose(ours, official, rtol=0, atol=bound, err_msg=f"seed {seed}")
 
 
-class _FakeAllocation:
-    ptr = 0x10000
-
-
-@pytest.mark.parametrize("index,offset,shape", [(0, 0, (3, 5)), (2, 2 * 60, (3, 5)), (-1, 3 * 60, (3, 5)),
-                                                (slice(1, 3), 60, (2, 3, 5)), (slice(3, None), 180, (1, 3, 5)),
-                                                (slice(2, 1), 120, (0, 3, 5))])
-def test_device_array_views(index, offset, shape):
-    """Views on the first axis are the parent's memory at row offsets (float32, rows of 3 x 5)."""
-    parent = cuda_buffers.DeviceArray(_FakeAllocation.ptr, (4, 3, 5), np.float32, owner=_FakeAllocation())
-    view = parent[index]
-    assert view.ptr == parent.ptr + offset and view.shape == shape
-    assert view.__cuda_array_interface__["data"] == (view.ptr, False)
-    assert view.__cuda_array_interface__["typestr"] == "<f4"
-
-
-@pytest.mark.parametrize("index,error", [(4, IndexError), (-5, IndexError), (slice(0, 4, 2), ValueError), ((0, 1), TypeError)])
-def test_device_array_rejects(index, error):
-    with pytest.raises(error):
-        cuda_buffers.DeviceArray(_FakeAllocation.ptr, (4, 3), np.float32, owner=_FakeAllocation())[index]
-
-
 def test_load_without_tensorrt_says_so(tmp_path):
     try:
         import tensorrt  # noqa: F401
@@ -287,9 +81,6 @@ def test_load_without_tensorrt_says_so(tmp_path):
         trb.load_tensorrt_engine(str(tmp_path), manifest())
 
 
-def test_array_provider_rejects_unknown_library():
-    with pytest.raises(ValueError, match="array library"):
-        cuda_buffers.array_provider("jax")
 
 
 # ---------------------------------------------------------------- with TensorRT and a GPU
