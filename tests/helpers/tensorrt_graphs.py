@@ -160,3 +160,14 @@ def quantize_weight_matmuls_qdq(src, dst, calibration: np.ndarray) -> str:
 
     nodes = [n.name for n in quantizable_nodes(onnx.load(str(src)))]
     return _quantize_static_qdq(src, dst, calibration, 2, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])
+
+
+def tiny_profiles(**kw):
+    """decoder_profiles for the tiny graphs' embedding (EMBED_DIM channels, GRID x GRID)."""
+    from sam_edge.export.tensorrt_profiles import decoder_profiles
+
+    return decoder_profiles(embedding_size=GRID, embed_dim=EMBED_DIM, **kw)
+
+
+def rel_l2(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
