@@ -44,8 +44,8 @@ cudaError_t upsample_threshold_stability(const float* low_res, int64_t n, int64_
 
 // ---------------------------------------------------------------- RLE chunking
 
-// Device scratch of the RLE pass, by default: small enough for an 8 GB Jetson
-// next to the masks themselves.
+// Device scratch of the RLE pass, by default: small enough for the smallest
+// Jetson Orin next to the masks themselves.
 constexpr int64_t kRleDefaultScratchBytes = int64_t{256} << 20;
 // Room kept beside the positions buffer for CUB's temporary storage and the
 // selected count; the pass widens it when CUB asks for more.

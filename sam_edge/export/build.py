@@ -141,7 +141,7 @@ def build_bundle(
                 export_decoder(sam, os.path.join(staging, "decoder_official.onnx"), official=True)
                 graphs["decoder_official"] = "decoder_official.onnx"
                 bar.update()
-            del sam  # the torch weights (ViT-H: 2.5 GB) are not needed for the conversion
+            del sam  # the torch weights, large for ViT-H, are not needed for the conversion
             gc.collect()
             if row.reduced:
                 bar.set_postfix_str(steps[-1])

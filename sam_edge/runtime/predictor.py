@@ -20,7 +20,7 @@ from .transforms import ResizeLongestSide
 
 IMAGE_FORMATS = ("RGB", "BGR")
 #: Default bound on H * W of an image: 2**27 pixels (an 11585 x 11585 image,
-#: 384 MB as uint8). Resizing holds a few copies of the image, so far larger
+#: three bytes a pixel). Resizing holds a few copies of the image, so far larger
 #: ones could exhaust memory; SamPredictor(max_image_pixels=...) moves it.
 MAX_IMAGE_PIXELS = 1 << 27
 
