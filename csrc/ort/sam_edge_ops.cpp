@@ -109,6 +109,18 @@ void run_attention(const float* qkv, const float* rel_pos_h, const float* rel_po
                             scale, /*threads=*/0, /*force_portable=*/false, compute);
 }
 
+// This CPU's features, probed once: the AMX probe asks the OS for the tile state.
+const CpuFeatures& this_cpu() {
+  static const CpuFeatures cpu = [] {
+    CpuFeatures f;
+    f.avx512 = rel_pos_attention_has_avx512();
+    f.avx512_fp16 = rel_pos_attention_has_avx512_fp16();
+    f.amx_bf16 = rel_pos_attention_has_amx_bf16();
+    return f;
+  }();
+  return cpu;
+}
+
 struct RelPosAttention {
   const OrtApi* api;
   int64_t heads;
@@ -145,12 +157,6 @@ RelPosAttention* create_rel_pos_attention(const OrtApi* api, const OrtKernelInfo
     throw std::invalid_argument("heads must be >= 1 and window >= 0; got heads " + std::to_string(op.heads) +
                                 ", window " + std::to_string(op.window));
   if (!std::isfinite(op.scale)) throw std::invalid_argument("scale must be finite");
-  // The shape-independent requirement, at session creation rather than at the first run.
-  if (op.compute == Compute::fp16 && !rel_pos_attention_has_avx512_fp16())
-    throw std::invalid_argument("compute \"fp16\" needs a CPU with AVX512-FP16, which this one lacks");
-  if (op.compute == Compute::bf16 && !rel_pos_attention_has_amx_bf16())
-    throw std::invalid_argument("compute \"bf16\" needs a CPU with AMX-BF16 that the OS lets us use, "
-                                "which this one lacks");
   return new RelPosAttention(op);
 }
 
@@ -185,8 +191,10 @@ void compute_rel_pos_attention(const RelPosAttention& op, OrtKernelContext* cont
   check(api, api->KernelContext_GetOutput(context, 0, out_shape.data(), out_shape.size(), &out));
   void* out_data = nullptr;
   check(api, api->GetTensorMutableData(out, &out_data));
+  // The attribute allows reduced arithmetic; the bundle runs unchanged on CPUs and shapes that lack it.
+  const Compute compute = rel_pos_attention_fast_compute(d, s_h, s_w, op.compute, this_cpu()).value_or(Compute::fp32);
   run_attention(qkv.data, rel_pos_h.data, rel_pos_w.data, kv_bias.data, static_cast<float*>(out_data), batch, height,
-                width, op.heads, d, op.window, op.scale, op.compute);
+                width, op.heads, d, op.window, op.scale, compute);
 }
 
 // ---- LayerNorm ----

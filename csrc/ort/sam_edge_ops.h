@@ -11,7 +11,11 @@
 //     (2 * s_w - 1, D); kv_bias (2, heads, D), needed when windows pad the grid;
 //     out (B, H, W, heads * D).
 //     Attributes: heads (int), window (int, 0 for a global block), scale
-//     (float), compute (string "fp32", "fp16" or "bf16"; "fp32" when absent).
+//     (float), compute (string "fp32", "fp16" or "bf16"; "fp32" when absent):
+//     the most reduced arithmetic allowed; the op runs the first of bf16,
+//     fp16, fp32 at or above it that this CPU has a fast path for at this
+//     shape (rel_pos_attention_fast_compute), else fp32, so a graph runs
+//     unchanged on any AVX-512 CPU.
 //   LayerNorm(X, scale, B) -> Y, all float32: torch.nn.LayerNorm over X's last
 //     axis (csrc/layer_norm.h): X (..., C), scale and B (C,), Y like X.
 //     Attribute: epsilon (float).
