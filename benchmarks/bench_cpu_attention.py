@@ -12,7 +12,7 @@ Shapes: a global block (12 heads x 4096 queries x 4096 keys, head dim 64, a
               there, timed as ort_plain)
   ort_plain   MatMul -> Add(bias) -> Softmax -> MatMul, the exported form
   kernel_fp32, kernel_fp16   sam-edge's kernel (fp16 needs AVX512-FP16)
-  qkv_fp32, qkv_fp16, qkv_bf16   the kernel as the segmented encoder calls it
+  qkv_fp32, qkv_fp16, qkv_bf16   the kernel as the encoder ops graph's RelPosAttention calls it
               (bf16: on AMX tiles, where the CPU and OS have them)
               (rel_pos_attention_qkv): from the block's (1, 64, 64, 2304) qkv
               projection, so it also splits q, k, v, partitions and pads the

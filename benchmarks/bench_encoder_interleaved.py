@@ -4,9 +4,9 @@
     PYTHONPATH=. python benchmarks/bench_encoder_interleaved.py BUNDLE --modes single,native
 
 --modes loads each bundle once per encoder mode: "single" is its one encoder
-graph, "native" its segments with sam-edge's fused global attention (see
-sam_edge.load's native_attention), "fp32", "fp16", "bf16" the segments with the
-kernel in that precision where it runs (attention_compute); the first bundle's
+graph, "native" its encoder ops graph with sam-edge's attention op (see
+sam_edge.load's native_attention), "fp32", "fp16", "bf16" that graph with the
+op in that precision where it runs (attention_compute); the first bundle's
 first mode is the baseline.
 
 On a shared host the load moves by tens of percent within minutes, so two
@@ -60,7 +60,7 @@ def main() -> int:
         for mode in args.modes.split(","):
             native, compute = modes[mode]
             engine = sam_edge.load(bundle, threads=args.threads, native_attention=native, attention_compute=compute)
-            if engine.encoder_mode.startswith("segments"):
+            if engine.encoder_mode.startswith("one graph"):
                 kind = engine.encoder_mode
             else:
                 kind = "MHA-fused graph" if engine.manifest.get("fused_global_attention") else "plain graph"

@@ -9,10 +9,9 @@ same precision, same threads). Writes JSON and prints a table.
     PYTHONPATH=. python benchmarks/bench_onnxruntime.py --model vit_b --precisions fp32,int8 --threads 2
 
 Bundles are built with seeded random weights (speed does not depend on the
-values) into --bundles (reused when present). A bundle with encoder segments
-is timed in both encoder modes (--encoder-modes): its segments with
-sam-edge's fused global attention kernel ("+ attention kernel"), and its single
-encoder graph.
+values) into --bundles (reused when present). A bundle with an encoder ops
+graph is timed in both encoder modes (--encoder-modes): that graph, with
+sam-edge's attention op ("+ attention kernel"), and its standard encoder graph.
 """
 
 import argparse
@@ -204,8 +203,8 @@ def main() -> int:
     parser.add_argument("--bundles", default=os.path.join(tempfile.gettempdir(), "sam-edge-bench-bundles"),
                         help="where bundles are built (and reused)")
     parser.add_argument("--encoder-modes", default="native,single",
-                        help="for bundles with encoder segments: native (segments + sam-edge's fused global "
-                             "attention, load()'s default where it can run) and/or single (the one encoder graph)")
+                        help="for bundles with an encoder ops graph: native (sam-edge's attention op, load()'s "
+                             "default where it can run) and/or single (the standard encoder graph)")
     parser.add_argument("--tag", default=None, help="results file tag (default cpu-<threads>core-<date>)")
     args = parser.parse_args()
     modes = [m for m in args.encoder_modes.split(",") if m]
@@ -232,13 +231,13 @@ def main() -> int:
         )
         peak = matmul_peak_gflops(precision, args.threads)
         with open(os.path.join(bundle, "manifest.json")) as f:
-            has_segments = "encoder_split" in json.load(f)
-        for mode in (modes if has_segments else ["single"]):
+            has_ops_graph = "encoder_ops" in json.load(f)
+        for mode in (modes if has_ops_graph else ["single"]):
             enc, one, many, image_part, rss, encoder_mode = bench_bundle(
                 bundle, args.threads, args.repeat, args.prompts, native_attention=None if mode == "native" else False
             )
             rows.append({
-                "path": "sam-edge onnxruntime" + (" + attention kernel" if encoder_mode.startswith("segments") else ""),
+                "path": "sam-edge onnxruntime" + (" + attention kernel" if encoder_mode.startswith("one graph") else ""),
                 "precision": precision, "encoder_mode": encoder_mode,
                 "encoder": enc, "decoder_one_prompt": one, "decoder_per_prompt_batched": _per(many, args.prompts),
                 "decoder_image_part_once_per_image": image_part,

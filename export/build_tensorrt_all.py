@@ -84,7 +84,7 @@ def build_pair(args, model, precision, timing_cache):
     else:
         # Standard ops only: ONNX Runtime's contrib attention has no TensorRT importer.
         build_bundle(onnx_dir, get_config(model), checkpoint=checkpoint, precision=precision, overwrite=True,
-                     official_decoder=False, fused_attention=False, split_encoder=False, quiet=args.quiet)
+                     official_decoder=False, fused_attention=False, ops_graph=False, quiet=args.quiet)
         row["onnx_s"] = round(time.perf_counter() - start, 1)
     params: TensorRTBuildParams = tensorrt_build_params(
         args, model, precision, checkpoint and os.path.basename(checkpoint), timing_cache, args.quiet)

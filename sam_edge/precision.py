@@ -1,11 +1,11 @@
 """Precisions as data: one row per encoder precision, read wherever a build or
 the runtime has to decide something by precision. Torch-free and onnx-free.
 
-    name          encoder conversion            kernel compute  split  fused MHA  TensorRT
-    fp32          none                          fp32            yes    yes        strongly typed fp32, TF32 off
-    fp16          fp16 with fp32 islands        -               no     no         the graph's fp16, or FP16 flags
-    int8          static QDQ int8 (calibrated)  bf16            yes    yes        the graph's Q/DQ, or INT8 + FP16 flags
-    int8-dynamic  dynamic int8                  bf16            yes    yes        -
+    name          encoder conversion            kernel compute  ops graph  fused MHA  TensorRT
+    fp32          none                          fp32            yes        yes        strongly typed fp32, TF32 off
+    fp16          fp16 with fp32 islands        -               no         no         the graph's fp16, or FP16 flags
+    int8          static QDQ int8 (calibrated)  bf16            yes        yes        the graph's Q/DQ, or INT8 + FP16 flags
+    int8-dynamic  dynamic int8                  bf16            yes        yes        -
 
 The decoder is fp32 in every bundle: its logits are what users threshold.
 """
@@ -72,8 +72,8 @@ class Precision:
     """One encoder precision.
 
     conversion: what the build does to the exported fp32 encoder graph.
-    kernel_compute: the attention kernel's compute between the encoder's ONNX
-        Runtime segments; None where the encoder is not split (fp16 graphs run
+    kernel_compute: the compute of the RelPosAttention ops in the ONNX Runtime
+        bundle's encoder ops graph; None where there is none (fp16 graphs run
         their attention in ORT: its CPU fused attention is float32 only).
     fused_attention: ONNX Runtime bundles may fuse the global attention into
         com.microsoft.MultiHeadAttention (fp16 keeps standard ops, on which
@@ -93,8 +93,8 @@ class Precision:
         return self.conversion is not EncoderConversion.NONE
 
     @property
-    def split(self) -> bool:
-        """Whether ONNX Runtime bundles carry the encoder cut at its attentions."""
+    def native_attention(self) -> bool:
+        """Whether ONNX Runtime bundles carry the encoder ops graph (sam-edge's attention ops)."""
         return self.kernel_compute is not None
 
 

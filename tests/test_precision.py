@@ -1,70 +1,50 @@
-"""Precisions as data (sam_edge.precision) and the encoder's split plan as a
-dataclass (runtime.segmented_encoder.EncoderSplitPlan): the JSON round trip, and
-plans written before the plan said which compute runs."""
+"""Precisions as data (sam_edge.precision) and the manifest's description of
+the encoder ops graph (runtime.ort_ops.EncoderOpsGraph): the JSON round trip,
+and damaged or foreign descriptions refused."""
 
 import json
 
 import pytest
 
 from sam_edge.precision import PRECISIONS, Compute, EncoderConversion, get_precision
-from sam_edge.runtime.segmented_encoder import AttentionCut, EncoderSplitPlan, Segment
+from sam_edge.runtime.ort_ops import AttentionCut, EncoderOpsGraph
 
 
-def _plan(compute: Compute, cuts: int = 2) -> EncoderSplitPlan:
-    segments = tuple(Segment(f"encoder_segment_{k}.onnx", (f"in{k}",), (f"out{k}", f"qkv{k}"))
-                     for k in range(cuts + 1))
+def _graph(compute: Compute, cuts: int = 2) -> EncoderOpsGraph:
     attention = tuple(AttentionCut(f"qkv{j}", f"attn{j}", 0.125, 2 * j + 1, 12, 64, (16, 16), 0) for j in range(cuts))
-    return EncoderSplitPlan("image", "image_embeddings", segments, attention, "encoder_attention.npz", compute)
+    return EncoderOpsGraph("encoder_ops.onnx", compute, attention)
 
 
 @pytest.mark.parametrize("compute", list(Compute))
-def test_plan_json_round_trip(compute):
-    plan = _plan(compute)
-    data = json.loads(json.dumps(plan.to_json()))  # through a manifest file's types
-    assert EncoderSplitPlan.from_json(data) == plan
-    assert data["kernel_compute"] == compute.value
-    assert plan.files() == [f"encoder_segment_{k}.onnx" for k in range(3)] + ["encoder_attention.npz"]
-
-
-@pytest.mark.parametrize("legacy, expected", [("fp32", Compute.FP32), ("fp16", Compute.BF16), (None, Compute.FP32)])
-def test_plans_from_before_kernel_compute(legacy, expected):
-    """Older plans carry only "compute", where "fp16" meant reduced precision (bf16 where the
-    CPU runs it, as load chose): they read as the compute that ran."""
-    data = _plan(Compute.FP32).to_json()
-    del data["kernel_compute"]
-    if legacy is None:
-        del data["compute"]
-    else:
-        data["compute"] = legacy
-    assert EncoderSplitPlan.from_json(data).compute is expected
-
-
-def test_new_plans_keep_the_legacy_field():
-    """A new plan's "compute" is what older sam-edge versions read: reduced precision is "fp16" there."""
-    assert _plan(Compute.BF16).to_json()["compute"] == "fp16"
-    assert _plan(Compute.FP32).to_json()["compute"] == "fp32"
+def test_ops_graph_json_round_trip(compute):
+    graph = _graph(compute)
+    data = json.loads(json.dumps(graph.to_json()))  # through a manifest file's types
+    assert EncoderOpsGraph.from_json(data) == graph
+    assert data["compute"] == compute.value and data["domain"] == "ai.sam_edge" and data["domain_version"] == 1
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda d: d.pop("tables"), "lacks the field 'tables'"),
-    (lambda d: d["segments"][0].update(inputs="image"), "wrong form"),
+    (lambda d: d.pop("file"), "lacks the field 'file'"),
+    (lambda d: d.update(file=["encoder_ops.onnx"]), "wrong form"),
     (lambda d: d["attention"][0].update(qkv=3), "wrong form"),
-    (lambda d: d.update(kernel_compute="fp8"), "compute must be one of"),
-    (lambda d: d["segments"].pop(), "need 3 segments"),
+    (lambda d: d["attention"][0].pop("k_size"), "lacks the field 'k_size'"),
+    (lambda d: d.update(compute="fp8"), "compute must be one of"),
+    (lambda d: d.update(domain_version=2), "needs the op domain 'ai.sam_edge' version 2"),
+    (lambda d: d.update(domain="com.example"), "needs the op domain 'com.example'"),
 ])
-def test_damaged_plans_are_value_errors(damage, message):
-    data = _plan(Compute.BF16).to_json()
+def test_damaged_ops_graphs_are_value_errors(damage, message):
+    data = _graph(Compute.BF16).to_json()
     damage(data)
     with pytest.raises(ValueError, match=message):
-        EncoderSplitPlan.from_json(data)
+        EncoderOpsGraph.from_json(data)
 
 
 def test_registry_rows():
     """Each row's decisions, as the build and the runtime read them."""
     assert get_precision("fp32").conversion is EncoderConversion.NONE and not get_precision("fp32").reduced
-    assert get_precision("fp16").split is False and get_precision("fp16").fused_attention is False
+    assert get_precision("fp16").native_attention is False and get_precision("fp16").fused_attention is False
     for name in ("int8", "int8-dynamic"):
-        assert get_precision(name).kernel_compute is Compute.BF16 and get_precision(name).split
+        assert get_precision(name).kernel_compute is Compute.BF16 and get_precision(name).native_attention
     assert get_precision("int8").tensorrt.needs_qdq and get_precision("int8").tensorrt.fp16_float_parts
     assert PRECISIONS["int8-dynamic"].tensorrt is None
     with pytest.raises(ValueError, match="precision must be one of"):

@@ -31,9 +31,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--plain-attention", action="store_true",
                         help="standard ONNX ops only: no ONNX Runtime contrib MultiHeadAttention for the global "
                              "blocks (for ONNX Runtime builds without contrib ops; slower)")
-    parser.add_argument("--no-split-encoder", action="store_true",
-                        help="do not write the encoder segments that the runtime runs with sam-edge's fused "
-                             "global attention (smaller bundle; the single-graph encoder is slower)")
+    parser.add_argument("--no-ops-graph", action="store_true",
+                        help="do not write encoder_ops.onnx, the encoder graph with sam-edge's attention ops "
+                             "(sam_edge_ops), which the runtime runs on AVX-512 CPUs (the standard graph is slower)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_tensorrt_arguments(parser)
     parser.set_defaults(func=run_build)
@@ -103,7 +103,7 @@ def run_build(args: argparse.Namespace) -> int:
         num_calib_images=args.num_calib_images,
         overwrite=args.overwrite,
         fused_attention=not args.plain_attention,
-        split_encoder=not args.no_split_encoder,
+        ops_graph=not args.no_ops_graph,
         quiet=args.quiet,
     )
     return 0

@@ -56,7 +56,7 @@ def build_bundle(
     overwrite: bool = False,
     official_decoder: bool = True,
     fused_attention: Optional[bool] = None,
-    split_encoder: bool = True,
+    ops_graph: bool = True,
     quiet: bool = False,
 ) -> Dict[str, Any]:
     """Build a bundle for `config` at `output`; returns its manifest.
@@ -73,10 +73,11 @@ def build_bundle(
             (onnx_export.fuse_global_attention); False keeps standard ops only
             (what TensorRT builds from). None: True for backend "onnxruntime",
             False for "tensorrt", whose parser has no importer for contrib ops.
-        split_encoder: for ONNX Runtime (fp32 and int8 encoders), also write the
-            encoder cut at its global attentions (split_encoder.py), which the
-            runtime runs with sam-edge's fused attention kernel where the CPU
-            has AVX-512; encoder.onnx stays whole for everything else.
+        ops_graph: for ONNX Runtime (fp32 and int8 encoders), also write the
+            encoder as one graph whose attentions are sam_edge_ops'
+            RelPosAttention nodes (encoder_ops.py), which the runtime runs where
+            the op library registers (an AVX-512 CPU); encoder.onnx stays the
+            standard-op graph for everything else.
     """
     from tqdm import tqdm
 
@@ -114,9 +115,9 @@ def build_bundle(
         steps = ["export encoder", "export decoder"] + (["export official decoder"] if official_decoder else [])
         if row.reduced:
             steps.append(f"convert encoder to {precision}")
-        split = split_encoder and backend == "onnxruntime" and row.split
-        if split:
-            steps.append("split encoder at global attention")
+        with_ops_graph = ops_graph and backend == "onnxruntime" and row.native_attention
+        if with_ops_graph:
+            steps.append("write encoder ops graph")
         extra: Dict[str, Any] = {}
         with tqdm(total=len(steps), desc="build", unit="step", disable=quiet) as bar:
             encoder_name = "encoder.onnx"
@@ -151,15 +152,13 @@ def build_bundle(
                 ))
                 _remove_graph(fp32_path)
                 bar.update()
-            if split:
-                from .split_encoder import attention_blocks, split_encoder_at_attention
+            if with_ops_graph:
+                from .encoder_ops import attention_blocks, encoder_ops_graph
 
-                bar.set_postfix_str("split encoder at global attention")
-                plan = split_encoder_at_attention(
-                    os.path.join(staging, encoder_name), staging, config,
-                    blocks=attention_blocks(config, row.kernel_compute), compute=row.kernel_compute,
-                )
-                extra["encoder_split"] = plan.to_json()
+                bar.set_postfix_str(steps[-1])
+                graph = encoder_ops_graph(os.path.join(staging, encoder_name), config,
+                                          attention_blocks(config, row.kernel_compute), row.kernel_compute)
+                extra["encoder_ops"] = graph.to_json()
                 bar.update()
             if fused_attention and row.fused_attention:
                 # After quantization: ONNX shape inference knows no contrib op, so the

@@ -1,6 +1,6 @@
 """Patterns of the plain exported encoder graph, found once for the passes that
 rewrite it: the attention cores (onnx_export.fuse_global_attention,
-split_encoder), the rel-pos products, and the fp32 islands that every fp16
+encoder_ops), the rel-pos products, and the fp32 islands that every fp16
 conversion keeps (quantize.convert_fp16 for ONNX Runtime, tensorrt_fp16 for
 TensorRT).
 

@@ -23,8 +23,9 @@ keeps each block of scores in cache instead of materialising the
 rel_pos_attention_qkv is the same attention as an encoder block feeds it: from
 its qkv Linear's output, with the model's rel-pos tables, the windows and their
 padding handled in the kernel (_C.rel_pos_attention_qkv), and the output in the
-layout the block's proj Linear reads. The ONNX Runtime segmented encoder cuts
-its graph there (sam_edge.export.split_encoder).
+layout the block's proj Linear reads. The encoder ops graph cuts the encoder
+there (sam_edge.export.encoder_ops), for the same kernel as an ONNX Runtime
+custom op (csrc/ort/).
 
 rel_pos_attention_cpu_reference and rel_pos_attention_qkv_reference are the same
 math in float64 numpy, for the tests.
@@ -37,8 +38,6 @@ import numpy as np
 #: Compute precisions of the kernel: rel_pos_attention's, and rel_pos_attention_qkv's.
 COMPUTE = ("fp32", "fp16")
 QKV_COMPUTE = ("fp32", "fp16", "bf16")
-#: The graph tensor that rel_pos_attention_qkv reads, as a split plan names it.
-QKV_INPUTS = ("qkv",)
 
 
 def _native():

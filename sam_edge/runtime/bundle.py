@@ -9,6 +9,8 @@
                          runs once per image, the prompt part per call
                          (prompts without mask_input)
     DIR/decoder_official.onnx   the official-compatible decoder (ONNX Runtime only)
+    DIR/encoder_ops.onnx the encoder as one graph with sam_edge_ops' RelPosAttention
+                         nodes (ONNX Runtime hosts that register the op library)
 
 `load` checks every file against the manifest before a session is created,
 so a truncated download or an edited graph is refused, not run. Torch-free.
@@ -93,14 +95,8 @@ def _check_form(manifest: Dict[str, Any], path: str) -> None:
         raise bad("image_size", "a positive int", manifest["image_size"])
     if not isinstance(manifest["backend"], str):
         raise bad("backend", "a string", manifest["backend"])
-    split = manifest.get("encoder_split")
-    if split is not None:
-        if (not isinstance(split, dict) or not isinstance(split.get("segments"), list)
-                or not all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in split["segments"])
-                or not isinstance(split.get("tables", ""), str)):
-            raise bad("encoder_split", "a plan with segments [{file: str, ...}] and tables: str", split)
-        if "tables" in split:
-            _split_plan(split, path)
+    if manifest.get("encoder_ops") is not None:
+        _ops_graph(manifest["encoder_ops"], path)
 
 
 def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -128,14 +124,9 @@ def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) ->
     for graph, name in manifest["graphs"].items():
         if name not in manifest["files"]:
             raise BundleError(f"manifest of {bundle_dir}: graph {graph!r} -> {name!r} is not among its hashed files")
-    split = manifest.get("encoder_split")
-    if split is not None:
-        # Plans from before the kernel took the qkv projection have no tables file.
-        plan_files = ([segment["file"] for segment in split["segments"]] if "tables" not in split
-                      else _split_plan(split, f"manifest of {bundle_dir}").files())
-        for name in plan_files:
-            if name not in manifest["files"]:
-                raise BundleError(f"manifest of {bundle_dir}: the encoder plan's {name!r} is not among its hashed files")
+    ops = manifest.get("encoder_ops")
+    if ops is not None and ops["file"] not in manifest["files"]:
+        raise BundleError(f"manifest of {bundle_dir}: the encoder ops graph {ops['file']!r} is not among its hashed files")
     return manifest
 
 
@@ -154,15 +145,18 @@ def load(
         providers: ONNX Runtime execution providers (CPU when None).
         threads: intra-op threads per session (ONNX Runtime's default when None).
         verify: check sizes and sha256 of every file first (default; seconds for ViT-H).
-        native_attention: run the encoder as the bundle's segments with sam-edge's
-            fused attention kernel (sam_edge._C on an AVX-512 CPU). None: when the
-            bundle has them and this machine can (the default); False: never, the
-            single encoder graph; True: always, or a BundleError saying why not.
-            The engine's `encoder_mode` says which runs.
-        attention_compute: the kernel's arithmetic, a sam_edge.precision.Compute
+        native_attention: run the encoder graph whose attentions are sam_edge_ops'
+            RelPosAttention nodes (sam-edge's fused kernel, on an AVX-512 CPU).
+            None: when the bundle has it and this machine runs it fast (the
+            default); False: never, the standard-op encoder graph; True: always,
+            or a BundleError saying why not. The engine's `encoder_mode` says
+            which runs, and `encoder_fallback` why the ops graph does not (None
+            when it does).
+        attention_compute: the ops' arithmetic, a sam_edge.precision.Compute
             or its value ("fp32", "fp16" or "bf16"), where it runs (else the next
-            one down, see cpu_attention.fast_compute). None: the bundle's plan's
-            (int8 bundles: bf16, which runs as fp16 where the CPU lacks AMX).
+            one down, see cpu_attention.fast_compute). None: the bundle's
+            (int8 bundles: bf16, which runs as fp16 where the CPU has
+            AVX512-FP16 but no AMX).
     Returns:
         an OnnxRuntimeBackend, with the manifest as `.manifest`.
     """
@@ -185,9 +179,15 @@ def load(
             f"bundle {bundle_dir} is for backend {manifest['backend']!r}; load() runs onnxruntime bundles"
         )
     try:
-        encoder_split = _encoder_split(bundle_dir, manifest.get("encoder_split"), providers, native_attention,
-                                       attention_compute)
-        engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_split)
+        if native_attention is False:
+            encoder_ops, fallback = None, "native_attention=False"
+        else:
+            encoder_ops, fallback = _encoder_ops(bundle_dir, manifest.get("encoder_ops"), providers,
+                                                 attention_compute)
+            if encoder_ops is None and native_attention:
+                raise BundleError(f"bundle {bundle_dir} cannot run its encoder with sam-edge's attention ops here: "
+                                  f"{fallback}")
+        engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops)
     except BundleError:
         raise
     except MemoryError:
@@ -199,10 +199,11 @@ def load(
         ) from exc
     engine.manifest = manifest
     engine.bundle_dir = bundle_dir
+    engine.encoder_fallback = fallback
     return engine
 
 
-def _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_split):
+def _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops=None):
     from .onnxruntime_backend import OnnxRuntimeBackend
 
     graphs = manifest["graphs"]
@@ -217,43 +218,43 @@ def _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_split)
             if "decoder_image" in graphs and "decoder_prompt" in graphs
             else None
         ),
-        encoder_split=encoder_split,
+        encoder_ops=encoder_ops,
     )
 
 
-def _encoder_split(bundle_dir, split, providers, native_attention, attention_compute):
-    """OnnxRuntimeBackend's encoder_split for the manifest's plan `split`, or None
-    for the single encoder graph (see load's native_attention)."""
-    encoder_split = None
-    if native_attention is not False:
-        from ..kernels.cpu_attention import fast_compute, cpu_kernel_status
+def _encoder_ops(bundle_dir, ops, providers, attention_compute):
+    """(OnnxRuntimeBackend's encoder_ops for the manifest's "encoder_ops", or None;
+    why not, or None when it runs). The ops graph runs where sam_edge_ops registers
+    (an AVX-512 CPU, onnxruntime >= 1.16), on the CPU provider, with a fast kernel
+    path for every cut at the compute asked."""
+    if ops is None:
+        return None, "the bundle has no encoder ops graph (fp16, built with --no-ops-graph, or by an older sam-edge)"
+    from ..kernels.cpu_attention import fast_compute
+    from .ort_ops import library_refusal
 
-        if split is None or "tables" not in split:
-            # Bundles from before the cut moved to the qkv projection have no tables file.
-            if native_attention:
-                raise BundleError(f"bundle {bundle_dir} has no encoder segments for this sam-edge (built with "
-                                  "--no-split-encoder, fp16, or by an older sam-edge); rebuild it, or pass "
-                                  "native_attention=None")
-        else:
-            plan = _split_plan(split, f"manifest of {bundle_dir}")
-            preferred = (attention_compute or plan.compute).value
-            computes = [fast_compute(a.head_dim, a.k_size, preferred) for a in plan.attention]
-            if providers and list(providers)[0] != "CPUExecutionProvider":
-                computes = [None]  # the kernel is a CPU kernel
-            if None in computes and native_attention:
-                raise BundleError(f"sam-edge's attention kernel cannot run this bundle's cuts here "
-                                  f"({cpu_kernel_status()}; head_dim, k_size per cut: "
-                                  f"{sorted({(a.head_dim, a.k_size) for a in plan.attention})})")
-            if None not in computes:
-                encoder_split = {"dir": bundle_dir, "plan": split, "compute": computes}
-    return encoder_split
+    graph = _ops_graph(ops, f"manifest of {bundle_dir}")
+    if providers and list(providers)[0] != "CPUExecutionProvider":
+        return None, "sam_edge_ops are CPU kernels; the first provider is " + list(providers)[0]
+    compute = attention_compute or graph.compute
+    computes = [fast_compute(a.head_dim, a.k_size, compute.value) for a in graph.attention]
+    if None in computes:
+        slow = sorted({(a.head_dim, a.k_size) for a, c in zip(graph.attention, computes) if c is None})
+        return None, f"the kernel has no fast path on this CPU for (head_dim, k_size) {slow}"
+    refusal = library_refusal()
+    if refusal is not None:
+        return None, refusal
+    return {"path": os.path.join(bundle_dir, graph.file), "compute": computes,
+            "attribute": None if compute is graph.compute else compute.value}, None
 
 
-def _split_plan(split: Dict[str, Any], where: str):
-    """The manifest's "encoder_split" as an EncoderSplitPlan; BundleError naming `where` when it is damaged."""
-    from .segmented_encoder import EncoderSplitPlan
+def _ops_graph(ops: Dict[str, Any], where: str):
+    """The manifest's "encoder_ops" as an EncoderOpsGraph; BundleError naming `where` when it is damaged."""
+    from .ort_ops import EncoderOpsGraph
 
     try:
-        return EncoderSplitPlan.from_json(split)
+        graph = EncoderOpsGraph.from_json(ops)
     except ValueError as exc:
         raise BundleError(f"{where}: {exc}") from None
+    if os.path.basename(graph.file) != graph.file:
+        raise BundleError(f"{where}: encoder_ops names a file outside the bundle: {graph.file!r}")
+    return graph

@@ -45,10 +45,12 @@ class OnnxRuntimeBackend:
             image (sam_edge.export.onnx_export.export_split_decoder), or None. With
             them, prompts without mask_input run only the prompt part; the image
             part runs once per embedding and is kept with it.
-        encoder_split: {"dir", "plan", "compute"}: run the encoder as the bundle's
-            segments with sam-edge's fused global attention between them
-            (segmented_encoder.SegmentedEncoder) instead of encoder_path; None
-            for the single graph. `encoder_mode` says which runs.
+        encoder_ops: {"path", "compute", "attribute"}: run the encoder as the graph
+            at `path`, whose attentions are sam_edge_ops' RelPosAttention nodes
+            (ort_ops), registering the op library; `compute` is what each runs
+            here (for encoder_mode); `attribute`, when not None, replaces the
+            nodes' compute attribute. None: the standard-op graph at encoder_path.
+        `encoder_mode` says which encoder runs.
 
     Shared by threads: any number may call embed and decode at once
     (InferenceSession.run is thread-safe, the attention kernel's scratch is per
@@ -68,7 +70,7 @@ class OnnxRuntimeBackend:
         providers: Optional[Sequence[str]] = None,
         threads: Optional[int] = None,
         split_decoder_paths: Optional[Tuple[str, str]] = None,
-        encoder_split: Optional[dict] = None,
+        encoder_ops: Optional[dict] = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -86,18 +88,14 @@ class OnnxRuntimeBackend:
         # ORT's memory pattern plans one block for a whole run on top of what the
         # arena already holds; without it the arena reuses the freed attention maps.
         options.enable_mem_pattern = False
-        if encoder_split is not None:
-            from .segmented_encoder import SegmentedEncoder
+        if encoder_ops is not None:
+            from .ort_ops import encoder_ops_session
 
-            segment_options = session_options(threads)
-            segment_options.enable_mem_pattern = False
-            self.encoder = SegmentedEncoder(
-                encoder_split["dir"], encoder_split["plan"], segment_options, providers, encoder_split["compute"],
-                threads,
-            )
-            kinds = ", ".join(sorted(set(encoder_split["compute"])))
-            cuts = len(encoder_split["plan"]["attention"])
-            self.encoder_mode = f"segments + sam-edge attention kernel ({cuts} cuts, {kinds})"
+            self.encoder = encoder_ops_session(encoder_ops["path"], session_options(threads), providers,
+                                               encoder_ops.get("attribute"))
+            kinds = ", ".join(sorted(set(encoder_ops["compute"])))
+            self.encoder_mode = (f"one graph + sam_edge_ops RelPosAttention "
+                                 f"({len(encoder_ops['compute'])} cuts, {kinds})")
         else:
             self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
             self.encoder_mode = "single ONNX Runtime graph"

@@ -4,7 +4,7 @@ partial one, and the next build succeeds; a full disk and a read-only
 output directory give a one-line error and leave no staging directory.
 
 Kill points are deterministic: the child build counts the steps it passes
-(each export, the int8 calibration, the split, every rename and chmod of
+(each export, the int8 calibration, the ops graph, every rename and chmod of
 the final move) and kills itself at step K, for K across the whole build;
 a few more kills land at random times.
 """
@@ -36,11 +36,11 @@ events, wrap = points.events, points.wrap
 from onnx_helpers import reduced_config
 import sam_edge.export.build as build
 import sam_edge.export.onnx_export as onnx_export
-import sam_edge.export.split_encoder as split_encoder
+import sam_edge.export.encoder_ops as encoder_ops
 for name in ("export_encoder", "export_decoder", "export_split_decoder", "fuse_global_attention"):
     if hasattr(onnx_export, name):
         wrap(onnx_export, name)
-wrap(split_encoder, "split_encoder_at_attention")
+wrap(encoder_ops, "write_encoder_ops_graph")
 wrap(build, "_convert_encoder")
 wrap(build, "move_bundle_into_place")
 wrap(os, "replace")
@@ -89,7 +89,7 @@ def test_sigkill_at_every_step_leaves_a_complete_bundle_or_nothing(checkpoint, t
         assert dry.returncode == 0, err[-3000:]
     record = json.loads(out.strip().splitlines()[-1])
     events, seconds = record["events"], record["seconds"]
-    assert {"_convert_encoder", "split_encoder_at_attention", "move_bundle_into_place"} <= set(events)
+    assert {"_convert_encoder", "write_encoder_ops_graph", "move_bundle_into_place"} <= set(events)
     assert events.count("replace") == 2, events
     previous = read_manifest(output)["created_utc"]
 

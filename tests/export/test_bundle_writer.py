@@ -43,7 +43,7 @@ if how == "kill":
     os.replace = killing_replace
 else:
     onnx_export.export_decoder = waiting_export_decoder
-build_bundle(output, reduced_config(), overwrite=True, official_decoder=False, split_encoder=False, quiet=True)
+build_bundle(output, reduced_config(), overwrite=True, official_decoder=False, ops_graph=False, quiet=True)
 print("done", flush=True)
 """
 
@@ -56,7 +56,7 @@ def _child(output, how):
 def _build(output):
     from sam_edge.export.build import build_bundle
 
-    return build_bundle(str(output), reduced_config(), overwrite=True, official_decoder=False, split_encoder=False,
+    return build_bundle(str(output), reduced_config(), overwrite=True, official_decoder=False, ops_graph=False,
                         quiet=True)
 
 

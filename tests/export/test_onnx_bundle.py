@@ -41,9 +41,8 @@ def test_manifest_records_build(bundle):
     assert manifest["weights"]["checkpoint_sha256"] == sha256_file(str(checkpoint))
     assert set(manifest["files"]) == {
         "encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_prompt.onnx", "decoder_official.onnx",
-        "encoder_segment_0.onnx", "encoder_segment_1.onnx",  # the split at the one global block
-        "encoder_attention.npz",  # its rel-pos tables, for the kernel
-        "encoder.onnx.data",  # the weights, which encoder.onnx and the segments share
+        "encoder_ops.onnx",  # the encoder with sam-edge's attention op at its one global block
+        "encoder.onnx.data",  # the weights, which encoder.onnx and encoder_ops.onnx share
     }
     for name, record in manifest["files"].items():
         assert record["sha256"] == sha256_file(str(path / name))
@@ -151,7 +150,7 @@ def test_predict_and_build_use_the_same_random_weights(tmp_path, monkeypatch):
 
     monkeypatch.setitem(config_module.SAM_CONFIGS, "vit_b", reduced_config())
     bundle = tmp_path / "bundle"
-    assert main(["build", "--model", "vit_b", "--output", str(bundle), "--no-split-encoder", "--quiet"]) == 0
+    assert main(["build", "--model", "vit_b", "--output", str(bundle), "--no-ops-graph", "--quiet"]) == 0
     Image.fromarray(photos()["landscape"]).save(tmp_path / "image.png")
     results = {}
     for source in (["--model", "vit_b"], ["--bundle", str(bundle)]):
@@ -256,10 +255,10 @@ def test_external_data_bundle(bundle, tmp_path, monkeypatch):
 
 def test_a_flipped_byte_in_any_file_is_refused(bundle, tmp_path):
     """Every file the manifest lists is hashed, not only the graphs: the shared
-    weights, the segments and the kernel's tables too."""
+    weights and the encoder ops graph too."""
     path = _copy(bundle[1], tmp_path / "b")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert {"encoder.onnx.data", "encoder_attention.npz", "encoder_segment_0.onnx"} <= set(manifest["files"])
+    assert {"encoder.onnx.data", "encoder_ops.onnx"} <= set(manifest["files"])
     for name in manifest["files"]:
         target = path / name
         original = target.read_bytes()
@@ -270,19 +269,6 @@ def test_a_flipped_byte_in_any_file_is_refused(bundle, tmp_path):
             sam_edge.load(path)
         target.write_bytes(original)
     sam_edge.load(path)  # restored: accepted again
-
-
-@pytest.mark.parametrize("part", ["segment", "tables"])
-def test_encoder_plan_files_must_be_hashed(bundle, tmp_path, part):
-    """A plan that names a segment or tables file the manifest does not hash is refused,
-    as a graph outside the hashed files is."""
-    path = _copy(bundle[1], tmp_path / "b")
-    manifest = json.loads((path / "manifest.json").read_text())
-    name = manifest["encoder_split"]["segments"][1]["file"] if part == "segment" else manifest["encoder_split"]["tables"]
-    del manifest["files"][name]
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=f"encoder plan.*{name}.*not among its hashed files"):
-        sam_edge.load(path)
 
 
 def test_a_thousand_queries_do_not_grow_rss(bundle):

@@ -5,9 +5,9 @@ fp16 (10-bit mantissa, ~5e-4 relative per rounding, fp32 islands for the
 statistics): low-res logits rel-L2 <= 1e-2. int8 (8-bit weights and
 activations in the linear layers): the int8 single encoder graph within
 logits rel-L2 0.05 and mean mask IoU 0.95 of the fp32 reference; the
-encoder as segments with sam-edge's attention kernel (the default load where
-the kernel's fast path runs) within INT8_MARGIN of that single graph's own
-error on the same images and prompts. int8 bundles calibrate on photos that
+encoder ops graph with sam-edge's attention op (the default load where the
+kernel's fast path runs) within INT8_MARGIN of that single graph's own error
+on the same images and prompts. int8 bundles calibrate on photos that
 are not evaluated here (sam_fixtures.CALIBRATION_PHOTOS).
 """
 
@@ -17,12 +17,12 @@ import pytest
 
 import sam_edge
 from onnx_helpers import build_test_bundle, mask_iou, photos, prompt_kinds, reduced_config, rel_l2
-from sam_edge.kernels.cpu_attention import cpu_kernel_status
+from sam_edge.runtime.ort_ops import library_refusal
 
 TOLERANCES = {"fp16": (1e-2, 0.99), "int8": (0.05, 0.95), "int8-dynamic": (0.05, 0.95)}
-# The segments run the same int8 linears as the single graph; only the attention between
-# the cuts is computed differently (the kernel's float32, fp16 or bf16 rounding), an error
-# independent of int8's and far smaller, so the two add in quadrature and the segments'
+# The ops graph runs the same int8 linears as the single graph; only the cut attentions
+# are computed differently (the kernel's float32, fp16 or bf16 rounding), an error
+# independent of int8's and far smaller, so the two add in quadrature and the ops graph's
 # error exceeds the single graph's by well under 10%; INT8_ABS covers rounding on queries
 # where int8's own error is small, INT8_IOU_DROP the masks' pixels that flip with it.
 INT8_MARGIN, INT8_ABS, INT8_IOU_DROP = 0.10, 2e-3, 0.01
@@ -68,20 +68,21 @@ def test_reduced_precision_bundle_against_fp32_reference(root, precision, calibr
         assert ious.mean() >= min_mean_iou
         return
 
-    # int8: the single graph against the issue's bounds, then the segments against it.
+    # int8: the single graph against the issue's bounds, then the ops graph against it.
     single_errors, single_ious = _errors(sam_edge.load(str(bundle), native_attention=False), official)
     print(f"{precision} single graph: logits rel-L2 max {single_errors.max():.2e}, "
           f"mask IoU mean {single_ious.mean():.4f} min {single_ious.min():.4f}")
     assert single_errors.max() <= max_rel_l2
     assert single_ious.mean() >= min_mean_iou
     engines = {"default load": sam_edge.load(str(bundle))}
-    if cpu_kernel_status()["available"]:
-        # Every cut in the kernel's fp32 path, which runs on every CPU (its portable path where no fast one does).
+    if library_refusal() is None:
+        # Every cut in the op's fp32 path, which runs on every CPU the library registers on
+        # (the kernel's portable loop where no fast path takes a cut).
         monkeypatch.setattr(cpu_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
-        engines["segments, fp32 kernel"] = sam_edge.load(str(bundle), native_attention=True)
+        engines["ops graph, fp32 op"] = sam_edge.load(str(bundle), native_attention=True, attention_compute="fp32")
         monkeypatch.undo()
-        assert engines["segments, fp32 kernel"].encoder_mode.startswith("segments"), \
-            engines["segments, fp32 kernel"].encoder_mode
+        assert engines["ops graph, fp32 op"].encoder_mode.startswith("one graph + sam_edge_ops"), \
+            engines["ops graph, fp32 op"].encoder_mode
     for name, engine in engines.items():
         errors, ious = _errors(engine, official)
         print(f"{precision} {name} ({engine.encoder_mode}): logits rel-L2 max {errors.max():.2e}, "
@@ -97,8 +98,9 @@ def test_reduced_precision_bundle_against_fp32_reference(root, precision, calibr
         config = reduced_config()
         assert ops.count("MultiHeadAttention") == len(config.encoder_global_attn_indexes)
         assert ops.count("QuantizeLinear") == 4 * config.encoder_depth + 1
-    if "segments, fp32 kernel" not in engines:
-        pytest.skip("sam_edge._C is not built: the segments were not compared with the single graph")
+    if "ops graph, fp32 op" not in engines:
+        pytest.skip(f"sam_edge_ops cannot run here ({library_refusal()}): the ops graph was not compared "
+                    "with the single graph")
 
 
 def test_int8_graph_quantizes_only_the_linear_layers(tmp_path, calibration_dir):

@@ -190,7 +190,7 @@ def onnx_bundles(tmp_path_factory, small_config):
     root = tmp_path_factory.mktemp("onnx_bundles")
     for precision in ("fp16", "int8"):
         build_bundle(str(root / precision), small_config, precision=precision, fused_attention=False,
-                     official_decoder=False, split_encoder=False, quiet=True)
+                     official_decoder=False, ops_graph=False, quiet=True)
     return root
 
 

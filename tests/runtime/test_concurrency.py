@@ -27,29 +27,30 @@ def bundle(tmp_path_factory):
     return checkpoint, path
 
 
-def _segments_engine(path, monkeypatch):
-    """The bundle's segments with the attention kernel between them. Where the
-    kernel has no fast path (no AVX-512) load() keeps the single graph, so the
-    choice is forced: the kernel's portable path runs the same cuts."""
+def _ops_graph_engine(path, monkeypatch):
+    """The bundle's encoder ops graph (sam_edge_ops' RelPosAttention). Where the
+    kernel has no fast path load() keeps the standard graph, so the choice is
+    forced: the op's portable path runs the same cuts."""
     from sam_edge.kernels import cpu_attention
+    from sam_edge.runtime.ort_ops import library_refusal
 
-    if not cpu_attention.cpu_kernel_status()["available"]:
-        pytest.skip("sam_edge._C is not built: the segmented encoder needs its attention kernel")
+    if library_refusal() is not None:
+        pytest.skip(f"sam_edge_ops cannot run here: {library_refusal()}")
     monkeypatch.setattr(cpu_attention, "fast_compute", lambda head_dim, k_size, preferred: "fp32")
     engine = sam_edge.load(path, native_attention=True)
-    assert engine.encoder_mode.startswith("segments"), engine.encoder_mode
+    assert engine.encoder_mode.startswith("one graph + sam_edge_ops"), engine.encoder_mode
     return engine
 
 
-@pytest.fixture(params=["onnxruntime-single-graph", "onnxruntime-segments", "torch"])
+@pytest.fixture(params=["onnxruntime-single-graph", "onnxruntime-ops-graph", "torch"])
 def engine(request, bundle, monkeypatch):
     checkpoint, path = bundle
     if request.param == "onnxruntime-single-graph":
         engine = sam_edge.load(path, native_attention=False)
         assert engine.encoder_mode == "single ONNX Runtime graph"
         return engine
-    if request.param == "onnxruntime-segments":
-        return _segments_engine(path, monkeypatch)
+    if request.param == "onnxruntime-ops-graph":
+        return _ops_graph_engine(path, monkeypatch)
     from sam_edge.builder import build_sam_from_config
 
     return build_sam_from_config(reduced_config(), checkpoint)

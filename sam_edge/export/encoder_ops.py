@@ -1,42 +1,37 @@
-"""Cut an encoder graph at its attentions, for sam-edge's own attention kernel.
+"""The encoder as one ONNX graph whose attentions are sam_edge_ops'
+RelPosAttention nodes (csrc/ort/), for any ONNX Runtime host that registers
+the op library: Python (sam_edge.load does), C, C++, C#, Triton's onnxruntime
+backend.
 
 ONNX Runtime's CPU attention materialises each global block's scores and bias
-several times over; sam_edge._C's fused kernel (csrc/attention/) keeps
-them in cache. ORT cannot call that kernel from inside a graph (its custom-op
-API needs headers that no pip package ships), so the runtime runs the graph in
-pieces instead:
-
-    segment 0 -> attention 0 -> segment 1 -> ... -> attention n-1 -> segment n
-
-Segment k computes everything that can be computed before attention k's
-output is known. Attention k is a whole block's attention between its two
-Linears, as cpu_attention.rel_pos_attention_qkv computes it:
+several times over; sam-edge's fused kernel (csrc/attention/) keeps them in
+cache. Each cut attention is a whole block's attention between its two
+Linears, which the op computes (cpu_attention.rel_pos_attention_qkv's math):
 
     qkv (B, H, W, 3 * heads * D), the qkv Linear's output
     -> out (B, H, W, heads * D), the proj Linear's input
 
 so the split into q, k, v, the per-head transposes, the window partition and
-padding, the rel-pos terms and the un-partition leave the graph too. The
-kernel also needs each block's rel-pos tables and, for the windowed blocks,
-the k and v parts of its qkv bias (a padded token's key and value): they go to
-encoder_attention.npz beside the segments.
+padding, the rel-pos terms and the un-partition leave the graph. The op also
+takes each block's rel-pos tables and, for the windowed blocks, the k and v
+parts of its qkv bias (a padded token's key and value): initializers beside it.
 
-split_encoder_at_attention writes the segments next to the encoder and returns
-the EncoderSplitPlan the runtime follows (sam_edge.runtime.segmented_encoder).
-It reads the plain graph (MatMul -> Add(bias) -> Softmax -> MatMul, as
-export_encoder writes it and the quantizers leave it), not the fused one.
+cut_encoder reads the plain graph (MatMul -> Add(bias) -> Softmax -> MatMul,
+as export_encoder writes it and the quantizers leave it), not the fused one;
+write_encoder_ops_graph writes the result. The graph points into the
+encoder's weight file (encoder.onnx.data), so the weights are stored once.
 """
 
 import os
-from typing import Any, Dict, List, Sequence, Set
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Set, Tuple
 
 from ..precision import Compute
-from ..kernels.cpu_attention import QKV_INPUTS
-from ..runtime.segmented_encoder import AttentionCut, EncoderSplitPlan, Segment
+from ..runtime.ort_ops import DOMAIN, DOMAIN_VERSION, AttentionCut, EncoderOpsGraph
 from .graph_patterns import attention_cores
 
-#: The file beside the segments that holds the kernel's tables.
-TABLES_FILE = "encoder_attention.npz"
+#: The graph's file in a bundle.
+OPS_GRAPH_FILE = "encoder_ops.onnx"
 
 
 def _attention_patterns(graph, blocks) -> List[Dict[str, Any]]:
@@ -48,7 +43,7 @@ def _attention_patterns(graph, blocks) -> List[Dict[str, Any]]:
         bias_reshape = producer.get(core["bias"])
         bias_add = producer.get(bias_reshape.input[0]) if getattr(bias_reshape, "op_type", None) == "Reshape" else None
         if getattr(bias_add, "op_type", None) != "Add":
-            raise ValueError(f"{core['softmax'].name}: not the exported attention pattern; cannot split here")
+            raise ValueError(f"{core['softmax'].name}: not the exported attention pattern; cannot cut here")
         if [getattr(producer.get(i), "op_type", None) for i in bias_add.input] != ["Unsqueeze", "Unsqueeze"]:
             raise ValueError(f"{bias_add.name}: expected rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)")
     return cores
@@ -126,8 +121,8 @@ def _qkv_cuts(graph, config, blocks, value_info, base_dir: str) -> List[Dict[str
             # Removing the output's producer leaves the rest of the attention dead.
             "removed": {producer[name].name},
             # Shape inference loses the grid behind the attention's reshapes (its
-            # output and everything after it came out (?, ?, ?, ?)): the segment
-            # after the cut declares it, so that ORT's fusions see shapes again.
+            # output and everything after it came out (?, ?, ?, ?)): the ops graph
+            # declares it, so that ORT's fusions see shapes again.
             "output_info": _with_last_dim(value_info[qkv], name, dim),
             "rel_pos_h": tables["h"],
             "rel_pos_w": tables["w"],
@@ -184,7 +179,7 @@ def _fuse_quantized_linear_bias(nodes, inits, graph_outputs) -> list:
 def _externalize_weights(path: str) -> None:
     """Move every initializer of 1 KB or more of the graph at `path` into
     `path + ".data"`, unless they are there already (ViT-H's export): the
-    segments then point into that file instead of copying the weights."""
+    ops graph then points into that file instead of copying the weights."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)
@@ -233,28 +228,54 @@ def attention_blocks(config, compute: Compute) -> List[int]:
     return sorted(config.encoder_global_attn_indexes)
 
 
-def split_encoder_at_attention(
-    encoder_path: str, out_dir: str, config, blocks: Sequence[int], compute: Compute,
-    prefix: str = "encoder_segment",
-) -> EncoderSplitPlan:
-    """Write encoder_path's graph as one segment file more than it has cuts, in out_dir.
+@dataclass
+class EncoderCut:
+    """The encoder graph with its attentions taken out (cut_encoder): `nodes` in
+    an order where each one's inputs come first, each attention j a placeholder
+    node named PLACEHOLDER + str(j) that reads its qkv tensor and writes its
+    output; `patterns` the cuts (_qkv_cuts), `value_info` every tensor's type and
+    shape that inference found."""
 
-    Arguments:
-        encoder_path: the plain encoder graph (export_encoder, or a quantizer's output).
-        out_dir: where the segments go (the bundle's staging directory).
-        config: the model's SamConfig.
-        blocks: the encoder blocks to cut at (attention_blocks), global or windowed.
-        compute: the kernel's arithmetic, which the plan records.
-    Returns:
-        the EncoderSplitPlan, tensor names throughout; its tables file is written
-        beside the segments.
-    The encoder's weights move to encoder_path + ".data" (if not there already),
-    and the segments point into that file: encoder.onnx stays whole for other
-    runtimes, and the weights are stored once.
-    In a static int8 graph each Linear becomes one MatMulIntegerToFloat with its
-    bias in the segments (ONNX Runtime's contrib op); encoder.onnx keeps the
-    standard QDQ form.
-    """
+    model: Any
+    nodes: list
+    patterns: List[Dict[str, Any]]
+    value_info: Dict[str, Any]
+    input: str
+    output: str
+
+    def attention(self, config) -> Tuple[AttentionCut, ...]:
+        """Each cut as the runtime describes it."""
+        glob = set(config.encoder_global_attn_indexes)
+        cuts = []
+        for p in self.patterns:
+            side = config.image_embedding_size if p["index"] in glob else config.window_size
+            cuts.append(AttentionCut(
+                qkv=p["qkv"], output=p["output"], scale=p["scale"], block=p["index"],
+                heads=config.encoder_num_heads, head_dim=config.encoder_embed_dim // config.encoder_num_heads,
+                k_size=(side, side), window=0 if p["index"] in glob else config.window_size,
+            ))
+        return tuple(cuts)
+
+    def typed(self, name: str):
+        """`name`'s value info, or an untyped float one."""
+        import onnx
+        from onnx import helper
+
+        if name in self.value_info:
+            return self.value_info[name]
+        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+
+#: The name of attention j's placeholder node in EncoderCut.nodes is PLACEHOLDER + str(j).
+PLACEHOLDER = "sam_edge_attention_"
+
+
+def cut_encoder(encoder_path: str, config, blocks: Sequence[int]) -> EncoderCut:
+    """encoder_path's graph with the attentions of `blocks` (encoder block indexes)
+    taken out, each from its qkv Linear's output to its proj Linear's input. The
+    encoder's weights move to encoder_path + ".data" (if not there already); the
+    graph returned points into that file. Static int8 Linears become one
+    MatMulIntegerToFloat each, with their bias (ONNX Runtime's contrib op)."""
     import onnx
     from onnx import helper
 
@@ -262,20 +283,18 @@ def split_encoder_at_attention(
     model = onnx.load(encoder_path, load_external_data=False)
     graph = model.graph
     base_dir = os.path.dirname(os.path.abspath(encoder_path))
-    glob = set(config.encoder_global_attn_indexes)
-    compute = Compute.parse(compute)
     blocks = sorted({int(b) for b in blocks})
     if not blocks or blocks[0] < 0 or blocks[-1] >= config.encoder_depth:
         raise ValueError(f"blocks must be encoder block indexes in [0, {config.encoder_depth}); got {blocks}")
-    # Shapes for every segment's tensors: without them ONNX Runtime skips the
-    # fusions that check shapes (Add + Gelu -> BiasGelu among them).
+    # Shapes for every tensor: without them ONNX Runtime skips the fusions that
+    # check shapes (Add + Gelu -> BiasGelu among them).
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     value_info = {v.name: v for v in
                   list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     del inferred
     patterns = _qkv_cuts(graph, config, blocks, value_info, base_dir)
     if not patterns:
-        raise ValueError("the encoder has no attention to split at")
+        raise ValueError("the encoder has no attention to cut at")
     for p in patterns:
         value_info[p["output"]] = p["output_info"]
 
@@ -290,13 +309,12 @@ def split_encoder_at_attention(
     removed: Set[str] = set().union(*(p["removed"] for p in patterns))
     # Each attention as a placeholder node, so that sorting and staging see it
     # (and its input stays alive).
-    placeholders = {
-        f"sam_edge_attention_{j}": helper.make_node(
-            "SamEdgeAttention", [p[name] for name in QKV_INPUTS], [p["output"]], name=f"sam_edge_attention_{j}"
-        )
+    placeholders = [
+        helper.make_node("SamEdgeAttention", [p["qkv"]], [p["output"]],
+                         name=f"{PLACEHOLDER}{j}")
         for j, p in enumerate(patterns)
-    }
-    nodes = [n for n in graph.node if n.name not in removed] + list(placeholders.values())
+    ]
+    nodes = [n for n in graph.node if n.name not in removed] + placeholders
     nodes = _fuse_quantized_linear_bias(nodes, {t.name: t for t in graph.initializer}, set(graph_outputs))
     while True:
         used = {i for n in nodes for i in n.input} | set(graph_outputs)
@@ -304,94 +322,74 @@ def split_encoder_at_attention(
         if len(live) == len(nodes):
             break
         nodes = live
+    nodes = _topological(nodes, initializers | {graph_inputs[0]})
+    return EncoderCut(model, nodes, patterns, value_info, graph_inputs[0], graph_outputs[0])
 
-    # Stage of a tensor: -1 for values computable from constants alone (copied
-    # into each segment that needs them), else the segment that produces it.
-    stage: Dict[str, int] = {name: -1 for name in initializers}
-    stage[graph_inputs[0]] = 0
-    nodes = _topological(nodes, set(stage))
-    node_stage = {}
-    for node in nodes:
-        s = max([-1] + [stage[i] for i in node.input if i])
-        node_stage[node.name] = s
-        for o in node.output:
-            stage[o] = s + 1 if node.name in placeholders else s
-    for j, p in enumerate(patterns):
-        if stage[p["output"]] != j + 1:
-            raise ValueError(f"{p['block']}: its inputs depend on a later attention; cannot split in order")
-    nodes = [n for n in nodes if n.name not in placeholders]
 
-    n_segments = len(patterns) + 1
-    producer = {o: n for n in nodes for o in n.output}
-    needed_later: Dict[int, Set[str]] = {k: set() for k in range(n_segments)}
-    for node in nodes:
-        for i in node.input:
-            if i and stage.get(i, -1) >= 0 and stage[i] < node_stage[node.name]:
-                needed_later[stage[i]].add(i)
-    for j, p in enumerate(patterns):
-        for name in QKV_INPUTS:
-            needed_later[stage[p[name]]].add(p[name])
-    needed_later[stage[graph_outputs[0]]].add(graph_outputs[0])
+def opsets_for(model, nodes, *extra) -> list:
+    """model's opset imports, with com.microsoft's when a node is in it, and `extra`."""
+    from onnx import helper
 
-    def typed(name):
-        if name in value_info:
-            return value_info[name]
-        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    opsets = list(model.opset_import)
+    if any(n.domain == "com.microsoft" for n in nodes) and all(o.domain != "com.microsoft" for o in opsets):
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    return opsets + list(extra)
 
-    segments: List[Segment] = []
-    init_by_name = {t.name: t for t in graph.initializer}
-    for k in range(n_segments):
-        own = [n for n in nodes if node_stage[n.name] == k]
-        # Constant-only nodes that this segment's nodes read, with their own inputs.
-        wanted = [i for n in own for i in n.input if i and stage.get(i) == -1 and i in producer]
-        const_nodes: Set[str] = set()
-        while wanted:
-            name = wanted.pop()
-            node = producer[name]
-            if node.name not in const_nodes:
-                const_nodes.add(node.name)
-                wanted.extend(i for i in node.input if i and i in producer)
-        seg_nodes = [n for n in nodes if n.name in const_nodes or node_stage[n.name] == k]
-        produced = {o for n in seg_nodes for o in n.output}
-        inputs = sorted({i for n in seg_nodes for i in n.input if i and i not in produced and i not in initializers})
-        outputs = sorted(needed_later[k] & produced) if k < n_segments - 1 else [graph_outputs[0]]
-        if k < n_segments - 1:
-            outputs = sorted(set(outputs) | {patterns[k][name] for name in QKV_INPUTS})
-        used_inits = {i for n in seg_nodes for i in n.input if i in initializers}
-        inner = sorted(produced - set(outputs))
-        seg_graph = helper.make_graph(
-            seg_nodes,
-            f"sam_edge_encoder_segment_{k}",
-            [typed(i) for i in inputs],
-            [typed(o) for o in outputs],
-            [init_by_name[i] for i in sorted(used_inits)],
-            value_info=[value_info[t] for t in inner if t in value_info],
-        )
-        opsets = list(model.opset_import)
-        if any(n.domain == "com.microsoft" for n in seg_nodes) and all(o.domain != "com.microsoft" for o in opsets):
-            opsets.append(helper.make_opsetid("com.microsoft", 1))
-        seg_model = helper.make_model(seg_graph, opset_imports=opsets)
-        seg_model.ir_version = model.ir_version
-        file_name = f"{prefix}_{k}.onnx"
-        onnx.save_model(seg_model, os.path.join(out_dir, file_name))
-        segments.append(Segment(file_name, tuple(inputs), tuple(outputs)))
+
+def write_encoder_ops_graph(
+    cut: EncoderCut, out_dir: str, config, compute: Compute, file_name: str = OPS_GRAPH_FILE,
+) -> EncoderOpsGraph:
+    """Write `cut` (cut_encoder's) as one graph, in out_dir.
+
+    Arguments:
+        cut: the encoder with its attentions taken out.
+        out_dir: the directory of the encoder graph the cut came from (the graph
+            reads that graph's weight file by its relative name).
+        config: the model's SamConfig.
+        compute: the most reduced arithmetic each RelPosAttention may use; the op
+            runs the nearest one down that the CPU has (its `compute` attribute).
+    Returns:
+        the manifest's description of the graph.
+    """
     import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
 
-    tables, attention = {}, []
-    for j, p in enumerate(patterns):
-        is_global = p["index"] in glob
-        side = config.image_embedding_size if is_global else config.window_size
-        attention.append(AttentionCut(
-            qkv=p["qkv"],
-            output=p["output"],
-            scale=p["scale"],
-            block=p["index"],
-            heads=config.encoder_num_heads,
-            head_dim=config.encoder_embed_dim // config.encoder_num_heads,
-            k_size=(side, side),
-            window=0 if is_global else config.window_size,
+    compute = Compute.parse(compute)
+    attention = cut.attention(config)
+    nodes, tables = [], []
+    for node in cut.nodes:
+        if not node.name.startswith(PLACEHOLDER):
+            nodes.append(node)
+            continue
+        j = int(node.name[len(PLACEHOLDER):])
+        p, a = cut.patterns[j], attention[j]
+        names = [p["qkv"], f"sam_edge.rel_pos_h_{j}", f"sam_edge.rel_pos_w_{j}", f"sam_edge.kv_bias_{j}"]
+        for name, key in zip(names[1:], ("rel_pos_h", "rel_pos_w", "kv_bias")):
+            tables.append(numpy_helper.from_array(np.ascontiguousarray(p[key], dtype=np.float32), name))
+        nodes.append(helper.make_node(
+            "RelPosAttention", names, [a.output], name=f"sam_edge/blocks.{a.block}/RelPosAttention", domain=DOMAIN,
+            heads=a.heads, window=a.window, scale=float(a.scale), compute=compute.value,
         ))
-        tables.update({f"rel_pos_h_{j}": p["rel_pos_h"], f"rel_pos_w_{j}": p["rel_pos_w"], f"kv_bias_{j}": p["kv_bias"]})
-    np.savez(os.path.join(out_dir, TABLES_FILE), **tables)
-    return EncoderSplitPlan(graph_inputs[0], graph_outputs[0], tuple(segments), tuple(attention), TABLES_FILE,
-                            compute)
+    graph = cut.model.graph
+    produced = {o for n in nodes for o in n.output}
+    inner = sorted(produced - {cut.output})
+    used = {i for n in nodes for i in n.input}
+    one = helper.make_graph(
+        nodes, "sam_edge_encoder_ops", [cut.typed(cut.input)], [cut.typed(cut.output)],
+        [t for t in graph.initializer if t.name in used] + tables,
+        value_info=[cut.value_info[t] for t in inner if t in cut.value_info],
+    )
+    model = helper.make_model(one, opset_imports=opsets_for(cut.model, nodes,
+                                                          helper.make_opsetid(DOMAIN, DOMAIN_VERSION)))
+    model.ir_version = cut.model.ir_version
+    onnx.save_model(model, os.path.join(out_dir, file_name))
+    return EncoderOpsGraph(file_name, compute, attention)
+
+
+def encoder_ops_graph(
+    encoder_path: str, config, blocks: Sequence[int], compute: Compute, file_name: str = OPS_GRAPH_FILE,
+) -> EncoderOpsGraph:
+    """cut_encoder then write_encoder_ops_graph, beside encoder_path."""
+    cut = cut_encoder(encoder_path, config, blocks)
+    return write_encoder_ops_graph(cut, os.path.dirname(os.path.abspath(encoder_path)), config, compute, file_name)
