@@ -1,5 +1,6 @@
 // The part of a sam-edge bundle's manifest.json that sam_edge_example reads:
-// which files are the single-graph encoder and the decoder, and the sizes the
+// which files are the encoder (the standard-op graph, and the one graph with
+// sam_edge_ops' nodes when the bundle has it) and the decoder, and the sizes the
 // feeds need. Header-only, so the example stays one translation unit.
 #pragma once
 
@@ -56,6 +57,8 @@ class Json {
     read_string(at, &value);
     return value;
   }
+
+  bool null_at(size_t at, size_t end) const { return end - at == 4 && text_.compare(at, 4, "null") == 0; }
 
   long integer_at(size_t at, size_t end) const {
     const std::string raw = text_.substr(at, end - at);
@@ -141,9 +144,18 @@ class Json {
   std::string text_;
 };
 
+// The op domain, and its version, that csrc/ort/sam_edge_ops.h implements.
+constexpr const char* kOpsDomain = "ai.sam_edge";
+constexpr long kOpsDomainVersion = 1;
+
 struct Bundle {
-  std::string encoder, decoder;  // graph paths
+  std::string dir;
+  // File names in dir: the standard-op encoder, the one-graph encoder with
+  // sam_edge_ops' RelPosAttention nodes (empty when the bundle has none), the decoder.
+  std::string encoder, encoder_ops, decoder;
   long image_size = 0, mask_input_size = 0;
+
+  std::string path(const std::string& file) const { return dir + "/" + file; }
 };
 
 inline bool is_file(const std::string& path) {
@@ -162,8 +174,8 @@ inline std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// The bundle's single-graph encoder and its decoder, from manifest.json. The
-// files' sha256 are not checked here; sam_edge.load does that in Python.
+// The bundle's encoder graphs and its decoder, from manifest.json. The files'
+// sha256 are not checked here; sam_edge.load does that in Python.
 inline Bundle read_bundle(const std::string& dir) {
   if (!is_dir(dir)) throw Error("bundle not found: " + dir + " is not a directory (build one with `sam-edge build`)");
   const std::string path = dir + "/manifest.json";
@@ -180,15 +192,37 @@ inline Bundle read_bundle(const std::string& dir) {
   const std::string backend = json.string_at(field("backend").first);
   if (backend != "onnxruntime") throw Error("bundle " + dir + " is for backend " + backend + "; this example runs onnxruntime bundles");
   Bundle bundle;
+  bundle.dir = dir;
   bundle.image_size = json.integer_at(field("image_size").first, field("image_size").second);
   bundle.mask_input_size = json.integer_at(field("mask_input_size").first, field("mask_input_size").second);
+  auto present = [&](const std::string& file) {
+    if (!is_file(bundle.path(file))) throw Error("bundle " + dir + " is incomplete: " + bundle.path(file) + " is missing");
+    return file;
+  };
   const auto graphs = json.members(field("graphs").first);
   for (const char* graph : {"encoder", "decoder"}) {
     const auto it = graphs.find(graph);
     if (it == graphs.end()) throw Error(path + ": graphs lacks \"" + graph + "\"");
-    const std::string file = dir + "/" + json.string_at(it->second.first);
-    if (!is_file(file)) throw Error("bundle " + dir + " is incomplete: " + file + " is missing");
-    (std::string(graph) == "encoder" ? bundle.encoder : bundle.decoder) = file;
+    (std::string(graph) == "encoder" ? bundle.encoder : bundle.decoder) = present(json.string_at(it->second.first));
+  }
+  // Optional: bundles for other precisions, or from an older sam-edge, have none.
+  const auto ops = top.find("encoder_ops");
+  if (ops != top.end() && !json.null_at(ops->second.first, ops->second.second)) {
+    const auto entry = json.members(ops->second.first);
+    auto member = [&](const char* key) {
+      const auto it = entry.find(key);
+      if (it == entry.end()) throw Error(path + ": encoder_ops lacks \"" + key + "\"");
+      return it->second;
+    };
+    const std::string domain = json.string_at(member("domain").first);
+    const long version = json.integer_at(member("domain_version").first, member("domain_version").second);
+    if (domain != kOpsDomain || version != kOpsDomainVersion)
+      throw Error(path + ": encoder_ops needs the op domain " + domain + " version " + std::to_string(version) +
+                  "; this example knows " + kOpsDomain + " version " + std::to_string(kOpsDomainVersion));
+    const std::string file = json.string_at(member("file").first);
+    if (file.empty() || file.find('/') != std::string::npos)
+      throw Error(path + ": encoder_ops names a file outside the bundle: \"" + file + "\"");
+    bundle.encoder_ops = present(file);
   }
   return bundle;
 }

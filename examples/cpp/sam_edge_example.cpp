@@ -1,5 +1,8 @@
 // sam_edge_example: embed and decode one image with a sam-edge bundle from C++,
 // through ONNX Runtime's C API and sam-edge's op library, without Python.
+// With --ops, the encoder is the bundle's one graph whose attentions are the
+// library's RelPosAttention nodes (manifest "encoder_ops"); without it, or for
+// a bundle that has no such graph, the standard-op encoder graph.
 //
 //   sam_edge_example --runtime LIBONNXRUNTIME [--ops LIBSAM_EDGE_OPS] [--threads N]
 //                    BUNDLE IMAGE.rgb WIDTH HEIGHT X Y OUT_DIR
@@ -8,7 +11,8 @@
 //   its longest side is at most the bundle's image_size (the backends' embed
 //   takes the resized image too; the resize itself is the caller's).
 // X Y: one foreground point, in that image's pixels.
-// OUT_DIR receives, as raw little-endian arrays (shapes printed on stdout):
+// OUT_DIR receives, as raw little-endian arrays (shapes, and the encoder file
+// loaded, printed on stdout):
 //   image_embeddings.f32  (1, 256, g, g) float32, the encoder's output
 //   iou_predictions.f32   (1, 4) float32, the decoder's scores, all four tokens
 //   low_res_masks.f32     (1, 4, m, m) float32, the decoder's mask logits
@@ -304,14 +308,22 @@ int run(const Arguments& args) {
     ort.check(api->RegisterCustomOpsLibrary(options.get(), args.ops.c_str(), &handle),
               "cannot register the op library " + args.ops);
   }
+  // The one graph needs the library; the standard graph runs anywhere.
+  const bool ops_graph = !args.ops.empty() && !bundle.encoder_ops.empty();
+  const std::string encoder_file = ops_graph ? bundle.encoder_ops : bundle.encoder;
+  if (ops_graph)
+    // As the Python runtime's ops session: the op's own OpenMP team runs on the
+    // same cores, so ORT's pool threads must not spin-wait through it.
+    ort.check(api->AddSessionConfigEntry(options.get(), "session.intra_op.allow_spinning", "0"),
+              "AddSessionConfigEntry");
 
   OrtSession* raw_session = nullptr;
-  ort.check(api->CreateSession(env.get(), bundle.encoder.c_str(), options.get(), &raw_session),
-            "cannot load the encoder " + bundle.encoder);
+  ort.check(api->CreateSession(env.get(), bundle.path(encoder_file).c_str(), options.get(), &raw_session),
+            "cannot load the encoder " + bundle.path(encoder_file));
   auto encoder = own(api, &OrtApi::ReleaseSession, raw_session);
   raw_session = nullptr;
-  ort.check(api->CreateSession(env.get(), bundle.decoder.c_str(), options.get(), &raw_session),
-            "cannot load the decoder " + bundle.decoder);
+  ort.check(api->CreateSession(env.get(), bundle.path(bundle.decoder).c_str(), options.get(), &raw_session),
+            "cannot load the decoder " + bundle.path(bundle.decoder));
   auto decoder = own(api, &OrtApi::ReleaseSession, raw_session);
 
   OrtMemoryInfo* raw_memory = nullptr;
@@ -369,6 +381,7 @@ int run(const Arguments& args) {
 
   std::printf("onnxruntime %s, bundle %s (image_size %ld)\n", ort.version().c_str(), args.bundle.c_str(), size);
   std::printf("op library: %s\n", args.ops.empty() ? "none" : args.ops.c_str());
+  std::printf("encoder: %s\n", encoder_file.c_str());
   for (const auto& [name, tensor] : {std::pair<const char*, const Tensor*>{"image_embeddings", &embedding_tensor},
                                      {"iou_predictions", &iou_tensor},
                                      {"low_res_masks", &low_res_tensor}}) {

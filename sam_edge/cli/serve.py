@@ -32,6 +32,10 @@ def add_export_triton_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ops-library-dir", metavar="DIR",
                    help="where the repository will be on the Triton server, for graphs with sam-edge's "
                         "custom ops (default: --output's absolute path)")
+    p.add_argument("--encoder", choices=("standard", "ops"), default="standard",
+                   help="the encoder graph to serve: 'standard' (standard ONNX ops, any server; the default) or "
+                        "'ops' (the bundle's encoder_ops.onnx, attention in sam-edge's op library, which the "
+                        "server registers; needs an AVX-512 CPU there, and runs on KIND_CPU instances)")
     p.set_defaults(func=run_export_triton)
     return p
 
@@ -57,6 +61,7 @@ def run_export_triton(args: argparse.Namespace) -> int:
     from ..serve.triton_repo import export_triton_repository
 
     written = export_triton_repository(args.bundle, args.output, cache_bytes=args.cache_mib << 20,
-                                       max_batch_size=args.max_batch_size, ops_library_dir=args.ops_library_dir)
+                                       max_batch_size=args.max_batch_size, ops_library_dir=args.ops_library_dir,
+                                       encoder=args.encoder)
     print(f"sam-edge export-triton: wrote {len(written)} models to {args.output}: {', '.join(written)}")
     return 0

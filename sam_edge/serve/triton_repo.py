@@ -1,6 +1,7 @@
 """A Triton Inference Server model repository for a bundle (`sam-edge export-triton`).
 
     OUT/sam_encoder/config.pbtxt, 1/model.onnx (+ its external weights) or 1/model.plan
+        (encoder="ops": the bundle's encoder_ops.onnx, its attentions sam_edge_ops nodes)
     OUT/sam_decoder/config.pbtxt, 1/model.onnx or 1/model.plan
     OUT/sam_predictor/config.pbtxt, 1/model.py   Python backend: the client's model
 
@@ -15,7 +16,9 @@ The configs are derived from the graphs' own inputs and outputs (ONNX), or from
 the manifest (TensorRT plans, which name their tensors as the ONNX graphs do).
 A graph with sam-edge's custom ops (ONNX domain "ai.sam_edge") gets the op
 library copied beside its config, and `model_operations { op_library_filename }`
-naming it, so Triton's onnxruntime backend registers it when it loads the model.
+naming it, so Triton's onnxruntime backend registers it when it loads the model;
+its instances are KIND_CPU, where the library's kernels run (an AVX-512 CPU, or
+the library refuses and Triton reports its reason when loading the model).
 Torch-free and Ray-free; reading ONNX graphs needs the `onnx` package.
 """
 
@@ -27,9 +30,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..runtime.bundle import read_manifest, verify_bundle
 from ..runtime.ort_ops import DOMAIN as OPS_DOMAIN
+from ..runtime.ort_ops import EncoderOpsGraph
 from ..runtime.ort_ops import library_path as ops_library_path
 
 ENCODER, DECODER, PREDICTOR = "sam_encoder", "sam_decoder", "sam_predictor"
+#: The encoder graphs a repository can serve: the bundle's standard-op graph, or its
+#: one graph with sam_edge_ops' RelPosAttention nodes (manifest "encoder_ops").
+ENCODER_GRAPHS = ("standard", "ops")
 MODEL_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_model.py")
 
 #: ONNX TensorProto element types -> Triton data types.
@@ -245,18 +252,26 @@ def uses_custom_ops(onnx_path: str) -> bool:
 
 def export_triton_repository(bundle_dir: str, output_dir: str, cache_bytes: int = 512 << 20,
                              max_batch_size: int = 16, encoder_max_batch_size: int = 4,
-                             instance_kind: str = "KIND_GPU", ops_library_dir: Optional[str] = None) -> List[str]:
+                             instance_kind: str = "KIND_GPU", ops_library_dir: Optional[str] = None,
+                             encoder: str = "standard") -> List[str]:
     """Write the model repository for `bundle_dir` under `output_dir`; returns the model names.
 
     instance_kind: where the graph models run ("KIND_GPU" on a fleet; "KIND_CPU" to try it out).
+        A graph with sam-edge's custom ops runs on KIND_CPU instances either way.
     ops_library_dir: where the repository will live on the Triton server, for the absolute
         op_library_filename of a graph with sam-edge's custom ops (default: output_dir's
         absolute path, right when the server reads the repository where it is written).
+    encoder: "standard", the bundle's standard-op encoder graph (runs on any server), or
+        "ops", its encoder_ops graph, whose attentions are sam_edge_ops' fused kernel
+        (the server's CPU needs AVX-512); ValueError, before anything is written, for a
+        bundle without one.
     """
     if max_batch_size < 1 or encoder_max_batch_size < 1:
         raise ValueError(f"batch sizes must be >= 1; got {max_batch_size}, {encoder_max_batch_size}")
     if instance_kind not in ("KIND_GPU", "KIND_CPU"):
         raise ValueError(f"instance_kind must be KIND_GPU or KIND_CPU; got {instance_kind!r}")
+    if encoder not in ENCODER_GRAPHS:
+        raise ValueError(f"encoder must be one of {', '.join(ENCODER_GRAPHS)}; got {encoder!r}")
     manifest = verify_bundle(bundle_dir, read_manifest(bundle_dir))
     backend = manifest["backend"]
     if backend not in ("onnxruntime", "tensorrt"):
@@ -264,12 +279,17 @@ def export_triton_repository(bundle_dir: str, output_dir: str, cache_bytes: int 
                          "and tensorrt bundles")
     if os.path.exists(output_dir) and os.listdir(output_dir):
         raise ValueError(f"{output_dir} exists and is not empty; give a new directory for the repository")
-    graphs = manifest["graphs"]
+    sources = {"encoder": _encoder_graph(bundle_dir, manifest, encoder), "decoder": manifest["graphs"]["decoder"]}
+    sources = {part: os.path.join(bundle_dir, file) for part, file in sources.items()}
+    custom = {part: backend == "onnxruntime" and uses_custom_ops(source) for part, source in sources.items()}
+    # Found before anything is written, so that a missing library leaves no half repository.
+    library = _ops_library(next(part for part, has in custom.items() if has)) if any(custom.values()) else None
     for part, name, batch in (("encoder", ENCODER, encoder_max_batch_size), ("decoder", DECODER, 0)):
-        source = os.path.join(bundle_dir, graphs[part])
+        source = sources[part]
         version = os.path.join(output_dir, name, "1")
         os.makedirs(version)
         config_extra: Dict[str, Any] = {}
+        kind = instance_kind
         if backend == "tensorrt":
             io = _manifest_io(manifest, part)
             shutil.copyfile(source, os.path.join(version, "model.plan"))
@@ -278,10 +298,12 @@ def export_triton_repository(bundle_dir: str, output_dir: str, cache_bytes: int 
             shutil.copyfile(source, os.path.join(version, "model.onnx"))
             # External weights keep their file name: the graph refers to it.
             _copy_external_data(source, version, bundle_dir)
-            if uses_custom_ops(source):
-                config_extra = _copy_ops_library(output_dir, name, ops_library_dir)
+            if custom[part]:
+                config_extra = _copy_ops_library(library, output_dir, name, ops_library_dir)
+                # The library's kernels are CPU kernels: a GPU instance would move each op's tensors across.
+                kind = "KIND_CPU"
         with open(os.path.join(output_dir, name, "config.pbtxt"), "w") as f:
-            f.write(to_pbtxt({**_graph_config(name, backend, io, batch, instance_kind), **config_extra}))
+            f.write(to_pbtxt({**_graph_config(name, backend, io, batch, kind), **config_extra}))
     os.makedirs(os.path.join(output_dir, PREDICTOR, "1"))
     shutil.copyfile(MODEL_PY, os.path.join(output_dir, PREDICTOR, "1", "model.py"))
     with open(os.path.join(output_dir, PREDICTOR, "config.pbtxt"), "w") as f:
@@ -289,12 +311,28 @@ def export_triton_repository(bundle_dir: str, output_dir: str, cache_bytes: int 
     return [ENCODER, DECODER, PREDICTOR]
 
 
-def _copy_ops_library(output_dir: str, model: str, server_dir: Optional[str]) -> Dict[str, Any]:
-    """Copy the op library beside `model`'s config; its model_operations entry."""
+def _encoder_graph(bundle_dir: str, manifest: Dict[str, Any], encoder: str) -> str:
+    """The file name of the encoder graph to serve; ValueError when the bundle lacks it."""
+    if encoder == "standard":
+        return manifest["graphs"]["encoder"]
+    if manifest.get("encoder_ops") is None:
+        raise ValueError(f"bundle {bundle_dir} has no encoder_ops graph (the encoder with sam-edge's {OPS_DOMAIN} "
+                         "attention ops, which `sam-edge build` writes for fp32 and int8 onnxruntime bundles): "
+                         "export its standard encoder (--encoder standard)")
+    return EncoderOpsGraph.from_json(manifest["encoder_ops"]).file
+
+
+def _ops_library(part: str) -> str:
+    """The op library's path; FileNotFoundError when it is not built."""
     library = ops_library_path()
     if library is None or not os.path.isfile(library):
-        raise FileNotFoundError(f"{model}'s graph uses sam-edge's custom ops ({OPS_DOMAIN}), but the op library "
+        raise FileNotFoundError(f"the {part} graph uses sam-edge's custom ops ({OPS_DOMAIN}), but the op library "
                                 f"is not built ({library or 'pip install . builds sam_edge/libsam_edge_ops.so'})")
+    return library
+
+
+def _copy_ops_library(library: str, output_dir: str, model: str, server_dir: Optional[str]) -> Dict[str, Any]:
+    """Copy the op library beside `model`'s config; its model_operations entry."""
     filename = os.path.basename(library)
     shutil.copyfile(library, os.path.join(output_dir, model, filename))
     root = server_dir if server_dir is not None else os.path.abspath(output_dir)

@@ -1,7 +1,8 @@
 """`sam-edge export-triton`: the model repository, validated without a Triton server.
 
 The configs must parse and describe the graphs they serve (checked against
-ONNX Runtime's view of the copied graphs, an independent reader), and the
+ONNX Runtime's view of the copied graphs, an independent reader), a graph with
+sam-edge's ops must name the op library that onnxruntime then runs it with, and the
 Python-backend model must answer as a local SamPredictor does, run in-process
 against a spec'd fake of triton_python_backend_utils whose BLS calls execute
 the repository's own graphs with ONNX Runtime after checking each call against
@@ -21,16 +22,31 @@ from onnx_helpers import build_test_bundle, photos, reduced_config
 
 import sam_edge
 from sam_edge.cli import main
+from sam_edge.runtime import ort_ops
 from sam_edge.serve import triton_repo
 from sam_edge.serve.api import image_id_of
 
 SCORE_ATOL = 1e-4  # the full decoder graph here vs the split one locally: float32 reassociation
 LOGIT_ATOL = 1e-3  # masks may differ only where the local logit is this close to the threshold
+# The encoder_ops graph (fp32 RelPosAttention, asserted) against the standard graph: both
+# float32, differing by summation order and exp's approximation, a few ulps per element
+# through the layers; 1e-5 rel-L2 is over ten times that, far below any wrong weight or feed.
+OPS_EMBEDDING_RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     return build_test_bundle(tmp_path_factory.mktemp("triton"), reduced_config(), seed=13)[2]
+
+
+@pytest.fixture(scope="module")
+def ops_repository(bundle, tmp_path_factory):
+    """The repository exported with --encoder ops."""
+    if ort_ops.library_path() is None:
+        pytest.skip("sam_edge_ops is not built (pip install . builds it)")
+    out = tmp_path_factory.mktemp("ops_repo") / "model_repository"
+    assert main(["export-triton", str(bundle), "--output", str(out), "--cache-mib", "1", "--encoder", "ops"]) == 0
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +199,18 @@ def outputs(utils, response):
 # ---------------------------------------------------------------- tests
 
 
+def assert_config_describes(config, session, name):
+    """The parsed config's inputs and outputs are the ONNX Runtime session's, by name, type and dims."""
+    assert config["name"] == [name] and config["backend"] == ["onnxruntime"]
+    for kind, values in (("input", session.get_inputs()), ("output", session.get_outputs())):
+        declared = triton_repo.config_tensors(config, kind)
+        assert set(declared) == {v.name for v in values}
+        for v in values:
+            dtype, dims, _ = declared[v.name]
+            assert dtype == _ORT_TYPES[v.type]
+            assert dims == [d if isinstance(d, int) else -1 for d in v.shape], (name, v.name)
+
+
 def test_configs_parse_and_describe_the_graphs(repository, bundle):
     import onnxruntime as ort
 
@@ -191,16 +219,11 @@ def test_configs_parse_and_describe_the_graphs(repository, bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["backend"] == "onnxruntime"
     for name in ("sam_encoder", "sam_decoder"):
-        config = configs[name]
-        assert config["name"] == [name] and config["backend"] == ["onnxruntime"]
         session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-        for kind, values in (("input", session.get_inputs()), ("output", session.get_outputs())):
-            declared = triton_repo.config_tensors(config, kind)
-            assert set(declared) == {v.name for v in values}
-            for v in values:
-                dtype, dims, _ = declared[v.name]
-                assert dtype == _ORT_TYPES[v.type]
-                assert dims == [d if isinstance(d, int) else -1 for d in v.shape], (name, v.name)
+        assert_config_describes(configs[name], session, name)
+        assert "model_operations" not in configs[name]
+        assert configs[name]["instance_group"] == [{"count": [1], "kind": ["KIND_GPU"]}]
+    assert (repository / "sam_encoder" / "1" / "model.onnx").read_bytes() == (bundle / "encoder.onnx").read_bytes()
     assert configs["sam_encoder"]["max_batch_size"] == [4]
     assert configs["sam_decoder"]["max_batch_size"] == [0]  # one embedding for N prompts: not stackable
     predictor = configs["sam_predictor"]
@@ -364,3 +387,101 @@ def test_a_graph_with_sam_edge_ops_gets_the_op_library(bundle, tmp_path):
                  "--ops-library-dir", "/models"]) == 0
     (ops,) = triton_repo.read_repository(str(moved))["sam_decoder"]["model_operations"]
     assert ops["op_library_filename"] == ["/models/sam_decoder/" + os.path.basename(library)]
+
+
+# ---------------------------------------------------------------- --encoder ops
+
+
+def test_the_ops_encoder_names_the_op_library(ops_repository, bundle):
+    """--encoder ops serves the bundle's encoder_ops.onnx (with the external weights it
+    names), on CPU instances, with the op library copied beside its config and named
+    by model_operations; the decoder as in the standard export."""
+    import onnx
+    import onnxruntime as ort
+
+    library = ort_ops.library_path()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    configs = triton_repo.read_repository(str(ops_repository))
+    assert set(configs) == {"sam_encoder", "sam_decoder", "sam_predictor"}
+    encoder = configs["sam_encoder"]
+    model = ops_repository / "sam_encoder" / "1" / "model.onnx"
+    assert model.read_bytes() == (bundle / manifest["encoder_ops"]["file"]).read_bytes()
+    assert triton_repo.uses_custom_ops(str(model))
+    (ops,) = encoder["model_operations"]
+    assert ops["op_library_filename"] == [str(ops_repository.resolve() / "sam_encoder" / os.path.basename(library))]
+    with open(ops["op_library_filename"][0], "rb") as a, open(library, "rb") as b:
+        assert a.read() == b.read()
+    assert encoder["instance_group"] == [{"count": [1], "kind": ["KIND_CPU"]}]
+    assert encoder["max_batch_size"] == [4]
+    assert "model_operations" not in configs["sam_decoder"]
+    assert configs["sam_decoder"]["instance_group"] == [{"count": [1], "kind": ["KIND_GPU"]}]
+    session = ort.InferenceSession(str(ops_repository / "sam_decoder" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert_config_describes(configs["sam_decoder"], session, "sam_decoder")
+    # The encoder's interface from the graph itself: onnxruntime opens it only with the
+    # library registered, which the next test does where this CPU allows.
+    graph = onnx.load(str(model), load_external_data=False).graph
+    declared = triton_repo.config_tensors(encoder, "input")
+    assert set(declared) == {i.name for i in graph.input} == {"image"}
+    assert declared["image"][:2] == ("TYPE_FP32", [-1, 3, manifest["image_size"], manifest["image_size"]])
+    assert set(triton_repo.config_tensors(encoder, "output")) == {o.name for o in graph.output}
+
+
+def test_the_ops_encoder_model_runs_as_sam_edge_load_embeds(ops_repository, bundle):
+    """The exported encoder model, run by onnxruntime after registering the file that
+    model_operations names (as Triton's onnxruntime backend does), embeds a batch of
+    two fresh random images as sam_edge.load's standard graph does, at OPS_EMBEDDING_RTOL."""
+    import onnxruntime as ort
+
+    refusal = ort_ops.library_refusal()
+    if refusal is not None:
+        pytest.skip(refusal)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["encoder_ops"]["compute"] == "fp32"
+    config = triton_repo.read_repository(str(ops_repository))["sam_encoder"]
+    (named,) = config["model_operations"][0]["op_library_filename"]
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(named)
+    session = ort.InferenceSession(str(ops_repository / "sam_encoder" / "1" / "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    assert_config_describes(config, session, "sam_encoder")
+
+    engine = sam_edge.load(str(bundle), native_attention=False)
+    assert engine.encoder_mode == "single ONNX Runtime graph"
+    images = np.random.default_rng(29).integers(0, 256, (2, 3, 200, 256), dtype=np.uint8)
+    expected = engine.embed(images)
+    (embedding,) = session.run(["image_embeddings"], {"image": engine.preprocess(images)})
+    assert embedding.shape == expected.shape
+    for served, local in zip(embedding, expected):
+        assert np.linalg.norm(served - local) <= OPS_EMBEDDING_RTOL * np.linalg.norm(local)
+    assert np.linalg.norm(expected[0] - expected[1]) > 0.1 * np.linalg.norm(expected[0]), "two images, two embeddings"
+
+
+def _bundle_without_encoder_ops(bundle, root):
+    """A copy of the bundle (its files linked) whose manifest has no encoder_ops, as an older build's."""
+    root.mkdir()
+    for path in bundle.iterdir():
+        if path.name != "manifest.json":
+            (root / path.name).symlink_to(path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["encoder_ops"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_the_ops_encoder_refuses_a_bundle_without_it_and_writes_nothing(bundle, tmp_path, capsys):
+    older = _bundle_without_encoder_ops(bundle, tmp_path / "bundle")
+    out = tmp_path / "repo"
+    assert main(["export-triton", str(older), "--output", str(out), "--encoder", "ops"]) == 1
+    err = capsys.readouterr().err
+    assert "has no encoder_ops graph" in err and "--encoder standard" in err
+    assert not out.exists()
+
+
+def test_the_ops_encoder_without_the_library_writes_nothing(bundle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(ort_ops.LIBRARY_ENV, str(tmp_path / "no" / "libsam_edge_ops.so"))
+    out = tmp_path / "repo"
+    assert main(["export-triton", str(bundle), "--output", str(out), "--encoder", "ops"]) == 1
+    err = capsys.readouterr().err
+    assert "the encoder graph uses sam-edge's custom ops" in err and "not built" in err
+    assert not out.exists()
