@@ -44,16 +44,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(embedding_dim, internal_dim)
         self.v_proj = nn.Linear(embedding_dim, internal_dim)
         self.out_proj = nn.Linear(internal_dim, embedding_dim)
+        # (heads, C): 1 where channel c belongs to head h. A buffer, so an exported
+        # graph holds it as a constant rather than rebuilding it on every run.
+        head_of_channel = torch.arange(internal_dim) // (internal_dim // num_heads)
+        head_mask = (head_of_channel == torch.arange(num_heads)[:, None]).float()
+        self.register_buffer("head_mask", head_mask, persistent=False)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def _head_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """(heads, C) in x's dtype: 1 where channel c belongs to head h."""
-        c = x.shape[-1]
-        head_of_channel = torch.arange(c, device=x.device) // (c // self.num_heads)
-        return (head_of_channel == torch.arange(self.num_heads, device=x.device)[:, None]).to(x.dtype)
+        """The (heads, C) head mask in x's dtype."""
+        return self.head_mask.to(x.dtype)
 
     def _block_diagonal(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n, C) -> (B, heads * n, C): row (h, i) is x[:, i] with only head h's channels kept."""
@@ -115,7 +118,9 @@ class Attention(nn.Module):
         q_proj(query) . k_h = query . (W_q^T k_h) + b_q . k_h, and
         out_proj(attn @ v) = attn @ (v W_o^T) + b_o: every product on the long
         side has the few tokens' width (heads * Nk) on one side, and the long
-        side is never projected in or out.
+        side is never projected in or out. Each head's attention row sums to 1, so
+        the heads' rows sum to `heads` and the out bias rides in the values as
+        b_o / heads.
         """
         nk, c = k.shape[1], k.shape[2]
         scale = 1.0 / math.sqrt(c // self.num_heads)
@@ -126,8 +131,8 @@ class Attention(nn.Module):
             scores = q @ (keys @ self.q_proj.weight).transpose(1, 2) + (keys @ self.q_proj.bias).unsqueeze(1)
         b, nq = scores.shape[0], scores.shape[1]
         attn = scores.reshape(b, nq, self.num_heads, nk).softmax(dim=-1).reshape(b, nq, self.num_heads * nk)
-        values_out = self._block_diagonal(v) @ self.out_proj.weight.t()  # (B, heads * Nk, E)
-        return attn @ values_out + self.out_proj.bias
+        values_out = self._block_diagonal(v) @ self.out_proj.weight.t() + self.out_proj.bias / self.num_heads
+        return attn @ values_out  # (B, heads * Nk, E) values: already out-projected
 
 
 class TwoWayAttentionBlock(nn.Module):
