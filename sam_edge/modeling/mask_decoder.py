@@ -134,7 +134,10 @@ class MaskDecoder(nn.Module):
         x = _conv_transpose_2x2_pixels(src.reshape(-1, src.shape[-1]), deconv1)  # (B h w, 4 c1)
         x = act1(F.layer_norm(x.reshape(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))  # (B h w 4, c1)
         x = act2(_conv_transpose_2x2_pixels(x, deconv2))  # (B h w 4, 4 c2)
-        masks = hyper_in @ x.reshape(-1, h * w * 16, c2).transpose(1, 2)  # (B, T, (h, w, a1, b1, a2, b2))
+        # Pixels as rows: the (h w 16, c2) features are read in place, not transposed
+        # for the product; only the T-channel result is.
+        masks = (x.reshape(-1, h * w * 16, c2) @ hyper_in.transpose(1, 2)).transpose(1, 2)
+        # masks: (B, T, (h, w, a1, b1, a2, b2))
         b, t = hyper_in.shape[:2]
         # Two low-rank shuffles (one of rank 7 is ~5x slower in ONNX Runtime):
         # (h, w, a1, [b1 a2 b2]) -> (h, a1, w, [b1 a2 b2]), then (w, b1, a2, b2) -> (a2, w, b1, b2).

@@ -44,16 +44,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(embedding_dim, internal_dim)
         self.v_proj = nn.Linear(embedding_dim, internal_dim)
         self.out_proj = nn.Linear(internal_dim, embedding_dim)
+        # (heads, C): 1 where channel c belongs to head h. A buffer, so an exported
+        # graph holds it as a constant rather than rebuilding it on every run.
+        head_of_channel = torch.arange(internal_dim) // (internal_dim // num_heads)
+        head_mask = (head_of_channel == torch.arange(num_heads)[:, None]).float()
+        self.register_buffer("head_mask", head_mask, persistent=False)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def _head_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """(heads, C) in x's dtype: 1 where channel c belongs to head h."""
-        c = x.shape[-1]
-        head_of_channel = torch.arange(c, device=x.device) // (c // self.num_heads)
-        return (head_of_channel == torch.arange(self.num_heads, device=x.device)[:, None]).to(x.dtype)
+        """The (heads, C) head mask in x's dtype."""
+        return self.head_mask.to(x.dtype)
 
     def _block_diagonal(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n, C) -> (B, heads * n, C): row (h, i) is x[:, i] with only head h's channels kept."""
@@ -64,8 +67,14 @@ class Attention(nn.Module):
         """q (B, Nq, E), k and v (B, Nk, E) -> (B, Nq, E).
 
         With a long side, the image side may have batch 1 against B prompts: the
-        products broadcast, so one image's tokens are projected once for all B.
+        products broadcast, so one image's tokens are used once for all B. The
+        long side is never projected: its projection is folded into the short
+        side's (see _to_long_keys and _from_long_queries).
         """
+        if self.long_side == "keys":
+            return self._to_long_keys(self.q_proj(q), k, v)
+        if self.long_side == "queries":
+            return self._from_long_queries(q, self.k_proj(k), self.v_proj(v), q_projected=False)
         return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -74,17 +83,56 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(c // self.num_heads)
         if self.long_side == "keys":  # few queries: rows (h, i) of q against all keys
             attn = ((self._block_diagonal(q) @ k.transpose(1, 2)) * scale).softmax(dim=-1)
-            out = (attn @ v).reshape(b, self.num_heads, nq, c)
-            out = (out * self._head_mask(q)[:, None, :]).sum(1)
-        elif self.long_side == "queries":  # few keys: columns (h, j) of k for all queries
-            nk = k.shape[1]
-            attn = ((q @ self._block_diagonal(k).transpose(1, 2)) * scale).reshape(-1, nq, self.num_heads, nk)
-            out = attn.softmax(dim=-1).reshape(-1, nq, self.num_heads * nk) @ self._block_diagonal(v)
+            return self.out_proj(self._merge_heads(attn @ v, nq))
+        if self.long_side == "queries":
+            return self._from_long_queries(q, k, v, q_projected=True)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        out = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, c))
+
+    def _merge_heads(self, out: torch.Tensor, nq: int) -> torch.Tensor:
+        """(B, heads * nq, C) rows (h, i) -> (B, nq, C), each channel from its own head's row."""
+        b, _, c = out.shape
+        return (out.reshape(b, self.num_heads, nq, c) * self._head_mask(out)[:, None, :]).sum(1)
+
+    def _to_long_keys(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Few projected queries q (B, Nq, C) against unprojected keys and values (B or 1, Nk, E).
+
+        q_h . k_proj(key) = (q_h @ W_k) . key + q_h . b_k: the products run on the
+        E-wide image tokens, with no (Nk, C) projection of them. The bias term is
+        the same for every key of a row, so the softmax cancels it. Each row of
+        the softmax sums to 1, so attn @ v_proj(values) = v_proj(attn @ values).
+        """
+        nq, c = q.shape[1], q.shape[2]
+        scale = 1.0 / math.sqrt(c // self.num_heads)
+        query_keys = (self._block_diagonal(q) @ self.k_proj.weight) * scale  # (B, heads * Nq, E)
+        attn = (query_keys @ keys.transpose(1, 2)).softmax(dim=-1)
+        return self.out_proj(self._merge_heads(self.v_proj(attn @ values), nq))
+
+    def _from_long_queries(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_projected: bool
+    ) -> torch.Tensor:
+        """Many queries q (B or 1, Nq, E), or (B or 1, Nq, C) when `q_projected`, against
+        few projected keys and values k, v (B, Nk, C) -> (B, Nq, E).
+
+        q_proj(query) . k_h = query . (W_q^T k_h) + b_q . k_h, and
+        out_proj(attn @ v) = attn @ (v W_o^T) + b_o: every product on the long
+        side has the few tokens' width (heads * Nk) on one side, and the long
+        side is never projected in or out. Each head's attention row sums to 1, so
+        the heads' rows sum to `heads` and the out bias rides in the values as
+        b_o / heads.
+        """
+        nk, c = k.shape[1], k.shape[2]
+        scale = 1.0 / math.sqrt(c // self.num_heads)
+        keys = self._block_diagonal(k) * scale  # (B, heads * Nk, C)
+        if q_projected:
+            scores = q @ keys.transpose(1, 2)
         else:
-            q, k, v = self._heads(q), self._heads(k), self._heads(v)
-            out = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
-            out = out.transpose(1, 2).reshape(b, nq, c)
-        return self.out_proj(out)
+            scores = q @ (keys @ self.q_proj.weight).transpose(1, 2) + (keys @ self.q_proj.bias).unsqueeze(1)
+        b, nq = scores.shape[0], scores.shape[1]
+        attn = scores.reshape(b, nq, self.num_heads, nk).softmax(dim=-1).reshape(b, nq, self.num_heads * nk)
+        values_out = self._block_diagonal(v) @ self.out_proj.weight.t() + self.out_proj.bias / self.num_heads
+        return attn @ values_out  # (B, heads * Nk, E) values: already out-projected
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -129,13 +177,19 @@ class TwoWayAttentionBlock(nn.Module):
             q = queries + query_pe
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
-        image = projections if projections is not None else self.image_projections(keys, key_pe)
-        to_image = self.cross_attn_token_to_image
-        queries = self.norm2(queries + to_image.attend(to_image.q_proj(queries + query_pe), image.k, image.v))
+        to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        if projections is not None:
+            attn_out = to_image.attend(to_image.q_proj(queries + query_pe), projections.k, projections.v)
+        else:
+            keys_with_pe = keys + key_pe
+            attn_out = to_image(queries + query_pe, keys_with_pe, keys)
+        queries = self.norm2(queries + attn_out)
         queries = self.norm3(queries + self.mlp(queries))
-        to_token = self.cross_attn_image_to_token
         q_tokens = queries + query_pe
-        attn_out = to_token.attend(image.q, to_token.k_proj(q_tokens), to_token.v_proj(queries))
+        if projections is not None:
+            attn_out = to_token.attend(projections.q, to_token.k_proj(q_tokens), to_token.v_proj(queries))
+        else:
+            attn_out = to_token(keys_with_pe, q_tokens, queries)
         keys = self.norm4(keys + attn_out)
         return queries, keys
 

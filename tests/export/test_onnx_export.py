@@ -168,3 +168,37 @@ def test_fused_global_attention_is_the_same_graph(tmp_path):
     x = np.random.default_rng(5).standard_normal((2, 3, config.image_size, config.image_size)).astype(np.float32)
     expected = _session(plain).run(None, {"image": x})[0]
     assert rel_l2(_session(fused).run(None, {"image": x})[0], expected) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def full_grid_split_decoder(tmp_path_factory):
+    """(official reference, image part, prompt part) of the split decoder at the official
+    1024 px input (a 64 x 64 grid, the size the decoder runs at); the encoder is not exported."""
+    from sam_edge.export.onnx_export import export_split_decoder
+
+    root = tmp_path_factory.mktemp("split_decoder")
+    config = reduced_config(image_size=1024)
+    reference = save_official_checkpoint(config, 8, root / "ck.pth")
+    ours = sam_edge.build_sam_from_config(config, root / "ck.pth").eval()
+    image_path, prompt_path = export_split_decoder(ours, str(root / "image.onnx"), str(root / "prompt.onnx"))
+    return reference, _session(image_path), _session(prompt_path)
+
+
+@pytest.mark.parametrize("batch,points", [(1, 1), (1, 4), (3, 2)])
+def test_split_decoder_matches_official_at_full_grid(full_grid_split_decoder, batch, points):
+    """The prompt part over the image part's outputs against the official decoder (no
+    mask_input) on a fresh random embedding and prompts, at the fp32 tolerances above."""
+    reference, image_part, prompt_part = full_grid_split_decoder
+    config = reduced_config(image_size=1024)
+    rng = np.random.default_rng(batch * 10 + points)
+    feed = _random_feed(config, batch, points, False, rng)
+    names = [o.name for o in image_part.get_outputs()]
+    prompt_feed = dict(zip(names, image_part.run(None, {"image_embeddings": feed["image_embeddings"]})))
+    prompt_feed.update(point_coords=feed["point_coords"], point_labels=feed["point_labels"])
+    iou, low_res = prompt_part.run(None, prompt_feed)
+    _, ref_iou, ref_low_res = _official_onnx_model(reference, feed, (1024, 1024))
+    assert low_res.shape == ref_low_res.shape == (batch, 4, 256, 256)
+    assert rel_l2(low_res, ref_low_res) <= REL_L2
+    np.testing.assert_allclose(iou, ref_iou, atol=1e-3, rtol=0)
+    for a, b in zip(low_res.reshape(-1, 256, 256), ref_low_res.reshape(-1, 256, 256)):
+        assert mask_iou(a > 0, b > 0) >= MASK_IOU
