@@ -66,7 +66,7 @@ def time_rows(embed, inputs, repeat):
     return times, outputs
 
 
-def openvino_rows(encoder, model_inputs, calib_inputs, threads, repeat):
+def openvino_rows(encoder, model_inputs, calib_inputs, threads, repeat, which=("fp32", "int8")):
     import nncf
     import openvino as ov
     import torch
@@ -89,7 +89,10 @@ def openvino_rows(encoder, model_inputs, calib_inputs, threads, repeat):
         hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         rows.append({"path": name, "times": times, "outputs": outs, "inference_precision_hint": hint, **extra})
 
-    run("openvino-fp32", ov_model, {**base, "INFERENCE_PRECISION_HINT": "f32"}, {})
+    if "fp32" in which:
+        run("openvino-fp32", ov_model, {**base, "INFERENCE_PRECISION_HINT": "f32"}, {})
+    if "int8" not in which:
+        return rows
     t0 = time.perf_counter()
     quantized = nncf.quantize(ov_model, nncf.Dataset(calib_inputs), model_type=nncf.ModelType.TRANSFORMER,
                               subset_size=len(calib_inputs))
@@ -105,6 +108,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", help="official checkpoint; default: seeded random weights")
     parser.add_argument("--calib-images", help="directory of calibration images for NNCF")
     parser.add_argument("--repeat", type=int, default=2, help="timed calls per image after one warm-up")
+    parser.add_argument("--openvino", default="fp32,int8",
+                        help="OpenVINO rows to run, a comma list of fp32, int8")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tag", help="host name in the results file (default: derived from the CPU)")
     parser.add_argument("--note", default="", help="stored in the JSON")
@@ -112,6 +117,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.repeat < 1 or args.threads < 1:
         parser.error("--repeat and --threads must be >= 1")
+    openvino_which = tuple(r for r in args.openvino.split(",") if r)
+    if any(r not in ("fp32", "int8") for r in openvino_which):
+        parser.error(f"--openvino: a comma list of fp32, int8; got {args.openvino!r}")
     try:
         import nncf  # noqa: F401
         import openvino  # noqa: F401
@@ -152,7 +160,7 @@ def main() -> int:
         ref_times, ref_outputs = time_rows(lambda x: model.image_encoder(torch.from_numpy(x)).numpy(),
                                            model_inputs, args.repeat)
     rows = [{"path": "official", "times": ref_times, "outputs": ref_outputs}]
-    rows += openvino_rows(model.image_encoder, model_inputs, calib_inputs, args.threads, args.repeat)
+    rows += openvino_rows(model.image_encoder, model_inputs, calib_inputs, args.threads, args.repeat, openvino_which)
     del model
     for bundle in args.bundle:
         engine = sam_edge.load(bundle, threads=args.threads)
@@ -180,6 +188,7 @@ def main() -> int:
         "model": args.model,
         "weights": weights,
         "settings": {"repeat": args.repeat, "threads": args.threads, "eval_images": list(EVAL_PHOTOS),
+                     "openvino_rows": list(openvino_which),
                      "calibration": calib_source, "calibration_images": len(calib)},
         "versions": {"torch": torch.__version__, "openvino": openvino.__version__, "nncf": nncf.__version__,
                      "sam_edge": sam_edge.__version__},
