@@ -245,14 +245,15 @@ def test_int8_segments_within_a_margin_of_the_single_graph(int8_bundle, int8_sin
 
 @pytest.mark.skipif(fast_compute(64, (14, 14), "fp16") is None, reason="this CPU has no AVX512-FP16")
 def test_int8_segments_in_reduced_precision_within_a_margin_of_the_single_graph(int8_bundle, int8_single_errors):
-    """The default load (bf16 tiles where AMX runs, else fp16) and fp16 forced, within
+    """The default load (bf16 where AMX or AVX512-BF16 runs it, else fp16) and fp16 forced, within
     INT8_MARGIN of the int8 single graph's own error against the official model."""
     _, path = int8_bundle
     official, single = int8_single_errors
     for options in ({}, {"attention_compute": "fp16"}):
         engine = sam_edge.load(str(path), **options)
         if not options:
-            assert engine.encoder_mode.endswith("bf16)" if cpu_kernel_status()["amx_bf16"] else "fp16)"), \
+            bf16 = cpu_kernel_status()["amx_bf16"] or cpu_kernel_status()["avx512_bf16"]
+            assert engine.encoder_mode.endswith("bf16)" if bf16 else "fp16)"), \
                 engine.encoder_mode
         errors = _embedding_errors(engine, official)
         print(engine.encoder_mode, errors, "single graph:", single)
@@ -337,7 +338,7 @@ def test_quantized_linear_fusion_against_float64():
 
 def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path, calibration_dir):
     """ViT-H (head_dim 80, which the fp16 path does not cover): int8 bundles are cut at
-    the global blocks only; they run bf16 tiles on AMX, else fp32, within INT8_MARGIN
+    the global blocks only; they run bf16 on AMX or AVX512-BF16, else fp32, within INT8_MARGIN
     of the int8 single graph's own error against the official fp32 model."""
     config = reduced_config("vit_h", depth=2)
     reference, _, path = build_test_bundle(tmp_path, config, seed=9, precision="int8", official_decoder=False,
@@ -351,7 +352,8 @@ def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path, calibrat
         assert engine.encoder_mode == "single ONNX Runtime graph"
         pytest.skip("no AVX-512 here: the ViT-H bundle loads its single encoder graph (checked), so the "
                     "kernel's head_dim-80 cuts cannot be compared with the official model")
-    assert engine.encoder_mode.endswith("bf16)" if status["amx_bf16"] else "fp32)"), engine.encoder_mode
+    bf16 = status["amx_bf16"] or status["avx512_bf16"]
+    assert engine.encoder_mode.endswith("bf16)" if bf16 else "fp32)"), engine.encoder_mode
     official = _official_embeddings(reference)
     single = _embedding_errors(sam_edge.load(str(path), native_attention=False), official)
     assert max(single.values()) <= INT8_BOUND, single
