@@ -40,26 +40,27 @@ struct PackedBf16 {
 };
 
 // The scaled, biased scores of R rows (q: R rows of D / 2 pairs) against the
-// 64 keys of the panel at j0, into s (row stride h.ls); rmax keeps each row's maximum.
-template <int D, int R, bool SMALL>
+// first NC * 16 keys of the panel at j0, into s (row stride h.ls); rmax keeps
+// each row's maximum.
+template <int D, int R, int NC, bool SMALL>
 SAM_AVX512_BF16 __attribute__((noinline)) void score_tile_bf16(const HeadFp16& h, const uint32_t* __restrict kpanel,
                                                                const uint32_t* __restrict q, const float* __restrict rh,
                                                                const float* __restrict rw, int64_t j0,
                                                                float* __restrict s, __m512* __restrict rmax) {
   constexpr int64_t pairs = D / 2;
-  __m512 acc[R][4];
+  __m512 acc[R][NC];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int n = 0; n < 4; ++n) acc[r][n] = _mm512_setzero_ps();
+    for (int n = 0; n < NC; ++n) acc[r][n] = _mm512_setzero_ps();
   for (int64_t c = 0; c < pairs; ++c) {
-    __m512i b[4];
+    __m512i b[NC];
 #pragma GCC unroll 4
-    for (int n = 0; n < 4; ++n) b[n] = _mm512_loadu_si512(kpanel + c * 64 + 16 * n);
+    for (int n = 0; n < NC; ++n) b[n] = _mm512_loadu_si512(kpanel + c * 64 + 16 * n);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int n = 0; n < 4; ++n) acc[r][n] = dot_pairs(acc[r][n], q[r * pairs + c], b[n]);
+      for (int n = 0; n < NC; ++n) acc[r][n] = dot_pairs(acc[r][n], q[r * pairs + c], b[n]);
   }
   // In locals: the stores to s would otherwise make the compiler reload h's fields.
   const __m512 scale = _mm512_set1_ps(h.scale);
@@ -79,7 +80,7 @@ SAM_AVX512_BF16 __attribute__((noinline)) void score_tile_bf16(const HeadFp16& h
       const __m512 rwv = _mm512_maskz_loadu_ps(w_lanes, rw + r * k_w);
       __m512 mx = rmax[r];
 #pragma GCC unroll 4
-      for (int n = 0; n < 4; ++n) {
+      for (int n = 0; n < NC; ++n) {
         const __m512 bias = _mm512_add_ps(_mm512_permutexvar_ps(_mm512_loadu_si512(kr + 16 * n), rhv),
                                           _mm512_permutexvar_ps(_mm512_loadu_si512(kc + 16 * n), rwv));
         const __m512 x = _mm512_mask_mov_ps(minus_inf, valid[n], _mm512_fmadd_ps(acc[r][n], scale, bias));
@@ -90,7 +91,8 @@ SAM_AVX512_BF16 __attribute__((noinline)) void score_tile_bf16(const HeadFp16& h
     }
     return;
   }
-  // Aligned grids: m % 64 == 0 and each group of 16 keys lies in one key row.
+  // Aligned grids: m % 64 == 0 (NC is 4) and each group of 16 keys lies in one key row.
+  static_assert(SMALL || NC == 4, "aligned grids have whole panels");
   int64_t rows[4], cols[4];
   for (int n = 0; n < 4; ++n) rows[n] = h.group_row[j0 / 16 + n], cols[n] = h.group_col[j0 / 16 + n];
 #pragma GCC unroll 8
@@ -134,24 +136,24 @@ SAM_AVX512_BF16 __attribute__((noinline)) void value_rows_bf16(const uint32_t* _
     for (int n = 0; n < NV; ++n) _mm512_storeu_ps(out + r * D + 16 * n, acc[r][n]);
 }
 
-// The score tiles of `rows` rows against the panel at j0: RS rows at a time,
-// the remainder (196 = 8 * 24 + 4 rows in a window) in one smaller tile.
-template <int D, bool SMALL>
+// The score tiles of `rows` rows against NC groups of the panel at j0: RS rows
+// at a time, the remainder (196 = 8 * 24 + 4 rows in a window) in one smaller tile.
+template <int D, int NC, bool SMALL>
 SAM_AVX512_BF16 void score_rows_bf16(const HeadFp16& h, const uint32_t* kpanel, const uint32_t* q, const float* rh,
                                      const float* rw, int64_t rows, int64_t j0, float* s, __m512* rmax) {
   constexpr int RS = 6;  // 6 rows x 4 vectors: 24 accumulators of the 32 registers
   constexpr int64_t pairs = D / 2;
   int64_t r0 = 0;
   for (; r0 + RS <= rows; r0 += RS)
-    score_tile_bf16<D, RS, SMALL>(h, kpanel, q + r0 * pairs, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls,
+    score_tile_bf16<D, RS, NC, SMALL>(h, kpanel, q + r0 * pairs, rh + r0 * h.k_h, rw + r0 * h.k_w, j0, s + r0 * h.ls,
                                   rmax + r0);
   const float *rhr = rh + r0 * h.k_h, *rwr = rw + r0 * h.k_w;
   switch (rows - r0) {
-    case 5: score_tile_bf16<D, 5, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
-    case 4: score_tile_bf16<D, 4, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
-    case 3: score_tile_bf16<D, 3, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
-    case 2: score_tile_bf16<D, 2, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
-    case 1: score_tile_bf16<D, 1, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
+    case 5: score_tile_bf16<D, 5, NC, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
+    case 4: score_tile_bf16<D, 4, NC, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
+    case 3: score_tile_bf16<D, 3, NC, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
+    case 2: score_tile_bf16<D, 2, NC, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
+    case 1: score_tile_bf16<D, 1, NC, SMALL>(h, kpanel, q + r0 * pairs, rhr, rwr, j0, s + r0 * h.ls, rmax + r0); break;
     default: break;
   }
 }
@@ -180,17 +182,29 @@ SAM_AVX512_BF16 void attention_block_bf16(const HeadFp16& h, PackedBf16 kv, cons
                                           const float* rw, int64_t rows, float* s, uint32_t* p, float* out) {
   __m512 rmax[kRowBlock];
   for (int64_t r = 0; r < rows; ++r) rmax[r] = _mm512_set1_ps(-INFINITY);
-  for (int64_t j0 = 0; j0 < h.m_pad; j0 += 64)
-    score_rows_bf16<D, SMALL>(h, kv.k + j0 * (D / 2), q, rh, rw, rows, j0, s, rmax);
-  const int64_t lp = h.ls / 2;
+  // Small grids end in a partial panel (196 keys: one group of 16 in the fourth): only its groups with keys.
+  const int64_t m16 = (h.m + 15) / 16 * 16, lp = h.ls / 2;
+  for (int64_t j0 = 0; j0 < m16; j0 += 64) {
+    const uint32_t* kpanel = kv.k + j0 * (D / 2);
+    if constexpr (SMALL) {
+      switch (std::min<int64_t>(4, (m16 - j0) / 16)) {
+        case 1: score_rows_bf16<D, 1, SMALL>(h, kpanel, q, rh, rw, rows, j0, s, rmax); continue;
+        case 2: score_rows_bf16<D, 2, SMALL>(h, kpanel, q, rh, rw, rows, j0, s, rmax); continue;
+        case 3: score_rows_bf16<D, 3, SMALL>(h, kpanel, q, rh, rw, rows, j0, s, rmax); continue;
+        default: break;
+      }
+    }
+    score_rows_bf16<D, 4, SMALL>(h, kpanel, q, rh, rw, rows, j0, s, rmax);
+  }
+  // The softmax and the products with v stop there too: past m16, k and v are zero.
   float inv[kRowBlock];
   for (int64_t r = 0; r < rows; ++r) {
     const float* sr = s + r * h.ls;
     uint32_t* pr = p + r * lp;
     const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(rmax[r]));
     __m512 sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < h.m_pad; j += 16) {
-      // Keys past m have score -inf: exp_reduced clamps it to e^-87, zero in bf16's sum with the rest.
+    for (int64_t j = 0; j < m16; j += 16) {
+      // Keys past m have score -inf: exp_reduced clamps it to e^-87, nothing beside the rest.
       const __m512 e = exp_reduced(_mm512_sub_ps(_mm512_loadu_ps(sr + j), mx));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j / 2), (__m256i)_mm512_cvtneps_pbh(e));
       // The unrounded sum, as the AMX path: the rounded one is within 2^-9 of it.
@@ -200,8 +214,8 @@ SAM_AVX512_BF16 void attention_block_bf16(const HeadFp16& h, PackedBf16 kv, cons
   }
   std::fill(out, out + rows * D, 0.f);
   // Chunks of kValueChunk keys of v (8 KB for D = 64), each used by every row while in L1.
-  for (int64_t j0 = 0; j0 < h.m_pad; j0 += kValueChunk)
-    value_block_bf16<D>(kv.v, p, lp, rows, j0 / 2, std::min(h.m_pad, j0 + kValueChunk) / 2, out);
+  for (int64_t j0 = 0; j0 < m16; j0 += kValueChunk)
+    value_block_bf16<D>(kv.v, p, lp, rows, j0 / 2, std::min(m16, j0 + kValueChunk) / 2, out);
   for (int64_t r = 0; r < rows; ++r) {
     const __m512 w = _mm512_set1_ps(inv[r]);
     for (int64_t c = 0; c < D; c += 16) _mm512_storeu_ps(out + r * D + c, _mm512_mul_ps(_mm512_loadu_ps(out + r * D + c), w));
