@@ -154,6 +154,7 @@ def main() -> int:
     from sam_edge.kernels.cpu_attention import cpu_kernel_status, rel_pos_attention_cpu, rel_pos_attention_cpu_reference
 
     status = cpu_kernel_status()
+    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # hardware() reads it at the end
     rows = []
     for model, shape_name, (batch, heads, k_h, k_w, d) in [
             (model, name, shape) for model in args.models for name, shape in MODELS[model].items()]:
@@ -197,6 +198,7 @@ def main() -> int:
         "shapes": {f"{model}-{name}": dict(zip(("batch", "heads", "k_h", "k_w", "head_dim"), shape))
                    for model in args.models for name, shape in MODELS[model].items()},
         "kernel": {**status, "bf16_unit": bf16_unit}, "rows": rows, "hardware": hardware(),
+        "load_average_before": load_before,
         "versions": {"onnxruntime": onnxruntime.__version__},
     }, tag=args.tag)
     print(f"wrote {path}")
