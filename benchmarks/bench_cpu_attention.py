@@ -1,11 +1,12 @@
 """sam-edge's CPU attention kernel (sam_edge._C.rel_pos_attention[_qkv]) against the
-same attention in ONNX Runtime, at ViT-B's two shapes. Writes JSON and prints a table.
+same attention in ONNX Runtime, at a model's two shapes. Writes JSON and prints a table.
 
-    PYTHONPATH=. python benchmarks/bench_cpu_attention.py [--threads 2] [--repeat 5] [--tag cpu-2core-xeon]
+    PYTHONPATH=. python benchmarks/bench_cpu_attention.py [--models vit_b vit_h] [--threads 2] [--repeat 5]
+        [--tag cpu-2core-xeon] [--name cpu-attention]
 
-Shapes: a global block (12 heads x 4096 queries x 4096 keys, head dim 64, a
-64 x 64 key grid) and a windowed block (25 windows x 12 heads, 196 x 196, a
-14 x 14 grid). Paths:
+Shapes, per model (MODELS): a global block (ViT-B: 12 heads x 4096 queries x
+4096 keys, head dim 64, a 64 x 64 key grid; ViT-H: 16 heads, head dim 80) and a
+windowed block (25 windows x the heads, 196 x 196, a 14 x 14 grid). Paths:
   ort_mha     com.microsoft.MultiHeadAttention with the bias built in the graph
               from rel_h and rel_w (what the single-graph ORT bundle runs for a
               global block; windowed blocks run the plain MatMul/Softmax graph
@@ -13,13 +14,15 @@ Shapes: a global block (12 heads x 4096 queries x 4096 keys, head dim 64, a
   ort_plain   MatMul -> Add(bias) -> Softmax -> MatMul, the exported form
   kernel_fp32, kernel_fp16   sam-edge's kernel (fp16 needs AVX512-FP16)
   qkv_fp32, qkv_fp16, qkv_bf16   the kernel as the encoder ops graph's RelPosAttention calls it
-              (bf16: on AMX tiles, where the CPU and OS have them)
-              (rel_pos_attention_qkv): from the block's (1, 64, 64, 2304) qkv
-              projection, so it also splits q, k, v, partitions and pads the
+              (rel_pos_attention_qkv): from the block's (1, 64, 64, 3 * heads * D)
+              qkv projection, so it also splits q, k, v, partitions and pads the
               windows (64 x 64 -> 5 x 5 windows of 14 x 14) and computes the
-              rel-pos terms that the other paths get as inputs
+              rel-pos terms that the other paths get as inputs. bf16 runs on AMX
+              tiles where the CPU and OS have them, else on AVX512-BF16 ("kernel"
+              in the JSON says which); fp32 on a windowed grid is the portable loop.
 Each path's error against float64 (numpy) on the same inputs is reported too
-(qkv_*: on the first 2 heads of the same inputs).
+(qkv_*: on the first 2 heads of the same inputs), and the rate of the two
+products' multiply-adds (4 N M D flops per head, softmax not counted).
 Speed-ups are against ort_plain, measured in the same process.
 """
 
@@ -34,7 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import hardware, summarize, time_call, write_results  # noqa: E402
 
-SHAPES = {"global": (1, 12, 64, 64, 64), "windowed": (25, 12, 14, 14, 64)}  # batch, heads, k_h, k_w, D
+#: Per model, its blocks' attention: (batch of windows, heads, k_h, k_w, D) over a 64 x 64 token grid.
+MODELS = {
+    "vit_b": {"global": (1, 12, 64, 64, 64), "windowed": (25, 12, 14, 14, 64)},
+    "vit_h": {"global": (1, 16, 64, 64, 80), "windowed": (25, 16, 14, 14, 80)},
+}
 
 
 def _inputs(batch, heads, k_h, k_w, d, seed=0):
@@ -104,7 +111,7 @@ def _ort_session(batch, heads, k_h, k_w, d, scale, fused, threads):
 
 
 def _qkv_paths(shape_name, heads, d, scale, args):
-    """rel_pos_attention_qkv on a ViT-B block's qkv projection: {path: (stats, rel-L2)}."""
+    """rel_pos_attention_qkv on a block's qkv projection (64 x 64 tokens): {path: (stats, rel-L2)}."""
     from sam_edge.kernels.cpu_attention import (
         cpu_kernel_status,
         rel_pos_attention_qkv,
@@ -121,10 +128,11 @@ def _qkv_paths(shape_name, heads, d, scale, args):
     two = qkv.reshape(1, 64, 64, 3, heads, d)[..., :2, :].reshape(1, 64, 64, 6 * d).copy()
     ref = rel_pos_attention_qkv_reference(two, *tables, kv_bias[:, :2], 2, window, scale)
     out = {}
-    computes = ["fp32"] if window == 0 else []
-    if cpu_kernel_status()["avx512_fp16"]:
+    status = cpu_kernel_status()
+    computes = ["fp32"]
+    if status["avx512_fp16"] and d == 64:
         computes.append("fp16")
-    if cpu_kernel_status()["amx_bf16"]:
+    if status["amx_bf16"] or status["avx512_bf16"]:
         computes.append("bf16")
     for compute in computes:
         got = rel_pos_attention_qkv(two, *tables, kv_bias[:, :2].copy(), 2, window, scale, compute, args.threads)
@@ -139,13 +147,17 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--tag", default=None)
+    parser.add_argument("--name", default="cpu-attention", help="the results file's benchmark name")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["vit_b"])
     args = parser.parse_args()
 
     from sam_edge.kernels.cpu_attention import cpu_kernel_status, rel_pos_attention_cpu, rel_pos_attention_cpu_reference
 
     status = cpu_kernel_status()
+    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # hardware() reads it at the end
     rows = []
-    for shape_name, (batch, heads, k_h, k_w, d) in SHAPES.items():
+    for model, shape_name, (batch, heads, k_h, k_w, d) in [
+            (model, name, shape) for model in args.models for name, shape in MODELS[model].items()]:
         q, k, v, rel_h, rel_w = _inputs(batch, heads, k_h, k_w, d)
         scale = d ** -0.5
         # float64 reference on the first 2 (window x head)s: enough for the error, bounded memory.
@@ -158,7 +170,7 @@ def main() -> int:
         calls = {name: (lambda s=s: s.run(None, feeds)[0]) for name, s in paths.items()}
         if status["avx512"] and k_w % 16 == 0:
             calls["kernel_fp32"] = lambda: rel_pos_attention_cpu(q, k, v, rel_h, rel_w, scale, "fp32", args.threads)
-        if status["avx512_fp16"]:
+        if status["avx512_fp16"] and d == 64:
             calls["kernel_fp16"] = lambda: rel_pos_attention_cpu(q, k, v, rel_h, rel_w, scale, "fp16", args.threads)
         results = {}
         for name, fn in calls.items():
@@ -168,19 +180,25 @@ def main() -> int:
         if status["avx512"]:
             results.update(_qkv_paths(shape_name, heads, d, scale, args))
         base = results["ort_plain"][0]["median_ms"]
+        gflop = 4 * batch * heads * (k_h * k_w) ** 2 * d / 1e9  # the two products, N = M
         for name, (stats, err) in results.items():
-            rows.append({"shape": shape_name, "path": name, **stats, "speedup_vs_ort_plain": base / stats["median_ms"],
-                         "rel_l2_vs_float64": err})
-    print(f"{'shape':<10}{'path':<14}{'median ms':>11}{'min ms':>9}{'x ort_plain':>13}{'rel-L2 vs f64':>15}")
+            rows.append({"model": model, "shape": shape_name, "path": name, **stats,
+                         "speedup_vs_ort_plain": base / stats["median_ms"], "rel_l2_vs_float64": err,
+                         "products_gflop_per_s": gflop / (stats["median_ms"] / 1000)})
+    print(f"{'model':<7}{'shape':<10}{'path':<14}{'median ms':>11}{'min ms':>9}{'x ort_plain':>13}"
+          f"{'rel-L2 vs f64':>15}{'GFLOP/s':>9}")
     for r in rows:
-        print(f"{r['shape']:<10}{r['path']:<14}{r['median_ms']:>11.1f}{r['min_ms']:>9.1f}"
-              f"{r['speedup_vs_ort_plain']:>13.2f}{r['rel_l2_vs_float64']:>15.2e}")
+        print(f"{r['model']:<7}{r['shape']:<10}{r['path']:<14}{r['median_ms']:>11.1f}{r['min_ms']:>9.1f}"
+              f"{r['speedup_vs_ort_plain']:>13.2f}{r['rel_l2_vs_float64']:>15.2e}{r['products_gflop_per_s']:>9.1f}")
     import onnxruntime
 
-    path = write_results("cpu-attention", {
+    bf16_unit = "amx_bf16" if status["amx_bf16"] else "avx512_bf16" if status["avx512_bf16"] else None
+    path = write_results(args.name, {
         "benchmark": "bench_cpu_attention", "threads": args.threads, "repeat": args.repeat,
-        "shapes": {k: dict(zip(("batch", "heads", "k_h", "k_w", "head_dim"), v)) for k, v in SHAPES.items()},
-        "kernel": status, "rows": rows, "hardware": hardware(),
+        "shapes": {f"{model}-{name}": dict(zip(("batch", "heads", "k_h", "k_w", "head_dim"), shape))
+                   for model in args.models for name, shape in MODELS[model].items()},
+        "kernel": {**status, "bf16_unit": bf16_unit}, "rows": rows, "hardware": hardware(),
+        "load_average_before": load_before,
         "versions": {"onnxruntime": onnxruntime.__version__},
     }, tag=args.tag)
     print(f"wrote {path}")

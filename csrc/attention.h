@@ -32,20 +32,23 @@
 namespace sam_edge {
 
 // The precision of both products (q k^T and p v); inputs, output and softmax stay float32.
-// fp16: fp16 products and partial sums (AVX512-FP16). bf16: AMX tiles from bf16 q, k, v
-// and probabilities, fp32 sums. Listed from the most precise down.
+// fp16: fp16 products and partial sums (AVX512-FP16). bf16: bf16 q, k, v and probabilities,
+// fp32 sums, on AMX tiles where the CPU has them, else with AVX512-BF16's vdpbf16ps.
+// Listed from the most precise down.
 enum class Compute { fp32, fp16, bf16 };
 
 // Whether this CPU runs the AVX-512 path (otherwise a portable loop runs).
 bool rel_pos_attention_has_avx512();
 // Whether it has AVX512-FP16, which fp16 compute needs.
 bool rel_pos_attention_has_avx512_fp16();
-// Whether it has AMX-BF16 and the OS lets this process use the tiles (asked once), which bf16 compute needs.
+// Whether it has AMX-BF16 and the OS lets this process use the tiles (asked once), for bf16 compute.
 bool rel_pos_attention_has_amx_bf16();
+// Whether it has AVX512-BF16, bf16 compute's path where AMX is not.
+bool rel_pos_attention_has_avx512_bf16();
 
-// What a CPU offers the fast paths (the three probes above, or a machine described).
+// What a CPU offers the fast paths (the four probes above, or a machine described).
 struct CpuFeatures {
-  bool avx512 = false, avx512_fp16 = false, amx_bf16 = false;
+  bool avx512 = false, avx512_fp16 = false, amx_bf16 = false, avx512_bf16 = false;
 };
 
 // The compute a fast path runs for head_dim and a k_h x k_w key grid on cpu: preferred, else

@@ -25,14 +25,18 @@ void bind_attention(py::module_& m) {
   m.def("rel_pos_attention_has_avx512_fp16", &rel_pos_attention_has_avx512_fp16,
         "Whether this CPU has AVX512-FP16, which fp16 compute needs.");
   m.def("rel_pos_attention_has_amx_bf16", &rel_pos_attention_has_amx_bf16,
-        "Whether this CPU has AMX-BF16 and the OS grants the tiles, which bf16 compute needs.");
+        "Whether this CPU has AMX-BF16 and the OS grants the tiles, bf16 compute's first choice.");
+  m.def("rel_pos_attention_has_avx512_bf16", &rel_pos_attention_has_avx512_bf16,
+        "Whether this CPU has AVX512-BF16, bf16 compute's path where AMX is not.");
   m.def(
       "rel_pos_attention_fast_compute",
-      [](int64_t head_dim, int64_t k_h, int64_t k_w, Compute preferred, bool avx512, bool avx512_fp16, bool amx_bf16) {
-        return rel_pos_attention_fast_compute(head_dim, k_h, k_w, preferred, CpuFeatures{avx512, avx512_fp16, amx_bf16});
+      [](int64_t head_dim, int64_t k_h, int64_t k_w, Compute preferred, bool avx512, bool avx512_fp16, bool amx_bf16,
+         bool avx512_bf16) {
+        return rel_pos_attention_fast_compute(head_dim, k_h, k_w, preferred,
+                                              CpuFeatures{avx512, avx512_fp16, amx_bf16, avx512_bf16});
       },
       py::arg("head_dim"), py::arg("k_h"), py::arg("k_w"), py::arg("preferred"), py::kw_only(), py::arg("avx512"),
-      py::arg("avx512_fp16"), py::arg("amx_bf16"),
+      py::arg("avx512_fp16"), py::arg("amx_bf16"), py::arg("avx512_bf16"),
       "The Compute a fast path of rel_pos_attention_qkv runs for head_dim and a k_h x k_w key grid on a CPU with "
       "these features: preferred, else the next down bf16 -> fp16 -> fp32; None when none of them does.");
   m.def(

@@ -47,7 +47,8 @@ def info() -> Dict[str, str]:
         report["cpu_attention_kernel"] = "unavailable (sam_edge._C is not built): ORT bundles run their single graph"
     else:
         paths = ("AVX-512 fp32" + (" + AVX512-FP16" if kernel["avx512_fp16"] else "")
-                 + (" + AMX-BF16" if kernel["amx_bf16"] else "")) if kernel["avx512"] else (
+                 + (" + AMX-BF16" if kernel["amx_bf16"] else " + AVX512-BF16" if kernel["avx512_bf16"] else "")
+                 ) if kernel["avx512"] else (
             "portable loop only: ORT bundles run their single graph")
         report["cpu_attention_kernel"] = f"sam_edge._C ({paths}, {kernel['threads']} threads)"
     from .runtime import ort_ops

@@ -35,6 +35,7 @@
 
 #define SAM_AVX512 __attribute__((target("avx512f,avx512dq,fma")))
 #define SAM_AVX512_FP16 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512fp16,fma")))
+#define SAM_AVX512_BF16 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")))
 #define SAM_AMX __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")))
 
 // A named namespace rather than an anonymous one: these are shared between
@@ -87,7 +88,7 @@ T* scratch(int slot, int64_t n) {
   return static_cast<T*>(s.data);
 }
 
-// ---- exp, for the AVX-512, AVX512-FP16 and AMX paths ----
+// ---- exp, for the AVX-512, AVX512-FP16, AVX512-BF16 and AMX paths ----
 
 // exp(x) = 2^n exp(r), r = x - n ln2 in [-ln2/2, ln2/2] (Cody-Waite split of
 // ln2), exp(r) by its degree-DEGREE Taylor polynomial (Horner, 1/k! constants).
@@ -110,8 +111,8 @@ SAM_AVX512 inline __m512 exp_taylor(__m512 x) {
 SAM_AVX512 inline __m512 exp_avx512(__m512 x) { return exp_taylor<6>(x); }
 
 // Degree 4, for results rounded to bf16 (8 significant bits): truncation
-// <= 4.2e-5 (bf16's half ulp is 2e-3). The softmax is a large share of the AMX
-// path's time; the fp16 path, bound by its products, gains nothing from it.
+// <= 4.2e-5 (bf16's half ulp is 2e-3). The softmax is a large share of the bf16
+// paths' time; the fp16 path, bound by its products, gains nothing from it.
 SAM_AVX512 inline __m512 exp_reduced(__m512 x) { return exp_taylor<4>(x); }
 
 // ---- the fp16 and bf16 paths' key layout ----
@@ -248,6 +249,12 @@ template <int D, bool SMALL>
 SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* table_w, const float* rev_w,
                           int64_t kl_w, const float* kv_bias, float* out, const QkvGeometry& g, float scale,
                           int threads);
+
+// avx512_bf16.cpp: head_dim D (64 or 80), SMALL as above; bf16 where AMX is not.
+template <int D, bool SMALL>
+SAM_AVX512_BF16 void qkv_avx512_bf16(const float* qkv, const float* table_h, const float* table_w, const float* rev_w,
+                                     int64_t kl_w, const float* kv_bias, float* out, const QkvGeometry& g, float scale,
+                                     int threads);
 
 // qkv.cpp: the rel-pos tables and terms, the generic gather-run-scatter path,
 // and the tasks the fp16 and bf16 paths share.

@@ -45,6 +45,13 @@ bool rel_pos_attention_has_amx_bf16() {
   return usable;
 }
 
+bool rel_pos_attention_has_avx512_bf16() {
+  // cpuid leaf 7 subleaf 1, EAX bit 5; libgcc reports it only where the OS saves the AVX-512 state.
+  __builtin_cpu_init();
+  return rel_pos_attention_has_avx512() && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
 namespace {
 
 // The key grids of the fp16 and bf16 paths: rows of whole 16-key groups in
@@ -72,19 +79,22 @@ bool has_feature(Compute compute, const CpuFeatures& cpu) {
   switch (compute) {
     case Compute::fp32: return cpu.avx512;
     case Compute::fp16: return cpu.avx512 && cpu.avx512_fp16;
-    case Compute::bf16: return cpu.avx512 && cpu.amx_bf16;
+    case Compute::bf16: return cpu.avx512 && (cpu.amx_bf16 || cpu.avx512_bf16);  // the same shapes on either
   }
   return false;
 }
 
-// takes_shape and has_feature on this CPU, probing only the feature that
+// takes_shape and has_feature on this CPU, probing only the features that
 // path needs: the AMX probe asks the OS for the tile state.
 bool runs_here(Compute compute, int64_t head_dim, int64_t k_h, int64_t k_w) {
   if (!takes_shape(compute, head_dim, k_h, k_w)) return false;
   CpuFeatures cpu;
   cpu.avx512 = rel_pos_attention_has_avx512();
   if (compute == Compute::fp16) cpu.avx512_fp16 = rel_pos_attention_has_avx512_fp16();
-  if (compute == Compute::bf16) cpu.amx_bf16 = rel_pos_attention_has_amx_bf16();
+  if (compute == Compute::bf16) {
+    cpu.amx_bf16 = rel_pos_attention_has_amx_bf16();
+    cpu.avx512_bf16 = !cpu.amx_bf16 && rel_pos_attention_has_avx512_bf16();
+  }
   return has_feature(compute, cpu);
 }
 
@@ -153,12 +163,21 @@ void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const f
   const bool bf16 = compute == Compute::bf16;
   if (force_portable || !runs_here(compute, head_dim, g.s_h, g.s_w))
     throw std::invalid_argument(std::string("rel_pos_attention_qkv: ") +
-                                (bf16 ? "bf16 compute needs a CPU with AMX-BF16 that the OS lets us use, head_dim 64 or 80"
+                                (bf16 ? "bf16 compute needs a CPU with AVX512-BF16 (or AMX-BF16 that the OS lets us "
+                                        "use), head_dim 64 or 80"
                                       : "fp16 compute needs a CPU with AVX512-FP16, head_dim 64") +
                                 ", and a key grid with k_w % 16 == 0 and k_h * k_w % 64 == 0, or k_h, k_w <= 16");
   const bool aligned = aligned_grid(g.s_h, g.s_w);
   const float *th = table_h.data(), *tw = table_w.data(), *rw = rev_w.data();
-  if (bf16 && head_dim == 80)
+  // bf16 on AMX where the tiles are granted (asked once, so asking again is free), else AVX512-BF16.
+  if (bf16 && !rel_pos_attention_has_amx_bf16()) {
+    if (head_dim == 80)
+      aligned ? qkv_avx512_bf16<80, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt)
+              : qkv_avx512_bf16<80, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
+    else
+      aligned ? qkv_avx512_bf16<64, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt)
+              : qkv_avx512_bf16<64, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
+  } else if (bf16 && head_dim == 80)
     aligned ? qkv_amx_bf16<80, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt)
             : qkv_amx_bf16<80, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
   else if (bf16)

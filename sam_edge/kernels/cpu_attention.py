@@ -14,10 +14,11 @@ keeps each block of scores in cache instead of materialising the
   (AVX512-FP16); softmax, inputs and output in float32. Used for int8 bundles,
   whose q, k, v come out of int8 layers: its error against float64
   (tests/kernels/test_cpu_attention.py bounds it) is far inside those bundles'.
-- "bf16" (rel_pos_attention_qkv only, head_dim 64 or 80): both products on AMX
-  tiles (where the CPU has them and the OS grants them), q, k, v and the
-  probabilities in bf16, every sum in fp32. int8 bundles run it where it runs,
-  else fp16, and ViT-H's (head_dim 80, no fp16 path) else fp32.
+- "bf16" (rel_pos_attention_qkv only, head_dim 64 or 80): q, k, v and the
+  probabilities in bf16, every sum in fp32; both products on AMX tiles where the
+  CPU has them and the OS grants them, else with AVX512-BF16's vdpbf16ps (AMD
+  Zen 4 and later), the same numerics either way. int8 bundles run it where it
+  runs, else fp16, and ViT-H's (head_dim 80, no fp16 path) else fp32.
   benchmarks/bench_cpu_attention.py times the three.
 
 rel_pos_attention_qkv is the same attention as an encoder block feeds it: from
@@ -45,8 +46,8 @@ def _native():
         from .. import _C
     except ImportError:
         return None
-    # A _C built before the compute enum takes other arguments: treated as absent.
-    return _C if hasattr(_C, "rel_pos_attention_fast_compute") else None
+    # A _C built before the AVX512-BF16 path takes other arguments: treated as absent.
+    return _C if hasattr(_C, "rel_pos_attention_has_avx512_bf16") else None
 
 
 def _compute(native, compute: str, allowed: Sequence[str]):
@@ -57,15 +58,18 @@ def _compute(native, compute: str, allowed: Sequence[str]):
 
 
 def cpu_kernel_status() -> dict:
-    """What this machine runs: {"available", "avx512", "avx512_fp16", "amx_bf16", "threads"}."""
+    """What this machine runs: {"available", "avx512", "avx512_fp16", "amx_bf16", "avx512_bf16", "threads"}
+    (bools, and the kernel's OpenMP threads). bf16 compute runs where amx_bf16 or avx512_bf16 is True."""
     native = _native()
     if native is None:
-        return {"available": False, "avx512": False, "avx512_fp16": False, "amx_bf16": False, "threads": 0}
+        return {"available": False, "avx512": False, "avx512_fp16": False, "amx_bf16": False, "avx512_bf16": False,
+                "threads": 0}
     return {
         "available": True,
         "avx512": bool(native.rel_pos_attention_has_avx512()),
         "avx512_fp16": bool(native.rel_pos_attention_has_avx512_fp16()),
         "amx_bf16": bool(native.rel_pos_attention_has_amx_bf16()),
+        "avx512_bf16": bool(native.rel_pos_attention_has_avx512_bf16()),
         "threads": int(native.num_threads()),
     }
 
@@ -76,10 +80,13 @@ def fast_compute(head_dim: int, k_size: Sequence[int], preferred: str) -> Option
     can, None when none of its fast paths runs it (no _C, no AVX-512, or a shape
     they do not cover).
 
+    head_dim is D; k_size is the (k_h, k_w) key grid: (64, 64) for a global block
+    of a 1024 px image, (14, 14) for a windowed one.
     fp32: head_dim 64 or 80, k_w a multiple of 16 (the global blocks).
     fp16: AVX512-FP16, head_dim 64, and k_w % 16 == 0 with k_h * k_w % 64 == 0
     (global blocks) or k_h, k_w <= 16 (windowed blocks).
-    bf16: the same shapes on AMX-BF16, head_dim 64 or 80 (rel_pos_attention_qkv only).
+    bf16: the same grids, head_dim 64 or 80, on AMX-BF16 or else AVX512-BF16
+    (rel_pos_attention_qkv only).
 
     The rule is the kernel's own (csrc/attention/dispatch.cpp), which enforces it."""
     if preferred not in QKV_COMPUTE:
@@ -91,6 +98,7 @@ def fast_compute(head_dim: int, k_size: Sequence[int], preferred: str) -> Option
     compute = native.rel_pos_attention_fast_compute(
         int(head_dim), int(k_size[0]), int(k_size[1]), _compute(native, preferred, QKV_COMPUTE),
         avx512=status["avx512"], avx512_fp16=status["avx512_fp16"], amx_bf16=status["amx_bf16"],
+        avx512_bf16=status["avx512_bf16"],
     )
     return None if compute is None else compute.name
 

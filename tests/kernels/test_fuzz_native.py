@@ -100,7 +100,8 @@ def test_fuzz_rel_pos_attention_qkv(case):
                                       getattr(C.Compute, compute))
     except ERRORS:
         return
-    assert compute == "fp32" or C.rel_pos_attention_has_avx512_fp16() or C.rel_pos_attention_has_amx_bf16()
+    assert (compute == "fp32" or (compute == "fp16" and C.rel_pos_attention_has_avx512_fp16())
+            or (compute == "bf16" and (C.rel_pos_attention_has_amx_bf16() or C.rel_pos_attention_has_avx512_bf16())))
     assert out.shape == (*qkv.shape[:3], heads * d) and out.dtype == np.float32
     if compute == "fp32":
         ref = rel_pos_attention_qkv_reference(qkv, table_h, table_w, kv_bias, heads, window, 0.125)
