@@ -51,6 +51,9 @@ struct CpuFeatures {
   bool avx512 = false, avx512_fp16 = false, amx_bf16 = false, avx512_bf16 = false;
 };
 
+// This CPU's features, every probe asked (the AMX probe asks the OS for the tile state).
+CpuFeatures rel_pos_attention_this_cpu();
+
 // The compute a fast path runs for head_dim and a k_h x k_w key grid on cpu: preferred, else
 // the next down bf16 -> fp16 -> fp32, else none. The entry points enforce the same rule.
 std::optional<Compute> rel_pos_attention_fast_compute(int64_t head_dim, int64_t k_h, int64_t k_w, Compute preferred,

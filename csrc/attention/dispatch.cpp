@@ -100,6 +100,15 @@ bool runs_here(Compute compute, int64_t head_dim, int64_t k_h, int64_t k_w) {
 
 }  // namespace
 
+CpuFeatures rel_pos_attention_this_cpu() {
+  CpuFeatures cpu;
+  cpu.avx512 = rel_pos_attention_has_avx512();
+  cpu.avx512_fp16 = rel_pos_attention_has_avx512_fp16();
+  cpu.amx_bf16 = rel_pos_attention_has_amx_bf16();
+  cpu.avx512_bf16 = rel_pos_attention_has_avx512_bf16();
+  return cpu;
+}
+
 std::optional<Compute> rel_pos_attention_fast_compute(int64_t head_dim, int64_t k_h, int64_t k_w, Compute preferred,
                                                       const CpuFeatures& cpu) {
   // Compute lists fp32, fp16, bf16 in that order: preferred and those before it are acceptable.

@@ -109,15 +109,9 @@ void run_attention(const float* qkv, const float* rel_pos_h, const float* rel_po
                             scale, /*threads=*/0, /*force_portable=*/false, compute);
 }
 
-// This CPU's features, probed once: the AMX probe asks the OS for the tile state.
+// This CPU's features, probed once.
 const CpuFeatures& this_cpu() {
-  static const CpuFeatures cpu = [] {
-    CpuFeatures f;
-    f.avx512 = rel_pos_attention_has_avx512();
-    f.avx512_fp16 = rel_pos_attention_has_avx512_fp16();
-    f.amx_bf16 = rel_pos_attention_has_amx_bf16();
-    return f;
-  }();
+  static const CpuFeatures cpu = rel_pos_attention_this_cpu();
   return cpu;
 }
 

@@ -219,11 +219,13 @@ def _topological(nodes, available: Set[str]) -> list:
 
 
 def attention_blocks(config, compute: Compute) -> List[int]:
-    """The encoder blocks whose attention the kernel takes at `compute`: the global
-    blocks, and the windowed ones too where its reduced-precision path runs them
-    (head_dim 64: ViT-B, ViT-L)."""
+    """The encoder blocks whose attention the op takes at `compute`: the global
+    blocks, and the windowed ones too where a reduced-precision path runs them
+    (bf16: head_dim 64 and 80, on AMX or AVX512-BF16; fp16: head_dim 64, on
+    AVX512-FP16). fp32's fast path takes no windowed block (14-key rows)."""
     head_dim = config.encoder_embed_dim // config.encoder_num_heads
-    if compute is not Compute.FP32 and head_dim == 64:
+    windowed = {Compute.BF16: (64, 80), Compute.FP16: (64,), Compute.FP32: ()}[Compute.parse(compute)]
+    if head_dim in windowed:
         return list(range(config.encoder_depth))
     return sorted(config.encoder_global_attn_indexes)
 

@@ -370,24 +370,25 @@ def test_quantized_linear_fusion_against_float64():
     assert np.abs(fused - exact).max() <= 1e-5 * scale
 
 
-def test_vit_h_int8_bundle_runs_its_global_cuts_in_the_kernel(tmp_path, calibration_dir):
+def test_vit_h_int8_bundle_cuts_every_block(tmp_path, calibration_dir):
     """ViT-H (head_dim 80, which the fp16 path does not cover): int8 bundles are cut at
-    the global blocks only; they run bf16 where the CPU has a bf16 path, else fp32,
-    within INT8_MARGIN of the int8 standard graph's own error against the official
-    fp32 model."""
+    every block for the bf16 paths (AMX or AVX512-BF16); they run within INT8_MARGIN
+    of the int8 standard graph's own error against the official fp32 model."""
     config = reduced_config("vit_h", depth=2)
     reference, _, path = build_test_bundle(tmp_path, config, seed=9, precision="int8", official_decoder=False,
                                            calib_images=calibration_dir)
     ops = json.loads((path / "manifest.json").read_text())["encoder_ops"]
-    assert [a["block"] for a in ops["attention"]] == list(config.encoder_global_attn_indexes)
+    assert [a["block"] for a in ops["attention"]] == list(range(config.encoder_depth))
+    assert {a["window"] for a in ops["attention"]} == {0, config.window_size}
     assert {a["head_dim"] for a in ops["attention"]} == {80}
     engine = sam_edge.load(str(path))
-    expected = fast_compute(80, tuple(ops["attention"][0]["k_size"]), "bf16")
-    if expected is None or library_refusal() is not None:
+    computes = {fast_compute(80, tuple(a["k_size"]), "bf16") for a in ops["attention"]}
+    if None in computes or library_refusal() is not None:
         assert engine.encoder_mode == "single ONNX Runtime graph"
-        pytest.skip(f"sam_edge_ops cannot run here ({library_refusal() or 'no fast kernel path'}): the ViT-H "
-                    "bundle loads its standard encoder graph (checked)")
-    assert engine.encoder_mode.endswith(f"({len(ops['attention'])} cuts, {expected})"), engine.encoder_mode
+        pytest.skip(f"sam_edge_ops cannot run here ({library_refusal() or 'no fast kernel path for every cut'}): "
+                    "the ViT-H bundle loads its standard encoder graph (checked)")
+    assert engine.encoder_mode.endswith(f"({len(ops['attention'])} cuts, {', '.join(sorted(computes))})"), \
+        engine.encoder_mode
     official = _official_embeddings(reference)
     standard = _embedding_errors(sam_edge.load(str(path), native_attention=False), official)
     assert max(standard.values()) <= INT8_BOUND, standard

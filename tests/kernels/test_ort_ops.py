@@ -31,7 +31,8 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
-from sam_edge.kernels.cpu_attention import cpu_kernel_status, rel_pos_attention_qkv_reference  # noqa: E402
+from sam_edge.kernels.cpu_attention import (  # noqa: E402
+    cpu_kernel_status, fast_compute, rel_pos_attention_qkv, rel_pos_attention_qkv_reference)
 from sam_edge.runtime.ort_ops import DOMAIN, DOMAIN_VERSION, LIBRARY_ENV, library_path, register_ort_ops  # noqa: E402
 from attention_inputs import qkv_inputs  # noqa: E402
 
@@ -195,8 +196,8 @@ def test_rel_pos_attention_fp32_matches_float64(shape):
     assert _rel(ours, ref) <= 4 * baseline, (_rel(ours, ref), baseline)
 
 
-#: The CPU feature each reduced compute needs (the kernel's test states the bounds).
-_REDUCED_FEATURE = {"fp16": "avx512_fp16", "bf16": "amx_bf16"}
+#: The CPU features each reduced compute runs on (the kernel's test states the bounds).
+_REDUCED_FEATURE = {"fp16": "AVX512-FP16", "bf16": "AMX-BF16 or AVX512-BF16"}
 _REDUCED_CASES = [(s, c) for c in ("fp16", "bf16") for s in SHAPES
                   if s[3] == 64 or (c == "bf16" and s[3] == 80)]
 
@@ -206,13 +207,14 @@ _REDUCED_CASES = [(s, c) for c in ("fp16", "bf16") for s in SHAPES
 @pytest.mark.parametrize("shape, compute", _REDUCED_CASES,
                          ids=[f"{c}-{_ids[SHAPES.index(s)]}" for s, c in _REDUCED_CASES])
 def test_rel_pos_attention_reduced_compute_within_torch_error(shape, compute):
-    if not STATUS[_REDUCED_FEATURE[compute]]:
-        pytest.skip(f"this CPU has no {_REDUCED_FEATURE[compute]} (or, for AMX, the OS does not grant it)")
+    batch, grid, heads, d, window, with_bias = shape
+    if fast_compute(d, (window or grid[0], window or grid[1]), compute) != compute:
+        pytest.skip(f"this CPU has no {_REDUCED_FEATURE[compute]} path for this shape (for AMX: or the OS "
+                    "does not grant it)")
     torch = pytest.importorskip("torch")
     # The kernel's own baseline and multiples, so the op is held to exactly its bounds.
     from tests.kernels.test_cpu_attention import REDUCED_COMPUTE, _torch_reduced_qkv
 
-    batch, grid, heads, d, window, with_bias = shape
     qkv, rel_pos_h, rel_pos_w, kv_bias = qkv_inputs(batch, grid, heads, d, window, seed=5 + sum(grid) + window)
     scale = d ** -0.5
     (ours,) = _attention_session(heads, window, scale, compute=compute).run(
@@ -231,9 +233,8 @@ def test_rel_pos_attention_reduced_compute_within_torch_error(shape, compute):
 def test_reduced_compute_runs_the_nearest_path_this_cpu_has(compute, shape):
     """The attribute allows reduced arithmetic; where the CPU (or the shape) has no
     path for it, the op runs the next one down (fast_compute's rule), so a graph
-    runs unchanged on every AVX-512 CPU: bit for bit the op at that compute."""
-    from sam_edge.kernels.cpu_attention import fast_compute
-
+    runs unchanged on every AVX-512 CPU: bit for bit the op, and the kernel, at
+    that compute."""
     batch, grid, heads, d, window, _ = shape
     qkv, rel_pos_h, rel_pos_w, kv_bias = qkv_inputs(batch, grid, heads, d, window, seed=17 + d)
     scale = d ** -0.5
@@ -242,6 +243,9 @@ def test_reduced_compute_runs_the_nearest_path_this_cpu_has(compute, shape):
     (asked,) = _attention_session(heads, window, scale, compute=compute).run(None, feeds)
     (nearest,) = _attention_session(heads, window, scale, compute=runs).run(None, feeds)
     np.testing.assert_array_equal(asked, nearest)
+    # The kernel itself at that compute, through sam_edge._C: the op picks what the kernel's rule picks.
+    kernel = rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale, compute=runs)
+    np.testing.assert_array_equal(asked, kernel)
     ref = rel_pos_attention_qkv_reference(qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale)
     assert _rel(asked, ref) <= 1e-2, _rel(asked, ref)  # within the loosest (bf16) bound of any path
 
