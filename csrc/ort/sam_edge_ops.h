@@ -19,6 +19,13 @@
 //   LayerNorm(X, scale, B) -> Y, all float32: torch.nn.LayerNorm over X's last
 //     axis (csrc/layer_norm.h): X (..., C), scale and B (C,), Y like X.
 //     Attribute: epsilon (float).
+//   GeluQuantizeLinear(X float32, y_scale float32, y_zero_point uint8) -> Y uint8:
+//     exact (erf) GELU then ONNX QuantizeLinear, in one pass (csrc/gelu_quantize.h:
+//     float32 within a stated bound of float64, so only values that close to a
+//     rounding boundary can differ from QuantizeLinear(Gelu(X)) by a step).
+//     X any shape, Y like it; y_scale (finite, > 0) and y_zero_point per tensor,
+//     each a scalar or (1,). Y = saturate(round_half_even(gelu(X) / y_scale) +
+//     y_zero_point) in [0, 255].
 //
 // Exported C functions: RegisterCustomOps, and sam_edge_ops_check_api, a
 // self-check of ort_abi.h's table against the runtime that hands it over.

@@ -15,9 +15,16 @@ onnxruntime.InferenceSession with the library registered.
   float32 numpy: both round the same operations in float32, the kernel summing
   in 16 lanes where numpy sums pairwise. Inputs carry a mean far from zero,
   where a one-pass variance would lose its digits.
+- GeluQuantizeLinear and the LayerNorm QuantizeLinear ops against float64 numpy
+  then ONNX QuantizeLinear (round half to even, saturate): the uint8 outputs are
+  equal wherever the float64 value lies farther from a rounding boundary than
+  the float32 error bound each op's contract states (csrc/gelu_quantize.h,
+  csrc/layer_norm.h); within it float32 may round the other way, by one step.
 - Bad attributes and shapes are onnxruntime errors carrying our message, never
   a crash; so are a missing library and a CPU the library refuses.
 """
+
+import math
 
 import subprocess
 import sys
@@ -356,6 +363,119 @@ def test_layer_norm_bad_inputs_are_onnxruntime_errors():
         _layer_norm_session(None)
     with pytest.raises(Exception, match="LayerNorm: epsilon must be finite and >= 0"):
         _layer_norm_session(-1.0)
+
+
+# ---- GeluQuantizeLinear ----
+
+def _one_node_session(op_type, inputs, outputs, **attributes):
+    """A one-node model in our domain; inputs and outputs as (name, TensorProto type)."""
+    node = helper.make_node(op_type, [n for n, _ in inputs], [n for n, _ in outputs], domain=DOMAIN, **attributes)
+    info = [helper.make_tensor_value_info(name, kind, None) for name, kind in inputs + outputs]
+    graph = helper.make_graph([node], op_type, info[:len(inputs)], info[len(inputs):])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+
+
+def quantize_reference(v, y_zero_point):
+    """ONNX QuantizeLinear of v = x / y_scale, already divided (float64): round half
+    to even, add the zero point, saturate to uint8."""
+    return np.clip(np.rint(v) + int(y_zero_point), 0, 255).astype(np.uint8)
+
+
+def _boundary_distance(v):
+    """How far each v lies from the nearest rounding boundary (a half-integer), in steps."""
+    return np.abs(v - np.floor(v) - 0.5)
+
+
+def _assert_quantized_equal(ours, v, y_zero_point, window):
+    """ours equals quantize_reference(v) wherever v is farther than `window` (steps,
+    per element) from a boundary, and is within one step everywhere. The window
+    must leave most values to the exact check."""
+    ref = quantize_reference(v, y_zero_point)
+    near = _boundary_distance(v) <= window
+    diff = ours.astype(np.int64) - ref.astype(np.int64)
+    assert ours.dtype == np.uint8 and ours.shape == ref.shape
+    assert not np.any(diff[~near]), (f"{np.count_nonzero(diff[~near])} values away from a boundary differ; "
+                                     f"first at v = {v[~near][diff[~near] != 0][:4]}")
+    assert np.abs(diff).max() <= 1
+    assert near.mean() < 0.01, near.mean()  # the exact check covers nearly every value
+
+
+def gelu_reference(x):
+    """Exact GELU, x * Phi(x), in float64 (Phi from erfc, accurate in both tails)."""
+    x = np.asarray(x, dtype=np.float64)
+    phi = 0.5 * np.vectorize(math.erfc, otypes=[np.float64])(-x / math.sqrt(2.0))
+    return x * phi
+
+
+def _gelu_quantize_session():
+    return _one_node_session("GeluQuantizeLinear", [("X", TensorProto.FLOAT), ("y_scale", TensorProto.FLOAT),
+                                                    ("y_zero_point", TensorProto.UINT8)], [("Y", TensorProto.UINT8)])
+
+
+def _gelu_inputs(shape, seed):
+    """N(0, 2^2) values, a lin1 output's spread, with some far into both tails and
+    the table's edges (+-6) planted, so saturation and the tails are exercised."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2.0).astype(np.float32)
+    flat = x.reshape(-1)
+    special = np.array([-1e4, -40.0, -6.0, -5.999, 5.999, 6.0, 40.0, 1e4, 0.0, -0.0], dtype=np.float32)
+    picks = rng.choice(flat.size, size=min(flat.size, 4 * special.size), replace=False)
+    flat[picks] = np.resize(special, picks.size)
+    return x
+
+
+# (X's shape, y_scale, y_zero_point)
+GELU_QUANTIZE_CASES = [
+    ((1, 16, 16, 3072), 0.0173, 11),  # ViT-B's MLP width over a token grid; a calibrated zero point
+    ((2, 7, 9, 768), 0.04, 0),        # batch of 2; saturation at both ends
+    ((3, 5, 37), 0.011, 128),         # a width with a partial last vector
+    ((20,), 0.5, 200),                # one short row, a coarse scale
+]
+
+
+@needs_library
+@needs_avx512
+@pytest.mark.parametrize("shape, y_scale, y_zero_point", GELU_QUANTIZE_CASES, ids=lambda v: str(v))
+def test_gelu_quantize_matches_float64(shape, y_scale, y_zero_point):
+    x = _gelu_inputs(shape, seed=sum(shape) + y_zero_point)
+    scale = np.float32(y_scale)
+    (ours,) = _gelu_quantize_session().run(None, {"X": x, "y_scale": np.array(scale),
+                                                  "y_zero_point": np.array(y_zero_point, dtype=np.uint8)})
+    gelu = gelu_reference(x)
+    v = gelu / float(scale)
+    # csrc/gelu_quantize.h's bound: Phi within 2^-23 (times |x|), then the product
+    # and the division each round once.
+    window = 4 * 2.0 ** -24 * (np.abs(x) + np.abs(gelu)) / float(scale)
+    _assert_quantized_equal(ours, v, y_zero_point, window)
+    ref = quantize_reference(v, y_zero_point)
+    assert ref.min() == 0 or ref.max() == 255 or len(shape) == 1, "the inputs should reach saturation"
+
+
+@needs_library
+@needs_avx512
+def test_gelu_quantize_bad_inputs_are_onnxruntime_errors():
+    session = _gelu_quantize_session()
+    x = _gelu_inputs((2, 8), seed=3)
+    good = {"X": x, "y_scale": np.array(0.02, np.float32), "y_zero_point": np.array(3, np.uint8)}
+    bad = [
+        (dict(y_scale=np.array([0.02, 0.03], np.float32)),
+         r"expected y_scale and y_zero_point per tensor \(a scalar or \(1,\)\); got \(2,\) and \(\)"),
+        (dict(y_scale=np.array(0.0, np.float32)), "y_scale must be finite and > 0"),
+        (dict(y_scale=np.array(np.inf, np.float32)), "y_scale must be finite and > 0"),
+    ]
+    for change, message in bad:
+        with pytest.raises(Exception, match="GeluQuantizeLinear: " + message):
+            session.run(None, {**good, **change})
+    # A wrong element type is ORT's own type check, before the kernel runs.
+    with pytest.raises(Exception, match=r"expected: \(tensor\(uint8\)\)"):
+        session.run(None, {**good, "y_zero_point": np.array(3, np.int8)})
+    (out,) = session.run(None, {**good, "y_scale": np.array([0.02], np.float32)})  # (1,) is per tensor too
+    _assert_quantized_equal(out, gelu_reference(x) / float(np.float32(0.02)), 3,
+                            4 * 2.0 ** -24 * (np.abs(x) + np.abs(gelu_reference(x))) / 0.02)
+    empty = session.run(None, {**good, "X": np.zeros((0, 8), np.float32)})[0]
+    assert empty.shape == (0, 8) and empty.dtype == np.uint8
 
 
 # ---- loading ----
