@@ -323,6 +323,33 @@ void compute_gelu_quantize_linear(const GeluQuantizeLinear& op, OrtKernelContext
   gelu_quantize_cpu(x.data, out, rows, channels, q.scale, q.zero_point, /*threads=*/0);
 }
 
+// LayerNormQuantizeLinear(X, scale, B, y_scale, y_zero_point) and, with skip,
+// SkipLayerNormQuantizeLinear(X, skip, scale, B, y_scale, y_zero_point); both
+// keep LayerNorm's kernel state (the epsilon attribute).
+void compute_layer_norm_quantize(const LayerNorm& op, OrtKernelContext* context, bool with_skip) {
+  const OrtApi* api = op.api;
+  const size_t first = with_skip ? 1 : 0;  // skip sits between X and the norm's weights
+  const Input x = input(api, context, 0, "X");
+  const Input skip = with_skip ? input(api, context, 1, "skip") : Input{};
+  const Input weight = input(api, context, first + 1, "scale");
+  const Input bias = input(api, context, first + 2, "B");
+  const Quantization q = quantization(api, context, first + 3);
+  if (x.shape.empty()) throw std::invalid_argument("expected X (..., C); got a scalar");
+  if (with_skip && skip.shape != x.shape)
+    throw std::invalid_argument("expected skip shaped like X " + shape_string(x.shape) + "; got " +
+                                shape_string(skip.shape));
+  const auto [rows, channels] = rows_and_channels(x.shape);
+  const std::vector<int64_t> want{channels};
+  if (weight.shape != want || bias.shape != want)
+    throw std::invalid_argument("expected scale and B " + shape_string(want) + ", X's last axis; got " +
+                                shape_string(weight.shape) + " and " + shape_string(bias.shape));
+  uint8_t* out = output<uint8_t>(api, context, 0, x.shape);
+  float* sum = with_skip ? output<float>(api, context, 1, x.shape) : nullptr;
+  if (rows == 0 || channels == 0) return;  // an empty tensor: nothing to normalise
+  layer_norm_quantize_cpu(x.data, skip.data, weight.data, bias.data, q.scale, q.zero_point, out, sum, rows, channels,
+                          op.epsilon, /*threads=*/0);
+}
+
 // ---- the op descriptions ----
 
 constexpr ONNXTensorElementDataType kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -346,6 +373,30 @@ struct LayerNormOp {
   using Kernel = LayerNorm;
   static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_layer_norm(api, info); }
   static void compute(const Kernel& kernel, OrtKernelContext* context) { compute_layer_norm(kernel, context); }
+};
+
+struct LayerNormQuantizeLinearOp {
+  static constexpr const char* kName = "LayerNormQuantizeLinear";
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kFloat, kFloat, kUint8},
+                                             kOutputs[] = {kUint8};
+  static constexpr size_t kRequired = 5;
+  using Kernel = LayerNorm;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_layer_norm(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) {
+    compute_layer_norm_quantize(kernel, context, /*with_skip=*/false);
+  }
+};
+
+struct SkipLayerNormQuantizeLinearOp {
+  static constexpr const char* kName = "SkipLayerNormQuantizeLinear";
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kFloat, kFloat, kFloat, kUint8},
+                                             kOutputs[] = {kUint8, kFloat};
+  static constexpr size_t kRequired = 6;
+  using Kernel = LayerNorm;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_layer_norm(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) {
+    compute_layer_norm_quantize(kernel, context, /*with_skip=*/true);
+  }
 };
 
 struct GeluQuantizeLinearOp {
@@ -396,6 +447,8 @@ OrtCustomOp describe() {
 const OrtCustomOp kRelPosAttention = describe<RelPosAttentionOp>();
 const OrtCustomOp kLayerNorm = describe<LayerNormOp>();
 const OrtCustomOp kGeluQuantizeLinear = describe<GeluQuantizeLinearOp>();
+const OrtCustomOp kLayerNormQuantizeLinear = describe<LayerNormQuantizeLinearOp>();
+const OrtCustomOp kSkipLayerNormQuantizeLinear = describe<SkipLayerNormQuantizeLinearOp>();
 
 // One domain per runtime in the process, never released: it must outlive every
 // session built from options it was added to, which the library cannot see end.
@@ -407,7 +460,8 @@ OrtCustomOpDomain* domain_for(const OrtApi* api) {
     if (owner == api) return domain;
   OrtCustomOpDomain* domain = nullptr;
   check(api, api->CreateCustomOpDomain(kDomain, &domain));
-  for (const OrtCustomOp* op : {&kRelPosAttention, &kLayerNorm, &kGeluQuantizeLinear}) {
+  for (const OrtCustomOp* op : {&kRelPosAttention, &kLayerNorm, &kGeluQuantizeLinear, &kLayerNormQuantizeLinear,
+                                 &kSkipLayerNormQuantizeLinear}) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       check(api, status);

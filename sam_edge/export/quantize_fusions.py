@@ -52,6 +52,17 @@ class _Graph:
                 return self._to_array(value.t)
         return None
 
+    def is_constant(self, name) -> bool:
+        node = self.producer.get(name)
+        return name in self.inits or (node is not None and node.op_type == "Constant")
+
+    def dims(self, name):
+        """A constant's dims, read without its data (which may be in an external file), else None."""
+        if name in self.inits:
+            return list(self.inits[name].dims)
+        value = self.constant(name) if self.is_constant(name) else None
+        return None if value is None else list(value.shape)
+
     def scalar_is(self, name, want: float) -> bool:
         value = self.constant(name)
         return value is not None and value.size == 1 and bool(np.isclose(float(value.reshape(())), want, rtol=1e-6))
@@ -114,6 +125,68 @@ def _fuse_gelu(g: _Graph) -> Dict[int, object]:
     return changes
 
 
+def _residual_add(g: _Graph, name):
+    """The Add producing `name` from two computed tensors of one shape (the residual
+    stream and a block's output), else None. Shapes inference left partly symbolic
+    are accepted unless a known 1 faces another size (a broadcast, which the op
+    does not do; it refuses unequal shapes at run time)."""
+    add = g.producer.get(name)
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return None
+    if any(g.is_constant(i) for i in add.input):
+        return None
+    shapes = [g.shape(i) for i in add.input]
+    if any(s is None for s in shapes) or len(shapes[0]) != len(shapes[1]) or not shapes[0]:
+        return None
+    for a, b in zip(*shapes):
+        if (a == 1) != (b == 1) and (a == 1 or b == 1):
+            return None
+    last = {shapes[0][-1], shapes[1][-1]}
+    return add if len(last) == 1 and isinstance(shapes[0][-1], int) else None
+
+
+def _fuse_layer_norm(g: _Graph) -> Dict[int, object]:
+    """{id of a node to replace: its replacement, or None to remove it} for each
+    LayerNormalization over the last axis then QuantizeLinear, with the residual
+    Add before it when there is one."""
+    from onnx import helper
+
+    changes: Dict[int, object] = {}
+    taken = set()  # an Add feeds one fused norm at most
+    for norm in g.nodes:
+        if norm.op_type != "LayerNormalization" or len(norm.input) != 3:
+            continue
+        if any(o for o in norm.output[1:]):
+            continue  # its mean or inverse deviation is read
+        attributes = {a.name: a for a in norm.attribute}
+        x, weight, bias = norm.input
+        rank = len(g.shape(x) or [])
+        axis = attributes["axis"].i if "axis" in attributes else -1
+        if axis != -1 and not (rank and axis == rank - 1):
+            continue
+        if any(len(g.dims(i) or []) != 1 for i in (weight, bias)):
+            continue
+        quantize = g.only_reader(norm.output[0])
+        if not g.per_tensor_quantize(quantize):
+            continue
+        epsilon = attributes["epsilon"].f if "epsilon" in attributes else 1e-5
+        add = _residual_add(g, x)
+        if add is not None and id(add) not in taken:
+            taken.add(id(add))
+            changes[id(add)] = None
+            changes[id(norm)] = None
+            changes[id(quantize)] = helper.make_node(
+                "SkipLayerNormQuantizeLinear", [*add.input, weight, bias, *quantize.input[1:]],
+                [quantize.output[0], add.output[0]], name=norm.name + "/SkipLayerNormQuantizeLinear",
+                domain=DOMAIN, epsilon=epsilon)
+        else:
+            changes[id(norm)] = None
+            changes[id(quantize)] = helper.make_node(
+                "LayerNormQuantizeLinear", [x, weight, bias, *quantize.input[1:]], [quantize.output[0]],
+                name=norm.name + "/LayerNormQuantizeLinear", domain=DOMAIN, epsilon=epsilon)
+    return changes
+
+
 def fuse_quantize(nodes: Sequence, inits: Dict[str, object], graph_outputs: Iterable[str],
                   value_info: Dict[str, object], fusions: Iterable[str] = FUSIONS) -> List:
     """nodes with the rewrites named in `fusions` (a subset of FUSIONS) applied, in
@@ -125,7 +198,7 @@ def fuse_quantize(nodes: Sequence, inits: Dict[str, object], graph_outputs: Iter
     unknown = sorted(set(fusions) - set(FUSIONS))
     if unknown:
         raise ValueError(f"unknown fusions {unknown}; expected some of {list(FUSIONS)}")
-    rewrites = {"gelu_quantize": _fuse_gelu}
+    rewrites = {"gelu_quantize": _fuse_gelu, "layer_norm_quantize": _fuse_layer_norm}
     nodes = list(nodes)
     for name in FUSIONS:
         if name not in fusions or name not in rewrites:

@@ -105,3 +105,61 @@ def test_gelu_near_misses_are_left_alone(case):
 def test_unknown_fusions_are_refused():
     with pytest.raises(ValueError, match=r"unknown fusions \['gelu'\]"):
         fuse_quantize([], {}, [], {}, ["gelu"])
+
+
+def _layer_norm_graph(with_residual=True, per_channel=False, read_twice=False, axis=-1):
+    """(nodes, inits, value_info): [residual Add ->] LayerNormalization -> QuantizeLinear,
+    the sum also read by the next residual Add, as in an encoder block."""
+    rng = np.random.default_rng(2)
+    inits = _quantize_inits(scale=0.04, zero=120, per_channel=per_channel) + [
+        numpy_helper.from_array(rng.standard_normal(SHAPE[-1]).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.standard_normal(SHAPE[-1]).astype(np.float32), "beta")]
+    x = "sum" if with_residual else "x"
+    nodes = ([helper.make_node("Add", ["x", "block"], ["sum"], name="residual")] if with_residual else []) + [
+        helper.make_node("LayerNormalization", [x, "gamma", "beta"], ["norm"], name="norm", axis=axis,
+                         epsilon=1e-6),
+        helper.make_node("QuantizeLinear", ["norm", "y_scale", "y_zero_point"], ["q"], name="quantize"),
+        helper.make_node("Add", [x, "block"], ["next"], name="next_residual"),
+    ]
+    value_info = {name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *SHAPE[1:]])
+                  for name in ("x", "block", "sum", "norm")}
+    outputs = ["q", "next"] + (["norm"] if read_twice else [])
+    return nodes, inits, value_info, outputs
+
+
+@needs_library
+@pytest.mark.parametrize("with_residual", [True, False], ids=["residual", "no-residual"])
+def test_layer_norm_then_quantize_becomes_one_node(with_residual):
+    nodes, inits, value_info, outputs = _layer_norm_graph(with_residual)
+    fused = _fused(nodes, inits, outputs, value_info=value_info)
+    op = "SkipLayerNormQuantizeLinear" if with_residual else "LayerNormQuantizeLinear"
+    assert [n.op_type for n in fused] == [op, "Add"]
+    if with_residual:  # the sum keeps its name: the next residual Add reads it
+        assert list(fused[0].output) == ["q", "sum"] and list(fused[0].input[:2]) == ["x", "block"]
+    rng = np.random.default_rng(3)
+    feeds = {"x": (rng.standard_normal(SHAPE) * 3 + 1).astype(np.float32),
+             "block": rng.standard_normal(SHAPE).astype(np.float32)}
+    kinds = [("q", TensorProto.UINT8), ("next", TensorProto.FLOAT)]
+    ours = _run(fused, inits, feeds, kinds)
+    theirs = _run(nodes, inits, feeds, kinds)
+    _assert_within_a_step(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])  # the residual stream is untouched
+
+
+@pytest.mark.parametrize("case", ["per-channel scale", "norm read twice", "not the last axis", "turned off"])
+def test_layer_norm_near_misses_are_left_alone(case):
+    nodes, inits, value_info, outputs = _layer_norm_graph(
+        per_channel=case == "per-channel scale", read_twice=case == "norm read twice",
+        axis=1 if case == "not the last axis" else -1)
+    fusions = [f for f in FUSIONS if f != "layer_norm_quantize"] if case == "turned off" else FUSIONS
+    fused = _fused(nodes, inits, outputs, fusions, value_info=value_info)
+    assert [n.op_type for n in fused] == [n.op_type for n in nodes]
+
+
+def test_a_broadcasting_residual_add_keeps_its_add():
+    """An Add that broadcasts (a known 1 against another size) is not the residual
+    the skip op takes: the norm alone is fused."""
+    nodes, inits, value_info, outputs = _layer_norm_graph()
+    value_info["block"] = helper.make_tensor_value_info("block", TensorProto.FLOAT, [1, 1, SHAPE[-1]])
+    fused = _fused(nodes, inits, outputs, value_info=value_info)
+    assert [n.op_type for n in fused] == ["Add", "LayerNormQuantizeLinear", "Add"]
