@@ -65,6 +65,7 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=2.0, help="seconds idle before each timed run")
     parser.add_argument("--profile", action="store_true", help="also profile one run per variant by op type")
     parser.add_argument("--tag", default=None)
+    parser.add_argument("--note", default=None, help="conditions of the run, stored in the results")
     args = parser.parse_args()
 
     from sam_edge.export.encoder_ops import fuse_ops_graph_file
@@ -146,7 +147,7 @@ def main() -> int:
         "benchmark": "bench_quantize_fusions", "model": model, "threads": args.threads, "rounds": args.rounds,
         "attention_compute": compute, "rows": rows,
         "load_average": {"before": list(load_before), "after": list(load_after)},
-        "versions": {"onnxruntime": onnxruntime.__version__},
+        "versions": {"onnxruntime": onnxruntime.__version__}, "note": args.note,
     }, tag=args.tag)
     print(f"wrote {path}")
     return 0

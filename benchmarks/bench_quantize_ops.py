@@ -92,6 +92,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=10, help="calls per variant per round")
     parser.add_argument("--tag", default=None)
+    parser.add_argument("--note", default=None, help="conditions of the run, stored in the results")
     args = parser.parse_args()
 
     from sam_edge import get_config
@@ -139,7 +140,7 @@ def main() -> int:
     path = write_results(f"fused-quantize-ops-{args.model}", {
         "benchmark": "bench_quantize_ops", "model": args.model, "threads": args.threads, "rounds": args.rounds,
         "calls": args.calls, "rows": rows, "load_average": {"before": list(load_before), "after": list(load_after)},
-        "versions": {"onnxruntime": onnxruntime.__version__},
+        "versions": {"onnxruntime": onnxruntime.__version__}, "note": args.note,
     }, tag=args.tag)
     print(f"wrote {path}")
     return 0
