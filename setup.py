@@ -146,7 +146,8 @@ if NVCC:
 ORT_OPS = "sam_edge.sam_edge_ops"
 ort_ops_ext = Extension(
     ORT_OPS,
-    [str(CSRC / "ort" / "sam_edge_ops.cpp"), str(CSRC / "ort" / "abi_check.cpp"), str(CSRC / "layer_norm_cpu.cpp")]
+    [str(CSRC / "ort" / "sam_edge_ops.cpp"), str(CSRC / "ort" / "abi_check.cpp"), str(CSRC / "layer_norm_cpu.cpp"),
+     str(CSRC / "gelu_quantize_cpu.cpp")]
     + [str(p) for p in sorted((CSRC / "attention").glob("*.cpp"))],
     include_dirs=[str(CSRC)],
     language="c++",
@@ -154,7 +155,8 @@ ort_ops_ext = Extension(
     extra_compile_args=CXX_FLAGS + ["-g0", "-std=c++17"] + (["-fopenmp"] if OPENMP else []),
     extra_link_args=(["-Wl,--no-undefined"] if sys.platform.startswith("linux") else [])
     + (["-fopenmp"] if OPENMP else []),
-    depends=[str(CSRC / "attention.h"), str(CSRC / "layer_norm.h")]
+    depends=[str(CSRC / "attention.h"), str(CSRC / "layer_norm.h"), str(CSRC / "gelu_quantize.h"),
+             str(CSRC / "quantize_linear_avx512.h")]
     + [str(p) for p in sorted((CSRC / "ort").glob("*.h")) + sorted((CSRC / "attention").glob("*.h"))],
 )
 ext_modules.append(ort_ops_ext)

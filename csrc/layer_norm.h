@@ -18,4 +18,18 @@ namespace sam_edge {
 void layer_norm_cpu(const float* x, const float* weight, const float* bias, float* out, int64_t rows,
                     int64_t channels, float epsilon, int threads);
 
+// LayerNorm then ONNX QuantizeLinear to uint8, per row, in one pass over the
+// normalised values: the norms before an int8 graph's qkv and lin1 Linears.
+//   out[r] = saturate(round_half_to_even(layer_norm(s[r]) / y_scale) + y_zero_point)
+// in [0, 255], with layer_norm's float32 value bit for bit layer_norm_cpu's on
+// s[r], so only the quantize's division and rounding are new: out is
+// QuantizeLinear(layer_norm_cpu(s)) exactly. s is x, or with skip (the residual
+// Add before the norm) x + skip in float32, which is also written to sum.
+// skip and sum are both null or both not. AVX-512 only: throws
+// std::runtime_error on other CPUs, std::invalid_argument as layer_norm_cpu does
+// and for a y_scale that is not finite and positive.
+void layer_norm_quantize_cpu(const float* x, const float* skip, const float* weight, const float* bias,
+                             float y_scale, uint8_t y_zero_point, uint8_t* out, float* sum, int64_t rows,
+                             int64_t channels, float epsilon, int threads);
+
 }  // namespace sam_edge

@@ -1,9 +1,12 @@
 // LayerNorm over float32 rows; see layer_norm.h. One row body, compiled twice:
-// for AVX-512 (chosen at run time) and for the baseline ISA.
+// for AVX-512 (chosen at run time) and for the baseline ISA; the quantizing
+// variant shares its statistics and its arithmetic, in AVX-512 only.
 #include "layer_norm.h"
 
 #include <cmath>
 #include <stdexcept>
+
+#include "quantize_linear_avx512.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -28,15 +31,39 @@ __attribute__((always_inline)) inline float lane_sum(int64_t n, Term term) {
   return total;
 }
 
-__attribute__((always_inline)) inline void normalize_row(const float* x, const float* weight, const float* bias,
-                                                         float* out, int64_t n, float epsilon) {
+struct RowStats {
+  float mean, inv_std;
+};
+
+__attribute__((always_inline)) inline RowStats row_stats(const float* x, int64_t n, float epsilon) {
   const float mean = lane_sum(n, [&](int64_t i) { return x[i]; }) / static_cast<float>(n);
   const float var = lane_sum(n, [&](int64_t i) {
                       const float centred = x[i] - mean;
                       return centred * centred;
                     }) / static_cast<float>(n);
-  const float inv_std = 1.0f / std::sqrt(var + epsilon);
-  for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - mean) * inv_std * weight[i] + bias[i];
+  return {mean, 1.0f / std::sqrt(var + epsilon)};
+}
+
+__attribute__((always_inline)) inline void normalize_row(const float* x, const float* weight, const float* bias,
+                                                         float* out, int64_t n, float epsilon) {
+  const RowStats stats = row_stats(x, n, epsilon);
+  for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - stats.mean) * stats.inv_std * weight[i] + bias[i];
+}
+
+// normalize_row's arithmetic in the same order (no fused multiply-add), 16 lanes
+// at a time, into the quantize.
+SAM_EDGE_AVX512 __attribute__((always_inline)) inline void normalize_quantize_row(
+    const float* x, const float* weight, const float* bias, const QuantizeParams& params, uint8_t* out, int64_t n,
+    float epsilon) {
+  const RowStats stats = row_stats(x, n, epsilon);
+  const __m512 mean = _mm512_set1_ps(stats.mean), inv_std = _mm512_set1_ps(stats.inv_std);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 centred = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, x + i), mean);
+    const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(centred, inv_std), _mm512_maskz_loadu_ps(lanes, weight + i)),
+                                   _mm512_maskz_loadu_ps(lanes, bias + i));
+    quantize_store(params, y, out + i, lanes);
+  }
 }
 
 __attribute__((target("avx512f,avx512dq"))) void rows_avx512(const float* x, const float* weight, const float* bias,
@@ -52,19 +79,55 @@ void rows_portable(const float* x, const float* weight, const float* bias, float
   for (int64_t r = 0; r < rows; ++r) normalize_row(x + r * n, weight, bias, out + r * n, n, epsilon);
 }
 
+SAM_EDGE_AVX512 void quantize_rows_avx512(const float* x, const float* skip, const float* weight, const float* bias,
+                                          const QuantizeParams& params, uint8_t* out, float* sum, int64_t rows,
+                                          int64_t n, float epsilon, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * n;
+    if (skip) {
+      float* sum_row = sum + r * n;
+      for (int64_t i = 0; i < n; ++i) sum_row[i] = row[i] + skip[r * n + i];
+      row = sum_row;  // still in cache for the statistics
+    }
+    normalize_quantize_row(row, weight, bias, params, out + r * n, n, epsilon);
+  }
+}
+
+int thread_count(int threads) {
+#ifdef _OPENMP
+  return threads < 1 ? omp_get_max_threads() : threads;
+#else
+  (void)threads;
+  return 1;
+#endif
+}
+
 }  // namespace
+
+void layer_norm_quantize_cpu(const float* x, const float* skip, const float* weight, const float* bias,
+                             float y_scale, uint8_t y_zero_point, uint8_t* out, float* sum, int64_t rows,
+                             int64_t channels, float epsilon, int threads) {
+  if (rows < 1 || channels < 1) throw std::invalid_argument("layer_norm_quantize: rows and channels must be >= 1");
+  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
+    throw std::invalid_argument("layer_norm_quantize: epsilon must be finite and >= 0");
+  if (!(y_scale > 0.0f) || !std::isfinite(y_scale))
+    throw std::invalid_argument("layer_norm_quantize: y_scale must be finite and > 0");
+  if ((skip == nullptr) != (sum == nullptr))
+    throw std::invalid_argument("layer_norm_quantize: skip and sum go together");
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw"))
+    throw std::runtime_error("layer_norm_quantize: this CPU has no AVX-512");
+  quantize_rows_avx512(x, skip, weight, bias, quantize_params(y_scale, y_zero_point), out, sum, rows, channels,
+                       epsilon, thread_count(threads));
+}
 
 void layer_norm_cpu(const float* x, const float* weight, const float* bias, float* out, int64_t rows,
                     int64_t channels, float epsilon, int threads) {
   if (rows < 1 || channels < 1) throw std::invalid_argument("layer_norm: rows and channels must be >= 1");
   if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
     throw std::invalid_argument("layer_norm: epsilon must be finite and >= 0");
-#ifdef _OPENMP
-  const int nt = threads < 1 ? omp_get_max_threads() : threads;
-#else
-  const int nt = 1;
-  (void)threads;
-#endif
+  const int nt = thread_count(threads);
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
     rows_avx512(x, weight, bias, out, rows, channels, epsilon, nt);

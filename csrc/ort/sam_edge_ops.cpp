@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <initializer_list>
+#include <iterator>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "gelu_quantize.h"
 #include "layer_norm.h"
 
 namespace sam_edge::ort {
@@ -57,14 +60,27 @@ std::string shape_string(const std::vector<int64_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-// A float32 input's data and shape; data null for an optional input left out.
-struct Input {
-  const float* data = nullptr;
+// The ONNX element type of each C++ type an op reads or writes.
+template <class T>
+constexpr ONNXTensorElementDataType kElementType = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+template <>
+constexpr ONNXTensorElementDataType kElementType<uint8_t> = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+
+const char* type_name(ONNXTensorElementDataType type) {
+  return type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 ? "uint8" : "float32";
+}
+
+// An input's data and shape; data null for an optional input left out.
+template <class T>
+struct Tensor {
+  const T* data = nullptr;
   std::vector<int64_t> shape;
 };
+using Input = Tensor<float>;
 
-Input input(const OrtApi* api, const OrtKernelContext* context, size_t index, const char* name) {
-  Input in;
+template <class T = float>
+Tensor<T> input(const OrtApi* api, const OrtKernelContext* context, size_t index, const char* name) {
+  Tensor<T> in;
   const OrtValue* value = nullptr;
   check(api, api->KernelContext_GetInput(context, index, &value));
   if (!value) return in;
@@ -78,8 +94,9 @@ Input input(const OrtApi* api, const OrtKernelContext* context, size_t index, co
   } release{api, info};
   ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   check(api, api->GetTensorElementType(info, &type));
-  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-    throw std::invalid_argument(std::string(name) + " must be float32; got ONNX element type " + std::to_string(type));
+  if (type != kElementType<T>)
+    throw std::invalid_argument(std::string(name) + " must be " + type_name(kElementType<T>) +
+                                "; got ONNX element type " + std::to_string(type));
   size_t rank = 0;
   check(api, api->GetDimensionsCount(info, &rank));
   in.shape.resize(rank);
@@ -87,8 +104,24 @@ Input input(const OrtApi* api, const OrtKernelContext* context, size_t index, co
   void* data = nullptr;
   // ORT's C API has one accessor for inputs and outputs; we only read through it.
   check(api, api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
-  in.data = static_cast<const float*>(data);
+  in.data = static_cast<const T*>(data);
   return in;
+}
+
+// Output `index` with `shape`, allocated by ORT with the op's declared type.
+template <class T>
+T* output(const OrtApi* api, OrtKernelContext* context, size_t index, const std::vector<int64_t>& shape) {
+  OrtValue* out = nullptr;
+  check(api, api->KernelContext_GetOutput(context, index, shape.data(), shape.size(), &out));
+  void* data = nullptr;
+  check(api, api->GetTensorMutableData(out, &data));
+  return static_cast<T*>(data);
+}
+
+int64_t element_count(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
 }
 
 // ---- RelPosAttention ----
@@ -236,13 +269,92 @@ void compute_layer_norm(const LayerNorm& op, OrtKernelContext* context) {
   run_layer_norm(x.data, weight.data, bias.data, static_cast<float*>(out_data), rows, channels, op.epsilon);
 }
 
+// ---- the QuantizeLinear ops ----
+
+// A QuantizeLinear's per-tensor y_scale (float32) and y_zero_point (uint8): each a
+// scalar or a one-element vector, as ONNX allows.
+struct Quantization {
+  float scale;
+  uint8_t zero_point;
+};
+
+Quantization quantization(const OrtApi* api, const OrtKernelContext* context, size_t scale_index) {
+  const Input scale = input(api, context, scale_index, "y_scale");
+  const Tensor<uint8_t> zero_point = input<uint8_t>(api, context, scale_index + 1, "y_zero_point");
+  const auto scalar = [](const std::vector<int64_t>& shape) {
+    return shape.empty() || (shape.size() == 1 && shape[0] == 1);
+  };
+  if (!scalar(scale.shape) || !scalar(zero_point.shape))
+    throw std::invalid_argument("expected y_scale and y_zero_point per tensor (a scalar or (1,)); got " +
+                                shape_string(scale.shape) + " and " + shape_string(zero_point.shape));
+  const Quantization q{scale.data[0], zero_point.data[0]};
+  if (!(q.scale > 0.0f) || !std::isfinite(q.scale))
+    throw std::invalid_argument("y_scale must be finite and > 0; got " + std::to_string(q.scale));
+  return q;
+}
+
+// Rows of X's last axis: (rows, channels), a scalar one row of one.
+std::pair<int64_t, int64_t> rows_and_channels(const std::vector<int64_t>& shape) {
+  const int64_t channels = shape.empty() ? 1 : shape.back();
+  return {channels == 0 ? 0 : element_count(shape) / channels, channels};
+}
+
+struct GeluQuantizeLinear {
+  const OrtApi* api;
+};
+
+GeluQuantizeLinear* create_gelu_quantize_linear(const OrtApi* api, const OrtKernelInfo*) {
+  return new GeluQuantizeLinear{api};
+}
+
+void compute_gelu_quantize_linear(const GeluQuantizeLinear& op, OrtKernelContext* context) {
+  const OrtApi* api = op.api;
+  const Input x = input(api, context, 0, "X");
+  const Quantization q = quantization(api, context, 1);
+  uint8_t* out = output<uint8_t>(api, context, 0, x.shape);
+  const auto [rows, channels] = rows_and_channels(x.shape);
+  if (rows == 0 || channels == 0) return;  // an empty tensor
+  gelu_quantize_cpu(x.data, out, rows, channels, q.scale, q.zero_point, /*threads=*/0);
+}
+
+// LayerNormQuantizeLinear(X, scale, B, y_scale, y_zero_point) and, with skip,
+// SkipLayerNormQuantizeLinear(X, skip, scale, B, y_scale, y_zero_point); both
+// keep LayerNorm's kernel state (the epsilon attribute).
+void compute_layer_norm_quantize(const LayerNorm& op, OrtKernelContext* context, bool with_skip) {
+  const OrtApi* api = op.api;
+  const size_t first = with_skip ? 1 : 0;  // skip sits between X and the norm's weights
+  const Input x = input(api, context, 0, "X");
+  const Input skip = with_skip ? input(api, context, 1, "skip") : Input{};
+  const Input weight = input(api, context, first + 1, "scale");
+  const Input bias = input(api, context, first + 2, "B");
+  const Quantization q = quantization(api, context, first + 3);
+  if (x.shape.empty()) throw std::invalid_argument("expected X (..., C); got a scalar");
+  if (with_skip && skip.shape != x.shape)
+    throw std::invalid_argument("expected skip shaped like X " + shape_string(x.shape) + "; got " +
+                                shape_string(skip.shape));
+  const auto [rows, channels] = rows_and_channels(x.shape);
+  const std::vector<int64_t> want{channels};
+  if (weight.shape != want || bias.shape != want)
+    throw std::invalid_argument("expected scale and B " + shape_string(want) + ", X's last axis; got " +
+                                shape_string(weight.shape) + " and " + shape_string(bias.shape));
+  uint8_t* out = output<uint8_t>(api, context, 0, x.shape);
+  float* sum = with_skip ? output<float>(api, context, 1, x.shape) : nullptr;
+  if (rows == 0 || channels == 0) return;  // an empty tensor: nothing to normalise
+  layer_norm_quantize_cpu(x.data, skip.data, weight.data, bias.data, q.scale, q.zero_point, out, sum, rows, channels,
+                          op.epsilon, /*threads=*/0);
+}
+
 // ---- the op descriptions ----
 
-// Each op's traits: its name, its float32 inputs (the trailing ones past
-// kRequired optional), its kernel state and the functions that make and run it.
+constexpr ONNXTensorElementDataType kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+constexpr ONNXTensorElementDataType kUint8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+
+// Each op's traits: its name, its inputs' and outputs' element types (the inputs
+// past kRequired optional), its kernel state and the functions that make and run it.
 struct RelPosAttentionOp {
   static constexpr const char* kName = "RelPosAttention";
-  static constexpr size_t kInputs = 4, kRequired = 3;
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kFloat, kFloat}, kOutputs[] = {kFloat};
+  static constexpr size_t kRequired = 3;
   using Kernel = RelPosAttention;
   static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_rel_pos_attention(api, info); }
   static void compute(const Kernel& kernel, OrtKernelContext* context) { compute_rel_pos_attention(kernel, context); }
@@ -250,27 +362,64 @@ struct RelPosAttentionOp {
 
 struct LayerNormOp {
   static constexpr const char* kName = "LayerNorm";
-  static constexpr size_t kInputs = 3, kRequired = 3;
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kFloat}, kOutputs[] = {kFloat};
+  static constexpr size_t kRequired = 3;
   using Kernel = LayerNorm;
   static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_layer_norm(api, info); }
   static void compute(const Kernel& kernel, OrtKernelContext* context) { compute_layer_norm(kernel, context); }
 };
 
-// One float32 output, on the CPU provider.
+struct LayerNormQuantizeLinearOp {
+  static constexpr const char* kName = "LayerNormQuantizeLinear";
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kFloat, kFloat, kUint8},
+                                             kOutputs[] = {kUint8};
+  static constexpr size_t kRequired = 5;
+  using Kernel = LayerNorm;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_layer_norm(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) {
+    compute_layer_norm_quantize(kernel, context, /*with_skip=*/false);
+  }
+};
+
+struct SkipLayerNormQuantizeLinearOp {
+  static constexpr const char* kName = "SkipLayerNormQuantizeLinear";
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kFloat, kFloat, kFloat, kUint8},
+                                             kOutputs[] = {kUint8, kFloat};
+  static constexpr size_t kRequired = 6;
+  using Kernel = LayerNorm;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_layer_norm(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) {
+    compute_layer_norm_quantize(kernel, context, /*with_skip=*/true);
+  }
+};
+
+struct GeluQuantizeLinearOp {
+  static constexpr const char* kName = "GeluQuantizeLinear";
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kUint8}, kOutputs[] = {kUint8};
+  static constexpr size_t kRequired = 3;
+  using Kernel = GeluQuantizeLinear;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_gelu_quantize_linear(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) {
+    compute_gelu_quantize_linear(kernel, context);
+  }
+};
+
+// On the CPU provider; every output required.
 template <class Op>
 OrtCustomOp describe() {
   OrtCustomOp op{};
   op.version = kOrtApiVersion;
   op.GetName = [](const OrtCustomOp*) noexcept { return Op::kName; };
   op.GetExecutionProviderType = [](const OrtCustomOp*) noexcept -> const char* { return nullptr; };
-  op.GetInputTypeCount = [](const OrtCustomOp*) noexcept { return Op::kInputs; };
-  op.GetInputType = [](const OrtCustomOp*, size_t) noexcept { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+  op.GetInputTypeCount = [](const OrtCustomOp*) noexcept { return std::size(Op::kInputs); };
+  // ORT asks only for indexes below the counts.
+  op.GetInputType = [](const OrtCustomOp*, size_t index) noexcept { return Op::kInputs[index]; };
   op.GetInputCharacteristic = [](const OrtCustomOp*, size_t index) noexcept {
     return index < Op::kRequired ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   };
   op.GetInputMemoryType = [](const OrtCustomOp*, size_t) noexcept { return OrtMemTypeDefault; };
-  op.GetOutputTypeCount = [](const OrtCustomOp*) noexcept -> size_t { return 1; };
-  op.GetOutputType = [](const OrtCustomOp*, size_t) noexcept { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+  op.GetOutputTypeCount = [](const OrtCustomOp*) noexcept { return std::size(Op::kOutputs); };
+  op.GetOutputType = [](const OrtCustomOp*, size_t index) noexcept { return Op::kOutputs[index]; };
   op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) noexcept { return INPUT_OUTPUT_REQUIRED; };
   // No variadic inputs or outputs; the defaults ORT's own ops state.
   op.GetVariadicInputMinArity = [](const OrtCustomOp*) noexcept { return 1; };
@@ -291,6 +440,9 @@ OrtCustomOp describe() {
 
 const OrtCustomOp kRelPosAttention = describe<RelPosAttentionOp>();
 const OrtCustomOp kLayerNorm = describe<LayerNormOp>();
+const OrtCustomOp kGeluQuantizeLinear = describe<GeluQuantizeLinearOp>();
+const OrtCustomOp kLayerNormQuantizeLinear = describe<LayerNormQuantizeLinearOp>();
+const OrtCustomOp kSkipLayerNormQuantizeLinear = describe<SkipLayerNormQuantizeLinearOp>();
 
 // One domain per runtime in the process, never released: it must outlive every
 // session built from options it was added to, which the library cannot see end.
@@ -302,7 +454,8 @@ OrtCustomOpDomain* domain_for(const OrtApi* api) {
     if (owner == api) return domain;
   OrtCustomOpDomain* domain = nullptr;
   check(api, api->CreateCustomOpDomain(kDomain, &domain));
-  for (const OrtCustomOp* op : {&kRelPosAttention, &kLayerNorm}) {
+  for (const OrtCustomOp* op : {&kRelPosAttention, &kLayerNorm, &kGeluQuantizeLinear, &kLayerNormQuantizeLinear,
+                                 &kSkipLayerNormQuantizeLinear}) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       check(api, status);

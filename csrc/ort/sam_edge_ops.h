@@ -19,6 +19,23 @@
 //   LayerNorm(X, scale, B) -> Y, all float32: torch.nn.LayerNorm over X's last
 //     axis (csrc/layer_norm.h): X (..., C), scale and B (C,), Y like X.
 //     Attribute: epsilon (float).
+//   GeluQuantizeLinear(X float32, y_scale float32, y_zero_point uint8) -> Y uint8:
+//     exact (erf) GELU then ONNX QuantizeLinear, in one pass (csrc/gelu_quantize.h:
+//     float32 within a stated bound of float64, so only values that close to a
+//     rounding boundary can differ from QuantizeLinear(Gelu(X)) by a step).
+//     X any shape, Y like it; y_scale (finite, > 0) and y_zero_point per tensor,
+//     each a scalar or (1,). Y = saturate(round_half_even(gelu(X) / y_scale) +
+//     y_zero_point) in [0, 255].
+//   LayerNormQuantizeLinear(X, scale, B float32, y_scale float32, y_zero_point
+//     uint8) -> Y uint8: LayerNorm then QuantizeLinear (csrc/layer_norm.h's
+//     layer_norm_quantize_cpu), Y exactly QuantizeLinear(LayerNorm(X)) with this
+//     library's LayerNorm: X (..., C), scale and B (C,), quantization as
+//     GeluQuantizeLinear's. Attribute: epsilon (float).
+//   SkipLayerNormQuantizeLinear(X, skip, scale, B float32, y_scale float32,
+//     y_zero_point uint8) -> (Y uint8, sum float32): the same on sum = X + skip
+//     (float32, as ONNX's Add), which it also writes: an int8 block's residual
+//     Add, the norm after it and its quantize. skip shaped like X (no
+//     broadcasting), sum like X. Attribute: epsilon (float).
 //
 // Exported C functions: RegisterCustomOps, and sam_edge_ops_check_api, a
 // self-check of ort_abi.h's table against the runtime that hands it over.

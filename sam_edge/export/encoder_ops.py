@@ -20,6 +20,8 @@ cut_encoder reads the plain graph (MatMul -> Add(bias) -> Softmax -> MatMul,
 as export_encoder writes it and the quantizers leave it), not the fused one;
 write_encoder_ops_graph writes the result. The graph points into the
 encoder's weight file (encoder.onnx.data), so the weights are stored once.
+In static-int8 graphs the float ops before each QuantizeLinear become
+sam_edge_ops' fused ones (quantize_fusions.py), each rewrite selectable.
 """
 
 import os
@@ -29,6 +31,7 @@ from typing import Any, Dict, List, Sequence, Set, Tuple
 from ..precision import Compute
 from ..runtime.ort_ops import DOMAIN, DOMAIN_VERSION, AttentionCut, EncoderOpsGraph
 from .graph_patterns import attention_cores
+from .quantize_fusions import FUSIONS, fuse_quantize
 
 #: The graph's file in a bundle.
 OPS_GRAPH_FILE = "encoder_ops.onnx"
@@ -196,6 +199,16 @@ def _externalize_weights(path: str) -> None:
                     location=os.path.basename(data), size_threshold=1024)
 
 
+def _live(nodes, graph_outputs) -> list:
+    """nodes without those whose outputs nothing reads, repeatedly."""
+    while True:
+        used = {i for n in nodes for i in n.input} | set(graph_outputs)
+        live = [n for n in nodes if any(o in used for o in n.output)]
+        if len(live) == len(nodes):
+            return nodes
+        nodes = live
+
+
 def _topological(nodes, available: Set[str]) -> list:
     """nodes in an order where each one's inputs come first (the quantizers do
     not keep the graph sorted)."""
@@ -272,12 +285,14 @@ class EncoderCut:
 PLACEHOLDER = "sam_edge_attention_"
 
 
-def cut_encoder(encoder_path: str, config, blocks: Sequence[int]) -> EncoderCut:
+def cut_encoder(encoder_path: str, config, blocks: Sequence[int], fusions: Sequence[str] = FUSIONS) -> EncoderCut:
     """encoder_path's graph with the attentions of `blocks` (encoder block indexes)
     taken out, each from its qkv Linear's output to its proj Linear's input. The
     encoder's weights move to encoder_path + ".data" (if not there already); the
     graph returned points into that file. Static int8 Linears become one
-    MatMulIntegerToFloat each, with their bias (ONNX Runtime's contrib op)."""
+    MatMulIntegerToFloat each, with their bias (ONNX Runtime's contrib op), and
+    the elementwise ops before their QuantizeLinears sam_edge_ops' fused ones, for
+    each rewrite named in `fusions` (quantize_fusions.FUSIONS; none in float graphs)."""
     import onnx
     from onnx import helper
 
@@ -317,13 +332,9 @@ def cut_encoder(encoder_path: str, config, blocks: Sequence[int]) -> EncoderCut:
         for j, p in enumerate(patterns)
     ]
     nodes = [n for n in graph.node if n.name not in removed] + placeholders
-    nodes = _fuse_quantized_linear_bias(nodes, {t.name: t for t in graph.initializer}, set(graph_outputs))
-    while True:
-        used = {i for n in nodes for i in n.input} | set(graph_outputs)
-        live = [n for n in nodes if any(o in used for o in n.output)]
-        if len(live) == len(nodes):
-            break
-        nodes = live
+    inits = {t.name: t for t in graph.initializer}
+    nodes = _fuse_quantized_linear_bias(nodes, inits, set(graph_outputs))
+    nodes = _live(fuse_quantize(nodes, inits, graph_outputs, value_info, fusions), graph_outputs)
     nodes = _topological(nodes, initializers | {graph_inputs[0]})
     return EncoderCut(model, nodes, patterns, value_info, graph_inputs[0], graph_outputs[0])
 
@@ -391,7 +402,33 @@ def write_encoder_ops_graph(
 
 def encoder_ops_graph(
     encoder_path: str, config, blocks: Sequence[int], compute: Compute, file_name: str = OPS_GRAPH_FILE,
+    fusions: Sequence[str] = FUSIONS,
 ) -> EncoderOpsGraph:
     """cut_encoder then write_encoder_ops_graph, beside encoder_path."""
-    cut = cut_encoder(encoder_path, config, blocks)
+    cut = cut_encoder(encoder_path, config, blocks, fusions)
     return write_encoder_ops_graph(cut, os.path.dirname(os.path.abspath(encoder_path)), config, compute, file_name)
+
+
+def fuse_ops_graph_file(path: str, out_path: str, fusions: Sequence[str] = FUSIONS) -> List[str]:
+    """Apply the quantize fusions named in `fusions` to the ops graph at `path`
+    (written without them, or with others) and write it to out_path, in the same
+    directory so that it reads the same weight file. Returns the op types of the
+    nodes the rewrite added: a way to measure each fusion on a built bundle,
+    whose encoder.onnx may no longer be the plain graph cut_encoder needs."""
+    import onnx
+
+    if os.path.dirname(os.path.abspath(path)) != os.path.dirname(os.path.abspath(out_path)):
+        raise ValueError(f"{out_path} must be beside {path}: the graph reads its weights by a relative name")
+    model = onnx.load(path, load_external_data=False)
+    graph = model.graph
+    value_info = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    outputs = [o.name for o in graph.output]
+    original = list(graph.node)  # held, so that each node's id stays its own
+    before = {id(n) for n in original}
+    nodes = fuse_quantize(original, {t.name: t for t in graph.initializer}, outputs, value_info, fusions)
+    added = [n.op_type for n in nodes if id(n) not in before]
+    nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in _live(nodes, outputs)]  # detached copies
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save_model(model, out_path)
+    return added

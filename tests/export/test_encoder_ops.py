@@ -422,3 +422,65 @@ def test_fully_cut_fp32_encoder_matches_the_standard_graph(tmp_path, monkeypatch
     images = np.random.default_rng(3).uniform(0, 255, (1, 3, 256, 200)).astype(np.float32)
     a, b = cut.embed(images), standard.embed(images)
     assert rel_l2(a, b) <= 1e-5, rel_l2(a, b)
+
+
+@pytest.fixture(scope="module")
+def int8_plain_bundle(tmp_path_factory, calibration_dir):
+    """The int8 bundle with its encoder.onnx left plain (no contrib attention), so
+    that its ops graph can be cut again here, without the quantize fusions."""
+    reference, _, path = build_test_bundle(
+        tmp_path_factory.mktemp("ops-graph-int8-plain"), reduced_config(depth=4), seed=5, precision="int8",
+        official_decoder=False, calib_images=calibration_dir, fused_attention=False,
+    )
+    return reference, path
+
+
+#: Quantize fusions in the int8 ops graph of depth 4: one GELU per block; the
+#: first block's first norm alone reads no residual Add, the 7 others do.
+FUSED_NODES = {"GeluQuantizeLinear": 4, "LayerNormQuantizeLinear": 1, "SkipLayerNormQuantizeLinear": 7}
+#: The fused ops round each value as QuantizeLinear does except within float32
+#: rounding of a boundary, where one step may flip (tests/kernels/test_ort_ops.py).
+#: The int8 graph carries such a flip on as it does any float32 rounding of its
+#: input, which moves its quantized values just as much: the unfused graph's own
+#: change when its input is scaled by 1 + 2^-22 (a few float32 roundings) is the
+#: baseline, and the fused graph stays within FUSED_FACTOR of it.
+FUSED_FACTOR = 2.0
+
+
+@needs_ops
+def test_int8_quantize_fusions_against_the_unfused_graph(int8_plain_bundle, tmp_path, monkeypatch):
+    """The bundle's int8 ops graph carries the quantize fusions; against the same
+    graph cut without them its embeddings agree to FUSED_TOLERANCE, and against
+    the official fp32 model it stays within INT8_MARGIN of the standard graph."""
+    import collections
+    import shutil
+
+    from sam_edge.export.encoder_ops import attention_blocks, encoder_ops_graph
+    from sam_edge.precision import Compute
+
+    reference, path = int8_plain_bundle
+    config = reduced_config(depth=4)
+    types = collections.Counter(n.op_type for n in _graph(path).graph.node)
+    assert {op: types[op] for op in FUSED_NODES} == FUSED_NODES, types
+    assert types["Erf"] == 0 and types["LayerNormalization"] == 0, types
+    unfused_path = shutil.copytree(path, tmp_path / "unfused")
+    ops = json.loads((path / "manifest.json").read_text())["encoder_ops"]
+    graph = encoder_ops_graph(str(unfused_path / "encoder.onnx"), config,
+                              attention_blocks(config, Compute.parse(ops["compute"])),
+                              ops["compute"], fusions=())
+    assert not {n.op_type for n in _graph(unfused_path).graph.node} & set(FUSED_NODES)
+    assert graph.to_json() == ops
+    fused = _load_anywhere(path, monkeypatch, attention_compute="fp32")
+    # verify=False: the copy's ops graph no longer matches the manifest's hash.
+    unfused = _load_anywhere(unfused_path, monkeypatch, attention_compute="fp32", verify=False)
+    images = np.random.default_rng(4).uniform(0, 255, (2, 3, 256, 224)).astype(np.float32)
+    reference_embedding = unfused.embed(images)
+    error = rel_l2(fused.embed(images), reference_embedding)
+    baseline = rel_l2(unfused.embed(images * np.float32(1 + 2.0 ** -22)), reference_embedding)
+    print(f"fused against unfused, rel-L2: {error:.3e}; the unfused graph's change under input rounding: {baseline:.3e}")
+    assert baseline > 0  # the perturbation must reach the quantizers for the baseline to mean anything
+    assert error <= FUSED_FACTOR * baseline, (error, baseline)
+    official = _official_embeddings(reference)
+    standard = _embedding_errors(sam_edge.load(str(path), native_attention=False), official)
+    assert max(standard.values()) <= INT8_BOUND, standard
+    _assert_within_margin(_embedding_errors(fused, official), standard)

@@ -15,9 +15,16 @@ onnxruntime.InferenceSession with the library registered.
   float32 numpy: both round the same operations in float32, the kernel summing
   in 16 lanes where numpy sums pairwise. Inputs carry a mean far from zero,
   where a one-pass variance would lose its digits.
+- GeluQuantizeLinear and the LayerNorm QuantizeLinear ops against float64 numpy
+  then ONNX QuantizeLinear (round half to even, saturate): the uint8 outputs are
+  equal wherever the float64 value lies farther from a rounding boundary than
+  the float32 error bound each op's contract states (csrc/gelu_quantize.h,
+  csrc/layer_norm.h); within it float32 may round the other way, by one step.
 - Bad attributes and shapes are onnxruntime errors carrying our message, never
   a crash; so are a missing library and a CPU the library refuses.
 """
+
+import math
 
 import subprocess
 import sys
@@ -360,6 +367,205 @@ def test_layer_norm_bad_inputs_are_onnxruntime_errors():
         _layer_norm_session(None)
     with pytest.raises(Exception, match="LayerNorm: epsilon must be finite and >= 0"):
         _layer_norm_session(-1.0)
+
+
+# ---- GeluQuantizeLinear ----
+
+def _one_node_session(op_type, inputs, outputs, **attributes):
+    """A one-node model in our domain; inputs and outputs as (name, TensorProto type)."""
+    node = helper.make_node(op_type, [n for n, _ in inputs], [n for n, _ in outputs], domain=DOMAIN, **attributes)
+    info = [helper.make_tensor_value_info(name, kind, None) for name, kind in inputs + outputs]
+    graph = helper.make_graph([node], op_type, info[:len(inputs)], info[len(inputs):])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+
+
+def quantize_reference(v, y_zero_point):
+    """ONNX QuantizeLinear of v = x / y_scale, already divided (float64): round half
+    to even, add the zero point, saturate to uint8."""
+    return np.clip(np.rint(v) + int(y_zero_point), 0, 255).astype(np.uint8)
+
+
+def _boundary_distance(v):
+    """How far each v lies from the nearest rounding boundary (a half-integer), in steps."""
+    return np.abs(v - np.floor(v) - 0.5)
+
+
+def _assert_quantized_equal(ours, v, y_zero_point, window):
+    """ours equals quantize_reference(v) wherever v is farther than `window` (steps,
+    per element) from a boundary, and is within one step everywhere. The window
+    must leave most values to the exact check."""
+    ref = quantize_reference(v, y_zero_point)
+    near = _boundary_distance(v) <= window
+    diff = ours.astype(np.int64) - ref.astype(np.int64)
+    assert ours.dtype == np.uint8 and ours.shape == ref.shape
+    assert not np.any(diff[~near]), (f"{np.count_nonzero(diff[~near])} values away from a boundary differ; "
+                                     f"first at v = {v[~near][diff[~near] != 0][:4]}")
+    assert np.abs(diff).max() <= 1
+    assert near.mean() < 0.02, near.mean()  # the exact check covers nearly every value
+
+
+def gelu_reference(x):
+    """Exact GELU, x * Phi(x), in float64 (Phi from erfc, accurate in both tails)."""
+    x = np.asarray(x, dtype=np.float64)
+    phi = 0.5 * np.vectorize(math.erfc, otypes=[np.float64])(-x / math.sqrt(2.0))
+    return x * phi
+
+
+def _gelu_quantize_session():
+    return _one_node_session("GeluQuantizeLinear", [("X", TensorProto.FLOAT), ("y_scale", TensorProto.FLOAT),
+                                                    ("y_zero_point", TensorProto.UINT8)], [("Y", TensorProto.UINT8)])
+
+
+def _gelu_inputs(shape, seed):
+    """N(0, 2^2) values, a lin1 output's spread, with some far into both tails and
+    the table's edges (+-6) planted, so saturation and the tails are exercised."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2.0).astype(np.float32)
+    flat = x.reshape(-1)
+    special = np.array([-1e4, -40.0, -6.0, -5.999, 5.999, 6.0, 40.0, 1e4, 0.0, -0.0], dtype=np.float32)
+    picks = rng.choice(flat.size, size=min(flat.size, 4 * special.size), replace=False)
+    flat[picks] = np.resize(special, picks.size)
+    return x
+
+
+# (X's shape, y_scale, y_zero_point)
+GELU_QUANTIZE_CASES = [
+    ((1, 16, 16, 3072), 0.0173, 11),  # ViT-B's MLP width over a token grid; a calibrated zero point
+    ((2, 7, 9, 768), 0.04, 0),        # batch of 2; saturation at both ends
+    ((3, 5, 37), 0.011, 128),         # a width with a partial last vector
+    ((20,), 0.5, 200),                # one short row, a coarse scale
+]
+
+
+@needs_library
+@needs_avx512
+@pytest.mark.parametrize("shape, y_scale, y_zero_point", GELU_QUANTIZE_CASES, ids=lambda v: str(v))
+def test_gelu_quantize_matches_float64(shape, y_scale, y_zero_point):
+    x = _gelu_inputs(shape, seed=sum(shape) + y_zero_point)
+    scale = np.float32(y_scale)
+    (ours,) = _gelu_quantize_session().run(None, {"X": x, "y_scale": np.array(scale),
+                                                  "y_zero_point": np.array(y_zero_point, dtype=np.uint8)})
+    gelu = gelu_reference(x)
+    v = gelu / float(scale)
+    # csrc/gelu_quantize.h's bound: Phi within 2^-23 (times |x|), then the product
+    # and the division each round once.
+    window = 4 * 2.0 ** -24 * (np.abs(x) + np.abs(gelu)) / float(scale)
+    _assert_quantized_equal(ours, v, y_zero_point, window)
+    ref = quantize_reference(v, y_zero_point)
+    assert ref.min() == 0 or ref.max() == 255 or len(shape) == 1, "the inputs should reach saturation"
+
+
+@needs_library
+@needs_avx512
+def test_gelu_quantize_bad_inputs_are_onnxruntime_errors():
+    session = _gelu_quantize_session()
+    x = _gelu_inputs((2, 8), seed=3)
+    good = {"X": x, "y_scale": np.array(0.02, np.float32), "y_zero_point": np.array(3, np.uint8)}
+    bad = [
+        (dict(y_scale=np.array([0.02, 0.03], np.float32)),
+         r"expected y_scale and y_zero_point per tensor \(a scalar or \(1,\)\); got \(2,\) and \(\)"),
+        (dict(y_scale=np.array(0.0, np.float32)), "y_scale must be finite and > 0"),
+        (dict(y_scale=np.array(np.inf, np.float32)), "y_scale must be finite and > 0"),
+    ]
+    for change, message in bad:
+        with pytest.raises(Exception, match="GeluQuantizeLinear: " + message):
+            session.run(None, {**good, **change})
+    # A wrong element type is ORT's own type check, before the kernel runs.
+    with pytest.raises(Exception, match=r"expected: \(tensor\(uint8\)\)"):
+        session.run(None, {**good, "y_zero_point": np.array(3, np.int8)})
+    (out,) = session.run(None, {**good, "y_scale": np.array([0.02], np.float32)})  # (1,) is per tensor too
+    _assert_quantized_equal(out, gelu_reference(x) / float(np.float32(0.02)), 3,
+                            4 * 2.0 ** -24 * (np.abs(x) + np.abs(gelu_reference(x))) / 0.02)
+    empty = session.run(None, {**good, "X": np.zeros((0, 8), np.float32)})[0]
+    assert empty.shape == (0, 8) and empty.dtype == np.uint8
+
+
+# ---- LayerNormQuantizeLinear, SkipLayerNormQuantizeLinear ----
+
+def _layer_norm_quantize_session(with_skip, epsilon=1e-6):
+    floats = ["X", "skip", "scale", "B", "y_scale"] if with_skip else ["X", "scale", "B", "y_scale"]
+    inputs = [(n, TensorProto.FLOAT) for n in floats] + [("y_zero_point", TensorProto.UINT8)]
+    outputs = [("Y", TensorProto.UINT8)] + ([("sum", TensorProto.FLOAT)] if with_skip else [])
+    attributes = {} if epsilon is None else {"epsilon": epsilon}
+    op = "SkipLayerNormQuantizeLinear" if with_skip else "LayerNormQuantizeLinear"
+    return _one_node_session(op, inputs, outputs, **attributes)
+
+
+def layer_norm_error_window(x, weight, bias, y_scale, epsilon):
+    """The float32 error bound of LayerNorm's value, in quantization steps, per element:
+    each lane of the kernel sums n / 16 terms and 16 lanes are added after, so a sum
+    is within (n / 16 + 16) roundings of exact; the mean's error reaches each value
+    scaled by inv_std, the variance's through the square root and the reciprocal
+    (a few more roundings), and the last multiply-add rounds twice."""
+    x = x.astype(np.float64)
+    n = x.shape[-1]
+    gamma = (n / 16 + 24) * 2.0 ** -24
+    mean = x.mean(axis=-1, keepdims=True)
+    inv_std = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + epsilon)
+    z = (x - mean) * inv_std
+    w, b = np.abs(weight.astype(np.float64)), np.abs(bias.astype(np.float64))
+    return gamma * (w * (inv_std * np.abs(x).mean(axis=-1, keepdims=True) + np.abs(z)) + b) / float(y_scale)
+
+
+# (X's shape, the rows' mean, y_scale, y_zero_point)
+LAYER_NORM_QUANTIZE_CASES = [
+    ((1, 16, 16, 768), 5.0, 0.03, 128),  # ViT-B's width over a token grid; saturates at both ends
+    ((3, 5, 1024), 0.0, 0.05, 3),        # ViT-L's width, centred rows
+    ((2, 7, 9, 1280), 5.0, 0.04, 90),    # ViT-H's width
+    ((64, 768), 100.0, 0.04, 100),       # rows whose mean dwarfs their spread
+    ((1, 4, 37), 30.0, 0.02, 128),       # a width with a partial last vector
+]
+
+
+@needs_library
+@needs_avx512
+@pytest.mark.parametrize("with_skip", [False, True], ids=["plain", "skip"])
+@pytest.mark.parametrize("shape, offset, y_scale, y_zero_point", LAYER_NORM_QUANTIZE_CASES, ids=lambda v: str(v))
+def test_layer_norm_quantize_matches_float64(shape, offset, y_scale, y_zero_point, with_skip):
+    x, weight, bias = _layer_norm_inputs(shape, offset, seed=sum(shape) + y_zero_point)
+    feeds = {"X": x, "scale": weight, "B": bias, "y_scale": np.array(y_scale, np.float32),
+             "y_zero_point": np.array(y_zero_point, np.uint8)}
+    normalized = x
+    if with_skip:
+        # The residual and the block's output: the sum is what gets normalised.
+        residual, skip = x, np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+        feeds["skip"] = skip
+        normalized = residual + skip  # float32, as ONNX's Add
+    outputs = _layer_norm_quantize_session(with_skip).run(None, feeds)
+    if with_skip:
+        np.testing.assert_array_equal(outputs[1], normalized)
+    scale = float(np.float32(y_scale))
+    v = layer_norm_reference(normalized, weight, bias, 1e-6) / scale
+    _assert_quantized_equal(outputs[0], v, y_zero_point,
+                            layer_norm_error_window(normalized, weight, bias, scale, 1e-6))
+    # Its float value is the LayerNorm op's, bit for bit: only QuantizeLinear's own rounding is added.
+    (layer_norm,) = _layer_norm_session(1e-6).run(None, {"X": normalized, "scale": weight, "B": bias})
+    quantized = np.clip(np.rint(layer_norm / np.float32(y_scale)) + y_zero_point, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(outputs[0], quantized)
+
+
+@needs_library
+@needs_avx512
+def test_layer_norm_quantize_bad_inputs_are_onnxruntime_errors():
+    x, weight, bias = _layer_norm_inputs((2, 8), 1.0, seed=4)
+    quantize = {"y_scale": np.array(0.05, np.float32), "y_zero_point": np.array(128, np.uint8)}
+    plain, skip = _layer_norm_quantize_session(False), _layer_norm_quantize_session(True)
+    good = {"X": x, "scale": weight, "B": bias, **quantize}
+    with pytest.raises(Exception, match=r"LayerNormQuantizeLinear: expected scale and B \(8,\), X's last axis"):
+        plain.run(None, {**good, "B": bias[:-1]})
+    with pytest.raises(Exception, match="LayerNormQuantizeLinear: expected X"):
+        plain.run(None, {**good, "X": np.array(1.0, np.float32)})
+    with pytest.raises(Exception, match="LayerNormQuantizeLinear: y_scale must be finite and > 0"):
+        plain.run(None, {**good, "y_scale": np.array(-0.05, np.float32)})
+    with pytest.raises(Exception, match=r"SkipLayerNormQuantizeLinear: expected skip shaped like X \(2, 8\); got \(1, 8\)"):
+        skip.run(None, {**good, "skip": x[:1]})
+    with pytest.raises(Exception, match="LayerNormQuantizeLinear: needs the float attribute epsilon"):
+        _layer_norm_quantize_session(False, epsilon=None)
+    (out,) = plain.run(None, good)  # the session still computes after its errors
+    v = layer_norm_reference(x, weight, bias, 1e-6) / float(np.float32(0.05))
+    _assert_quantized_equal(out, v, 128, layer_norm_error_window(x, weight, bias, 0.05, 1e-6))
 
 
 # ---- loading ----
