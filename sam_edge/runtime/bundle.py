@@ -187,7 +187,20 @@ def load(
             if encoder_ops is None and native_attention:
                 raise BundleError(f"bundle {bundle_dir} cannot run its encoder with sam-edge's attention ops here: "
                                   f"{fallback}")
-        engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops)
+        try:
+            engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops)
+        except MemoryError:
+            raise
+        except Exception as exc:  # ONNX Runtime's types: e.g. an op this library build does not have
+            if encoder_ops is None:
+                raise
+            reason = (f"its encoder ops graph does not load with {encoder_ops['library']} "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
+            if native_attention:
+                raise BundleError(f"bundle {bundle_dir}: {reason}; rebuild the bundle with this sam-edge, "
+                                  "or load it with native_attention=None to run its standard graph") from exc
+            encoder_ops, fallback = None, reason
+            engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops)
     except BundleError:
         raise
     except MemoryError:
@@ -230,7 +243,7 @@ def _encoder_ops(bundle_dir, ops, providers, attention_compute):
     if ops is None:
         return None, "the bundle has no encoder ops graph (fp16, built with --no-ops-graph, or by an older sam-edge)"
     from ..kernels.cpu_attention import fast_compute
-    from .ort_ops import library_refusal
+    from .ort_ops import library_path, library_refusal
 
     graph = _ops_graph(ops, f"manifest of {bundle_dir}")
     if providers and list(providers)[0] != "CPUExecutionProvider":
@@ -244,7 +257,7 @@ def _encoder_ops(bundle_dir, ops, providers, attention_compute):
     if refusal is not None:
         return None, refusal
     return {"path": os.path.join(bundle_dir, graph.file), "compute": computes,
-            "attribute": None if compute is graph.compute else compute.value}, None
+            "attribute": None if compute is graph.compute else compute.value, "library": library_path()}, None
 
 
 def _ops_graph(ops: Dict[str, Any], where: str):
