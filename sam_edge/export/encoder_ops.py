@@ -35,6 +35,10 @@ from .quantize_fusions import FUSIONS, fuse_quantize
 
 #: The graph's file in a bundle.
 OPS_GRAPH_FILE = "encoder_ops.onnx"
+#: The quantize fusions bundles get: none, since each fused op beats the ORT nodes
+#: it replaces but the whole int8 encoder measured slower with them
+#: (benchmarks/bench_quantize_fusions.py; the fused-ops-vit_b results).
+DEFAULT_FUSIONS: tuple = ()
 
 
 def _attention_patterns(graph, blocks) -> List[Dict[str, Any]]:
@@ -285,14 +289,15 @@ class EncoderCut:
 PLACEHOLDER = "sam_edge_attention_"
 
 
-def cut_encoder(encoder_path: str, config, blocks: Sequence[int], fusions: Sequence[str] = FUSIONS) -> EncoderCut:
+def cut_encoder(encoder_path: str, config, blocks: Sequence[int], fusions: Sequence[str] = DEFAULT_FUSIONS) -> EncoderCut:
     """encoder_path's graph with the attentions of `blocks` (encoder block indexes)
     taken out, each from its qkv Linear's output to its proj Linear's input. The
     encoder's weights move to encoder_path + ".data" (if not there already); the
     graph returned points into that file. Static int8 Linears become one
     MatMulIntegerToFloat each, with their bias (ONNX Runtime's contrib op), and
     the elementwise ops before their QuantizeLinears sam_edge_ops' fused ones, for
-    each rewrite named in `fusions` (quantize_fusions.FUSIONS; none in float graphs)."""
+    each rewrite named in `fusions` (some of quantize_fusions.FUSIONS; none in float
+    graphs; DEFAULT_FUSIONS when not given)."""
     import onnx
     from onnx import helper
 
@@ -402,7 +407,7 @@ def write_encoder_ops_graph(
 
 def encoder_ops_graph(
     encoder_path: str, config, blocks: Sequence[int], compute: Compute, file_name: str = OPS_GRAPH_FILE,
-    fusions: Sequence[str] = FUSIONS,
+    fusions: Sequence[str] = DEFAULT_FUSIONS,
 ) -> EncoderOpsGraph:
     """cut_encoder then write_encoder_ops_graph, beside encoder_path."""
     cut = cut_encoder(encoder_path, config, blocks, fusions)

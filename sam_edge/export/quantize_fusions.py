@@ -21,7 +21,7 @@ import numpy as np
 
 from ..runtime.ort_ops import DOMAIN
 
-#: The rewrites, by name; all of them apply unless a caller leaves some out.
+#: The rewrites, by name (encoder_ops.DEFAULT_FUSIONS says which bundles get).
 FUSIONS = ("gelu_quantize", "layer_norm_quantize")
 
 _FLOAT, _UINT8 = 1, 2  # ONNX TensorProto element types

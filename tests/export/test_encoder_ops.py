@@ -151,6 +151,31 @@ def test_a_refusing_library_falls_back(bundle, tmp_path, monkeypatch, library):
         sam_edge.load(str(path), verify=False, native_attention=True)
 
 
+@needs_ops
+def test_an_ops_graph_the_library_cannot_run_falls_back(bundle, tmp_path):
+    """A graph needing an op this library build lacks (a bundle from a newer
+    sam-edge, or a library from an older one) fails its session, not the load:
+    the bundle runs its standard graph and says why; native_attention=True is a
+    BundleError with the reason."""
+    import shutil
+
+    import onnx
+
+    _, path = bundle
+    copy = shutil.copytree(path, tmp_path / "newer-op")
+    model = _graph(copy)
+    next(n for n in model.graph.node if n.op_type == "RelPosAttention").op_type = "RelPosAttentionFromTheFuture"
+    onnx.save_model(model, str(copy / "encoder_ops.onnx"))
+    engine = sam_edge.load(str(copy), verify=False)
+    assert engine.encoder_mode == "single ONNX Runtime graph"
+    assert "encoder ops graph does not load with" in engine.encoder_fallback, engine.encoder_fallback
+    assert "RelPosAttentionFromTheFuture" in engine.encoder_fallback, engine.encoder_fallback
+    image = np.random.default_rng(2).uniform(0, 255, (1, 3, 256, 256)).astype(np.float32)
+    assert rel_l2(engine.embed(image), sam_edge.load(str(path), native_attention=False).embed(image)) == 0
+    with pytest.raises(BundleError, match="encoder ops graph does not load with"):
+        sam_edge.load(str(copy), verify=False, native_attention=True)
+
+
 def test_a_bundle_without_the_ops_graph_runs_the_standard_graph(bundle, tmp_path):
     """Bundles built with --no-ops-graph, or by a sam-edge from before it (their
     manifest may carry the old "encoder_split" plan), load their standard graph."""
@@ -427,7 +452,7 @@ def test_fully_cut_fp32_encoder_matches_the_standard_graph(tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def int8_plain_bundle(tmp_path_factory, calibration_dir):
     """The int8 bundle with its encoder.onnx left plain (no contrib attention), so
-    that its ops graph can be cut again here, without the quantize fusions."""
+    that its ops graph can be cut again here, with the quantize fusions."""
     reference, _, path = build_test_bundle(
         tmp_path_factory.mktemp("ops-graph-int8-plain"), reduced_config(depth=4), seed=5, precision="int8",
         official_decoder=False, calib_images=calibration_dir, fused_attention=False,
@@ -449,30 +474,32 @@ FUSED_FACTOR = 2.0
 
 @needs_ops
 def test_int8_quantize_fusions_against_the_unfused_graph(int8_plain_bundle, tmp_path, monkeypatch):
-    """The bundle's int8 ops graph carries the quantize fusions; against the same
-    graph cut without them its embeddings agree to FUSED_TOLERANCE, and against
-    the official fp32 model it stays within INT8_MARGIN of the standard graph."""
+    """The int8 ops graph cut with the quantize fusions (bundles get none by default:
+    encoder_ops.DEFAULT_FUSIONS); against the bundle's graph without them its
+    embeddings agree to FUSED_FACTOR of input rounding's own effect, and against the
+    official fp32 model it stays within INT8_MARGIN of the standard graph."""
     import collections
     import shutil
 
     from sam_edge.export.encoder_ops import attention_blocks, encoder_ops_graph
+    from sam_edge.export.quantize_fusions import FUSIONS
     from sam_edge.precision import Compute
 
     reference, path = int8_plain_bundle
     config = reduced_config(depth=4)
-    types = collections.Counter(n.op_type for n in _graph(path).graph.node)
+    assert not {n.op_type for n in _graph(path).graph.node} & set(FUSED_NODES)
+    fused_path = shutil.copytree(path, tmp_path / "fused")
+    ops = json.loads((path / "manifest.json").read_text())["encoder_ops"]
+    graph = encoder_ops_graph(str(fused_path / "encoder.onnx"), config,
+                              attention_blocks(config, Compute.parse(ops["compute"])),
+                              ops["compute"], fusions=FUSIONS)
+    types = collections.Counter(n.op_type for n in _graph(fused_path).graph.node)
     assert {op: types[op] for op in FUSED_NODES} == FUSED_NODES, types
     assert types["Erf"] == 0 and types["LayerNormalization"] == 0, types
-    unfused_path = shutil.copytree(path, tmp_path / "unfused")
-    ops = json.loads((path / "manifest.json").read_text())["encoder_ops"]
-    graph = encoder_ops_graph(str(unfused_path / "encoder.onnx"), config,
-                              attention_blocks(config, Compute.parse(ops["compute"])),
-                              ops["compute"], fusions=())
-    assert not {n.op_type for n in _graph(unfused_path).graph.node} & set(FUSED_NODES)
     assert graph.to_json() == ops
-    fused = _load_anywhere(path, monkeypatch, attention_compute="fp32")
     # verify=False: the copy's ops graph no longer matches the manifest's hash.
-    unfused = _load_anywhere(unfused_path, monkeypatch, attention_compute="fp32", verify=False)
+    fused = _load_anywhere(fused_path, monkeypatch, attention_compute="fp32", verify=False)
+    unfused = _load_anywhere(path, monkeypatch, attention_compute="fp32")
     images = np.random.default_rng(4).uniform(0, 255, (2, 3, 256, 224)).astype(np.float32)
     reference_embedding = unfused.embed(images)
     error = rel_l2(fused.embed(images), reference_embedding)
