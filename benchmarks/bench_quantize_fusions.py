@@ -143,7 +143,7 @@ def main() -> int:
             print(f"{name}: " + ", ".join(f"{op} {ms:.0f}" for op, ms in list(totals.items())[:8]) + " (ms, op type)")
     import onnxruntime
 
-    path = write_results(f"fused-ops-{model}", {
+    path = write_results(f"quantize-fusions-{model}", {
         "benchmark": "bench_quantize_fusions", "model": model, "threads": args.threads, "rounds": args.rounds,
         "attention_compute": compute, "rows": rows,
         "load_average": {"before": list(load_before), "after": list(load_after)},

@@ -137,7 +137,7 @@ def main() -> int:
               f"{r['uint8_values_that_differ']:>7}")
     import onnxruntime
 
-    path = write_results(f"fused-quantize-ops-{args.model}", {
+    path = write_results(f"quantize-ops-{args.model}", {
         "benchmark": "bench_quantize_ops", "model": args.model, "threads": args.threads, "rounds": args.rounds,
         "calls": args.calls, "rows": rows, "load_average": {"before": list(load_before), "after": list(load_after)},
         "versions": {"onnxruntime": onnxruntime.__version__}, "note": args.note,

@@ -37,7 +37,7 @@ from .quantize_fusions import FUSIONS, fuse_quantize
 OPS_GRAPH_FILE = "encoder_ops.onnx"
 #: The quantize fusions bundles get: none, since each fused op beats the ORT nodes
 #: it replaces but the whole int8 encoder measured slower with them
-#: (benchmarks/bench_quantize_fusions.py; the fused-ops-vit_b results).
+#: (benchmarks/bench_quantize_fusions.py; the quantize-fusions-vit_b results).
 DEFAULT_FUSIONS: tuple = ()
 
 
