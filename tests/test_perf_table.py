@@ -131,6 +131,94 @@ def test_compact_table_has_a_row_per_bundle_and_host(perf_table, tmp_path):
     assert by_features["AVX2"][-1].endswith("†") and not by_features["AMX"][-1].endswith("†")
 
 
+def _peer_doc(features, encoder_ms, rng, model="vit_b"):
+    """A bench_openvino.py result: the official row, both OpenVINO rows and two sam-edge bundles,
+    each encoder median drawn around encoder_ms / a speed-up, the ratio and errors as the script
+    computes them."""
+    def row(path, ms, rel_l2, **extra):
+        return {"path": path, **extra, "encoder": {"median_ms": ms, "min_ms": ms * 0.9, "max_ms": ms * 1.1,
+                                                   "iqr_ms": ms * rng.uniform(0.01, 0.2), "n": 6},
+                "embedding_rel_l2_max": rel_l2}
+
+    official = encoder_ms * rng.uniform(0.9, 1.1)
+    rows = [row("official", official, 0.0),
+            row("openvino-fp32", official / rng.uniform(2, 5), rng.uniform(1e-7, 1e-5)),
+            row("openvino-int8", official / rng.uniform(5, 10), rng.uniform(1e-3, 1e-1)),
+            row(f"sam-edge {model}-fp32", official / rng.uniform(2, 5), rng.uniform(1e-7, 1e-5),
+                encoder_mode="one graph (4 cuts, fp32)"),
+            row(f"sam-edge {model}-int8", official / rng.uniform(5, 10), rng.uniform(1e-3, 1e-1),
+                encoder_mode="one graph (12 cuts, bf16)")]
+    for r in rows:
+        r["speedup_vs_official"] = official / r["encoder"]["median_ms"]
+    return {"variant": None, "benchmark": f"openvino-{model}", "model": model, "settings": {"repeat": 2, "threads": 2},
+            "cpu_features": list(features), "note": "", "date": "2026-12-03", "rows": rows,
+            "hardware": {"cpus": 2, "cpu_model": "Test CPU", "cpu_features": list(features)}}
+
+
+def _peer_rows(table):
+    """{results file name: [row cells, in table order]} of the peer table, by the file each row links."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+    header, by_file = rows[0], {}
+    for r in rows[2:]:
+        by_file.setdefault(r[-1][1:r[-1].index("]")], []).append(dict(zip(header, r)))
+    return header, by_file
+
+
+def test_peer_table_shows_every_row_of_the_latest_run_per_host_and_model(perf_table, tmp_path):
+    rng = np.random.default_rng(3)
+    avx2, amx = ["avx2"], ["avx2", "avx512f", "amx_tile"]
+    files = {  # the same host tag on two machines (AVX2, AMX), and a day's repeats numbered -2, -3
+        "box-2026-12-01-openvino-vit_b.json": _peer_doc(avx2, 9000.0, rng),
+        "box-2026-12-03-openvino-vit_b.json": _peer_doc(avx2, 8000.0, rng),
+        "box-2026-12-03-openvino-vit_b-3.json": _peer_doc(avx2, 7000.0, rng),  # latest: -3 after -2
+        "box-2026-12-03-openvino-vit_b-2.json": _peer_doc(avx2, 7500.0, rng),
+        "box-2026-12-02-openvino-vit_b.json": _peer_doc(amx, 3000.0, rng),
+        "box-2026-12-03-openvino-vit_h.json": _peer_doc(avx2, 40000.0, rng, model="vit_h"),
+    }
+    for name, doc in files.items():
+        _write(tmp_path, name, doc)
+    # another benchmark whose host tag says openvino, and another's results: neither is a peer file
+    (tmp_path / "cpu-openvino-2026-12-04-bench-vit_b.json").write_text(json.dumps({"median_ms": 1.0}))
+    _write(tmp_path, "box-2026-12-04-bench-vit_b.json", _doc("box", avx2, "2026-12-04T00:00:00+00:00", 1.0, rng))
+    header, by_file = _peer_rows(perf_table.generate_peer_table(str(tmp_path)))
+    latest = ["box-2026-12-03-openvino-vit_b-3.json", "box-2026-12-02-openvino-vit_b.json",
+              "box-2026-12-03-openvino-vit_h.json"]
+    assert sorted(by_file) == sorted(latest)
+    # tolerances: what the table's rounding allows (whole ms, two decimals, two significant digits)
+    for name in latest:
+        doc, table_rows = files[name], by_file[name]
+        assert len(table_rows) == len(doc["rows"])
+        for expected, cells in zip(doc["rows"], table_rows):
+            path, median, iqr, ratio, rel_l2 = cells["path"], *(cells[h] for h in header[3:7])
+            assert path.startswith(expected["path"])
+            if "encoder_mode" in expected:
+                assert expected["encoder_mode"] in path
+            assert cells["model"] == doc["model"]
+            assert ("(AMX)" in cells["host"]) == (doc["cpu_features"] == amx)
+            assert abs(float(median) - expected["encoder"]["median_ms"]) <= 0.5
+            assert abs(float(iqr) - expected["encoder"]["iqr_ms"]) <= 0.5
+            assert abs(float(ratio) - expected["speedup_vs_official"]) <= 0.005
+            assert float(rel_l2) == pytest.approx(expected["embedding_rel_l2_max"], rel=0.05, abs=0)
+            assert f"(../benchmarks/results/{name})" in cells["results"]
+
+
+def test_peer_check_fails_on_a_differing_block_and_passes_after_write(perf_table, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    _write(results, "box-2026-12-03-openvino-vit_b.json", _peer_doc(["avx2"], 8000.0, np.random.default_rng(4)))
+    docs = tmp_path / "benchmarks.md"
+    other = f"{perf_table.BEGIN}\nthe main table, not the peers'\n{perf_table.END}\n"
+    docs.write_text(f"# title\n{other}\n{perf_table.PEER_BEGIN}\nhand-typed\n{perf_table.PEER_END}\nmore\n")
+    argv = ["--results", str(results), "--peers"]
+    assert perf_table.main(argv + ["--check", str(docs)]) == 1
+    assert "--peers --write" in capsys.readouterr().err  # the command that fixes it
+    assert perf_table.main(argv + ["--write", str(docs)]) == 0
+    assert perf_table.main(argv + ["--check", str(docs)]) == 0
+    text = docs.read_text()
+    assert text.startswith(f"# title\n{other}\n") and text.endswith(f"{perf_table.PEER_END}\nmore\n")
+    assert "hand-typed" not in text and "box-2026-12-03-openvino-vit_b.json" in text
+
+
 def test_committed_readme_table_matches_committed_results(perf_table):
     readme = os.path.join(REPO, "README.md")
     with open(readme, encoding="utf-8") as f:
@@ -140,11 +228,12 @@ def test_committed_readme_table_matches_committed_results(perf_table):
 
 
 def test_committed_docs_match_committed_results(perf_table):
-    """docs/benchmarks.md: the full table and the index of every results file."""
+    """docs/benchmarks.md: the full table, the OpenVINO comparison and the index of every results file."""
     import sys
 
     docs = os.path.join(REPO, "docs", "benchmarks.md")
     assert perf_table.main(["--check", docs]) == 0
+    assert perf_table.main(["--peers", "--check", docs]) == 0
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     try:
         import results_index
