@@ -20,8 +20,8 @@ package measured in the same run.
   CPU with AVX512-BF16 or AMX, which is not fp32).
 - openvino-int8: `nncf.quantize(model_type=TRANSFORMER)` over the calibration
   images, compiled with OpenVINO's defaults (its own choice for what stays float).
-  --no-smooth-quant leaves out the preset's SmoothQuant, whose statistics for
-  ViT-H outgrow 24 GB; the results say which ran.
+  For ViT-H, NNCF's statistics collection needs more than 24 GB of memory (on
+  such a host run `--openvino fp32`).
 - each --bundle: `sam_edge.load(bundle).embed`.
 
 Calibration: --calib-images DIR, else the photos `sam-edge build` calibrates on
@@ -80,10 +80,7 @@ def convert_encoder(encoder, example):
         return ov.convert_model(traced, example_input=torch.from_numpy(example))
 
 
-def openvino_rows(ov_model, model_inputs, calib_inputs, threads, repeat, which=("fp32", "int8"),
-                  smooth_quant=True):
-    """smooth_quant=False turns off the transformer preset's SmoothQuant, whose statistics
-    for ViT-H outgrow 24 GB of memory; the row records it."""
+def openvino_rows(ov_model, model_inputs, calib_inputs, threads, repeat, which=("fp32", "int8")):
     import gc
 
     import nncf
@@ -109,18 +106,11 @@ def openvino_rows(ov_model, model_inputs, calib_inputs, threads, repeat, which=(
         gc.collect()  # the fp32 compiled model's memory, before NNCF needs its own
     if "int8" not in which:
         return rows
-    advanced = {}
-    if not smooth_quant:
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
-
-        advanced["advanced_parameters"] = AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1))
     t0 = time.perf_counter()
     quantized = nncf.quantize(ov_model, nncf.Dataset(calib_inputs), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(calib_inputs), **advanced)
+                              subset_size=len(calib_inputs))
     quantize_s = time.perf_counter() - t0
-    run("openvino-int8", quantized, base, {"quantize_s": quantize_s, "calibration_images": len(calib_inputs),
-                                           "smooth_quant": smooth_quant})
+    run("openvino-int8", quantized, base, {"quantize_s": quantize_s, "calibration_images": len(calib_inputs)})
     return rows
 
 
@@ -133,8 +123,6 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="timed calls per image after one warm-up")
     parser.add_argument("--openvino", default="fp32,int8",
                         help="OpenVINO rows to run, a comma list of fp32, int8")
-    parser.add_argument("--no-smooth-quant", action="store_true",
-                        help="NNCF without the transformer preset's SmoothQuant (ViT-H's statistics outgrow 24 GB)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tag", help="host name in the results file (default: derived from the CPU)")
     parser.add_argument("--note", default="", help="stored in the JSON")
@@ -190,8 +178,7 @@ def main() -> int:
     del model  # the torch weights, before NNCF's statistics need the memory
     gc.collect()
     if openvino_which:
-        rows += openvino_rows(ov_model, model_inputs, calib_inputs, args.threads, args.repeat, openvino_which,
-                              smooth_quant=not args.no_smooth_quant)
+        rows += openvino_rows(ov_model, model_inputs, calib_inputs, args.threads, args.repeat, openvino_which)
         del ov_model
     for bundle in args.bundle:
         engine = sam_edge.load(bundle, threads=args.threads)
@@ -219,7 +206,7 @@ def main() -> int:
         "model": args.model,
         "weights": weights,
         "settings": {"repeat": args.repeat, "threads": args.threads, "eval_images": list(EVAL_PHOTOS),
-                     "openvino_rows": list(openvino_which), "nncf_smooth_quant": not args.no_smooth_quant,
+                     "openvino_rows": list(openvino_which),
                      "calibration": calib_source, "calibration_images": len(calib)},
         "versions": {"torch": torch.__version__, "openvino": openvino.__version__, "nncf": nncf.__version__,
                      "sam_edge": sam_edge.__version__},
