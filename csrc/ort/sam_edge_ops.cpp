@@ -16,6 +16,7 @@
 #include "attention.h"
 #include "gelu_quantize.h"
 #include "layer_norm.h"
+#include "mask_upscale.h"
 
 namespace sam_edge::ort {
 namespace {
@@ -344,6 +345,60 @@ void compute_layer_norm_quantize(const LayerNorm& op, OrtKernelContext* context,
                           op.epsilon, /*threads=*/0);
 }
 
+// ---- MaskUpscale ----
+
+struct MaskUpscale {
+  const OrtApi* api;
+  int64_t height;
+  int64_t width;
+  float epsilon;
+};
+
+MaskUpscale* create_mask_upscale(const OrtApi* api, const OrtKernelInfo* info) {
+  MaskUpscale op{api, int_attribute(api, info, "height"), int_attribute(api, info, "width"), 0.0f};
+  if (OrtStatus* status = api->KernelInfoGetAttribute_float(info, "epsilon", &op.epsilon)) {
+    api->ReleaseStatus(status);
+    throw std::invalid_argument("needs the float attribute epsilon");
+  }
+  if (op.height < 1 || op.width < 1)
+    throw std::invalid_argument("height and width must be >= 1; got " + std::to_string(op.height) + " and " +
+                                std::to_string(op.width));
+  if (!(op.epsilon >= 0.0f) || !std::isfinite(op.epsilon))
+    throw std::invalid_argument("epsilon must be finite and >= 0; got " + std::to_string(op.epsilon));
+  return new MaskUpscale(op);
+}
+
+void compute_mask_upscale(const MaskUpscale& op, OrtKernelContext* context) {
+  const OrtApi* api = op.api;
+  const Input src = input(api, context, 0, "src");
+  const Input hyper_in = input(api, context, 1, "hyper_in");
+  const char* names[] = {"conv1_weight", "conv1_bias", "norm_weight", "norm_bias", "conv2_weight", "conv2_bias"};
+  Input params[6];
+  for (size_t i = 0; i < 6; ++i) params[i] = input(api, context, 2 + i, names[i]);
+  const int64_t pixels = op.height * op.width;
+  if (src.shape.size() != 3 || src.shape[1] != pixels || src.shape[2] < 8 || src.shape[2] % 8 != 0)
+    throw std::invalid_argument("expected src (S, height * width, C) with height * width = " + std::to_string(pixels) +
+                                " and C a positive multiple of 8; got " + shape_string(src.shape));
+  const int64_t c = src.shape[2], c1 = c / 4, c2 = c / 8;
+  if (hyper_in.shape.size() != 3 || hyper_in.shape[2] != c2 || (src.shape[0] != 1 && src.shape[0] != hyper_in.shape[0]))
+    throw std::invalid_argument("expected hyper_in (B, T, C / 8) = (B, T, " + std::to_string(c2) +
+                                ") with src's batch 1 or B; got src " + shape_string(src.shape) + " and hyper_in " +
+                                shape_string(hyper_in.shape));
+  const std::vector<int64_t> want[6] = {{c, c1, 2, 2}, {c1}, {c1}, {c1}, {c1, c2, 2, 2}, {c2}};
+  for (size_t i = 0; i < 6; ++i)
+    if (params[i].shape != want[i])
+      throw std::invalid_argument("expected " + std::string(names[i]) + " " + shape_string(want[i]) + " for C " +
+                                  std::to_string(c) + "; got " + shape_string(params[i].shape));
+  const int64_t batch = hyper_in.shape[0], tokens = hyper_in.shape[1];
+  float* out = output<float>(api, context, 0, {batch, tokens, 4 * op.height, 4 * op.width});
+  if (batch == 0 || tokens == 0) return;  // no prompts: an empty output
+  if (src.shape[0] == 0) throw std::invalid_argument("src has batch 0 for " + std::to_string(batch) + " prompts");
+  const MaskUpscaleWeights weights{params[0].data, params[1].data, params[2].data,
+                                   params[3].data, params[4].data, params[5].data};
+  mask_upscale_cpu(src.data, hyper_in.data, weights, out, src.shape[0], batch, tokens, op.height, op.width, c,
+                   op.epsilon, /*threads=*/0, /*force_portable=*/false);
+}
+
 // ---- the op descriptions ----
 
 constexpr ONNXTensorElementDataType kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -404,6 +459,17 @@ struct GeluQuantizeLinearOp {
   }
 };
 
+struct MaskUpscaleOp {
+  static constexpr const char* kName = "MaskUpscale";
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kFloat, kFloat,
+                                                          kFloat, kFloat, kFloat, kFloat},
+                                             kOutputs[] = {kFloat};
+  static constexpr size_t kRequired = 8;
+  using Kernel = MaskUpscale;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_mask_upscale(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) { compute_mask_upscale(kernel, context); }
+};
+
 // On the CPU provider; every output required.
 template <class Op>
 OrtCustomOp describe() {
@@ -443,6 +509,7 @@ const OrtCustomOp kLayerNorm = describe<LayerNormOp>();
 const OrtCustomOp kGeluQuantizeLinear = describe<GeluQuantizeLinearOp>();
 const OrtCustomOp kLayerNormQuantizeLinear = describe<LayerNormQuantizeLinearOp>();
 const OrtCustomOp kSkipLayerNormQuantizeLinear = describe<SkipLayerNormQuantizeLinearOp>();
+const OrtCustomOp kMaskUpscale = describe<MaskUpscaleOp>();
 
 // One domain per runtime in the process, never released: it must outlive every
 // session built from options it was added to, which the library cannot see end.
@@ -455,7 +522,7 @@ OrtCustomOpDomain* domain_for(const OrtApi* api) {
   OrtCustomOpDomain* domain = nullptr;
   check(api, api->CreateCustomOpDomain(kDomain, &domain));
   for (const OrtCustomOp* op : {&kRelPosAttention, &kLayerNorm, &kGeluQuantizeLinear, &kLayerNormQuantizeLinear,
-                                 &kSkipLayerNormQuantizeLinear}) {
+                                 &kSkipLayerNormQuantizeLinear, &kMaskUpscale}) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       check(api, status);
