@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace sam_edge {
 
@@ -38,12 +39,18 @@ struct MaskUpscaleWeights {
 // Whether mask_upscale_cpu runs its AVX-512 path on this CPU (for C % 16 == 0).
 bool mask_upscale_has_avx512();
 
-// threads < 1 means every OpenMP thread. Throws std::invalid_argument for sizes
-// below 1, C not a multiple of 8, src_batch neither 1 nor batch, or an epsilon
-// that is negative or not finite.
+// Runs body(i) for every i in [0, tasks), in any order and on any threads, and
+// returns when all have run: a host's thread pool (the op library hands ONNX
+// Runtime's over, so the kernel shares the session's threads, not a second team).
+using TaskRunner = std::function<void(int64_t tasks, const std::function<void(int64_t)>& body)>;
+
+// The tasks run on `runner` when given, else on OpenMP, threads < 1 meaning every
+// OpenMP thread. Throws std::invalid_argument for sizes below 1, C not a multiple
+// of 8, src_batch neither 1 nor batch, or an epsilon that is negative or not finite.
 void mask_upscale_cpu(const float* src, const float* hyper_in, const MaskUpscaleWeights& weights, float* out,
                       int64_t src_batch, int64_t batch, int64_t tokens, int64_t height, int64_t width,
-                      int64_t channels, float epsilon, int threads, bool force_portable);
+                      int64_t channels, float epsilon, int threads, bool force_portable,
+                      const TaskRunner* runner = nullptr);
 
 // The GELU mask_upscale_cpu applies, on n floats (the tests' check of its bound).
 void mask_upscale_gelu_cpu(const float* x, float* out, int64_t n, bool force_portable);

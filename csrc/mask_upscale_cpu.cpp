@@ -9,7 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <memory>
+#include <functional>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -44,55 +45,79 @@ inline float conv_weight(const float* w, int64_t out_channels, int64_t k, int64_
   return w[(k * out_channels + o) * 4 + sub];
 }
 
+// Per-thread scratch, kept between calls: the host's pool threads live as long
+// as the session, and a fresh allocation of this size per task would be mapped
+// and faulted in every time. 64-byte aligned.
+float* thread_scratch(int64_t floats) {
+  struct Buffer {
+    float* data = nullptr;
+    int64_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffer;
+  if (buffer.size < floats) {
+    std::free(buffer.data);
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, ((floats * 4 + 63) / 64) * 64));
+    buffer.size = buffer.data ? floats : 0;
+    if (!buffer.data) throw std::bad_alloc();
+  }
+  return buffer.data;
+}
+
+void run_tasks(int64_t tasks, int threads, const TaskRunner* runner, const std::function<void(int64_t)>& body) {
+  if (runner) {
+    (*runner)(tasks, body);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < tasks; ++i) body(i);
+}
+
 // ---- portable ----
 
-void upscale_portable(const float* src, const float* hyper, const MaskUpscaleWeights& wt, float* out,
-                      const Geometry& g, float epsilon, int threads) {
+// One pixel of src batch s: all five steps, then every prompt's logits.
+void pixel_portable(const float* src, const float* hyper, const MaskUpscaleWeights& wt, float* out,
+                    const Geometry& g, float epsilon, int64_t item) {
   const int64_t C = g.channels, c1 = g.c1, c2 = g.c2, pixels = g.height * g.width, out_w = 4 * g.width;
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> x1(4 * c1), x2(16 * c2);
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < g.src_batch * pixels; ++item) {
-      const int64_t s = item / pixels, p = item % pixels, i = p / g.width, j = p % g.width;
-      const float* x = src + item * C;
-      for (int64_t sub = 0; sub < 4; ++sub)
-        for (int64_t o = 0; o < c1; ++o) {
-          float acc = wt.conv1_bias[o];
-          for (int64_t c = 0; c < C; ++c) acc += x[c] * conv_weight(wt.conv1_weight, c1, c, o, sub);
-          x1[sub * c1 + o] = acc;
-        }
-      for (int64_t sub = 0; sub < 4; ++sub) {
-        float* y = x1.data() + sub * c1;
-        float mean = 0.0f, var = 0.0f;
-        for (int64_t o = 0; o < c1; ++o) mean += y[o];
-        mean /= static_cast<float>(c1);
-        for (int64_t o = 0; o < c1; ++o) var += (y[o] - mean) * (y[o] - mean);
-        const float inv_std = 1.0f / std::sqrt(var / static_cast<float>(c1) + epsilon);
-        for (int64_t o = 0; o < c1; ++o) y[o] = gelu_scalar((y[o] - mean) * inv_std * wt.norm_weight[o] + wt.norm_bias[o]);
+  float* x1 = thread_scratch(4 * c1 + 16 * c2);
+  float* x2 = x1 + 4 * c1;
+  const int64_t s = item / pixels, p = item % pixels, i = p / g.width, j = p % g.width;
+  const float* x = src + item * C;
+  for (int64_t sub = 0; sub < 4; ++sub)
+    for (int64_t o = 0; o < c1; ++o) {
+      float acc = wt.conv1_bias[o];
+      for (int64_t c = 0; c < C; ++c) acc += x[c] * conv_weight(wt.conv1_weight, c1, c, o, sub);
+      x1[sub * c1 + o] = acc;
+    }
+  for (int64_t sub = 0; sub < 4; ++sub) {
+    float* y = x1 + sub * c1;
+    float mean = 0.0f, var = 0.0f;
+    for (int64_t o = 0; o < c1; ++o) mean += y[o];
+    mean /= static_cast<float>(c1);
+    for (int64_t o = 0; o < c1; ++o) var += (y[o] - mean) * (y[o] - mean);
+    const float inv_std = 1.0f / std::sqrt(var / static_cast<float>(c1) + epsilon);
+    for (int64_t o = 0; o < c1; ++o) y[o] = gelu_scalar((y[o] - mean) * inv_std * wt.norm_weight[o] + wt.norm_bias[o]);
+  }
+  for (int64_t sub = 0; sub < 4; ++sub)
+    for (int64_t q = 0; q < 4; ++q)
+      for (int64_t o = 0; o < c2; ++o) {
+        float acc = wt.conv2_bias[o];
+        for (int64_t k = 0; k < c1; ++k) acc += x1[sub * c1 + k] * conv_weight(wt.conv2_weight, c2, k, o, q);
+        x2[(sub * 4 + q) * c2 + o] = gelu_scalar(acc);
       }
+  const int64_t first = g.src_batch == 1 ? 0 : s, last = g.src_batch == 1 ? g.batch : s + 1;
+  for (int64_t b = first; b < last; ++b)
+    for (int64_t t = 0; t < g.tokens; ++t) {
+      const float* h = hyper + (b * g.tokens + t) * c2;
+      float* plane = out + (b * g.tokens + t) * 16 * pixels;
       for (int64_t sub = 0; sub < 4; ++sub)
-        for (int64_t q = 0; q < 4; ++q)
-          for (int64_t o = 0; o < c2; ++o) {
-            float acc = wt.conv2_bias[o];
-            for (int64_t k = 0; k < c1; ++k) acc += x1[sub * c1 + k] * conv_weight(wt.conv2_weight, c2, k, o, q);
-            x2[(sub * 4 + q) * c2 + o] = gelu_scalar(acc);
-          }
-      const int64_t first = g.src_batch == 1 ? 0 : s, last = g.src_batch == 1 ? g.batch : s + 1;
-      for (int64_t b = first; b < last; ++b)
-        for (int64_t t = 0; t < g.tokens; ++t) {
-          const float* h = hyper + (b * g.tokens + t) * c2;
-          float* plane = out + (b * g.tokens + t) * 16 * pixels;
-          for (int64_t sub = 0; sub < 4; ++sub)
-            for (int64_t q = 0; q < 4; ++q) {
-              float acc = 0.0f;
-              for (int64_t o = 0; o < c2; ++o) acc += x2[(sub * 4 + q) * c2 + o] * h[o];
-              const int64_t row = 4 * i + 2 * (sub >> 1) + (q >> 1), col = 4 * j + 2 * (sub & 1) + (q & 1);
-              plane[row * out_w + col] = acc;
-            }
+        for (int64_t q = 0; q < 4; ++q) {
+          float acc = 0.0f;
+          for (int64_t o = 0; o < c2; ++o) acc += x2[(sub * 4 + q) * c2 + o] * h[o];
+          const int64_t row = 4 * i + 2 * (sub >> 1) + (q >> 1), col = 4 * j + 2 * (sub & 1) + (q & 1);
+          plane[row * out_w + col] = acc;
         }
     }
-  }
 }
 
 // ---- AVX-512 ----
@@ -124,17 +149,6 @@ PackedWeights pack(const MaskUpscaleWeights& wt, const Geometry& g) {
   }
   return p;
 }
-
-// 64-byte aligned scratch of n floats.
-struct Scratch {
-  explicit Scratch(int64_t n) : data(static_cast<float*>(std::aligned_alloc(64, ((n * 4 + 63) / 64) * 64))) {
-    if (!data) throw std::bad_alloc();
-  }
-  ~Scratch() { std::free(data); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  float* data;
-};
 
 // The strip `index` of the grid: its row, first column and pixel count (0 past the end).
 struct Strip {
@@ -288,34 +302,30 @@ SAM_EDGE_AVX512 void token_logits(const float* x2, const float* h, const Strip s
   }
 }
 
-SAM_EDGE_AVX512 void upscale_avx512(const float* src, const float* hyper, const MaskUpscaleWeights& wt, float* out,
-                                    const Geometry& g, float epsilon, int threads) {
+// Tile `item` (src batch, pair of strips) through every step, then every prompt's logits.
+SAM_EDGE_AVX512 void tile_avx512(const float* src, const float* hyper, const MaskUpscaleWeights& wt,
+                                 const PackedWeights& packed, float* out, const Geometry& g, float epsilon,
+                                 int64_t item) {
   const int64_t C = g.channels, c1 = g.c1, c2 = g.c2, n1 = 4 * c1, n2 = 4 * c2, pixels = g.height * g.width;
   const int64_t strips = g.height * ((g.width + kStrip - 1) / kStrip), tiles = (strips + 1) / 2;
-  const PackedWeights packed = pack(wt, g);
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch tile(C * kLanes), x1(n1 * kLanes), x2(4 * n2 * kLanes);
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < g.src_batch * tiles; ++item) {
-      const int64_t s = item / tiles, index = item % tiles;
-      const Strip pair[2] = {strip_at(2 * index, strips, g.width), strip_at(2 * index + 1, strips, g.width)};
-      load_tile(src + s * pixels * C, pair, g.width, C, tile.data);
-      for (int64_t nb = 0; nb < n1 / kBlock; ++nb)
-        block_product<false>(packed.w1.data() + nb * C * kBlock, packed.bias1.data() + nb * kBlock, tile.data,
-                             x1.data + nb * kBlock * kLanes, C);
-      norm_gelu(x1.data, wt, c1, epsilon);
-      for (int64_t sub = 0; sub < 4; ++sub)
-        for (int64_t nb = 0; nb < n2 / kBlock; ++nb)
-          block_product<true>(packed.w2.data() + nb * c1 * kBlock, packed.bias2.data() + nb * kBlock,
-                              x1.data + sub * c1 * kLanes, x2.data + (sub * n2 + nb * kBlock) * kLanes, c1);
-      const int64_t first = g.src_batch == 1 ? 0 : s, last = g.src_batch == 1 ? g.batch : s + 1;
-      for (int64_t b = first; b < last; ++b)
-        for (int64_t t = 0; t < g.tokens; ++t)
-          token_logits(x2.data, hyper + (b * g.tokens + t) * c2, pair, c2, g.width,
-                       out + (b * g.tokens + t) * 16 * pixels);
-    }
-  }
+  float* tile = thread_scratch((C + n1 + 4 * n2) * kLanes);
+  float* x1 = tile + C * kLanes;
+  float* x2 = x1 + n1 * kLanes;
+  const int64_t s = item / tiles, index = item % tiles;
+  const Strip pair[2] = {strip_at(2 * index, strips, g.width), strip_at(2 * index + 1, strips, g.width)};
+  load_tile(src + s * pixels * C, pair, g.width, C, tile);
+  for (int64_t nb = 0; nb < n1 / kBlock; ++nb)
+    block_product<false>(packed.w1.data() + nb * C * kBlock, packed.bias1.data() + nb * kBlock, tile,
+                         x1 + nb * kBlock * kLanes, C);
+  norm_gelu(x1, wt, c1, epsilon);
+  for (int64_t sub = 0; sub < 4; ++sub)
+    for (int64_t nb = 0; nb < n2 / kBlock; ++nb)
+      block_product<true>(packed.w2.data() + nb * c1 * kBlock, packed.bias2.data() + nb * kBlock, x1 + sub * c1 * kLanes,
+                          x2 + (sub * n2 + nb * kBlock) * kLanes, c1);
+  const int64_t first = g.src_batch == 1 ? 0 : s, last = g.src_batch == 1 ? g.batch : s + 1;
+  for (int64_t b = first; b < last; ++b)
+    for (int64_t t = 0; t < g.tokens; ++t)
+      token_logits(x2, hyper + (b * g.tokens + t) * c2, pair, c2, g.width, out + (b * g.tokens + t) * 16 * pixels);
 }
 
 SAM_EDGE_AVX512 void gelu_avx512_n(const float* x, float* out, int64_t n) {
@@ -335,7 +345,8 @@ bool mask_upscale_has_avx512() {
 
 void mask_upscale_cpu(const float* src, const float* hyper_in, const MaskUpscaleWeights& weights, float* out,
                       int64_t src_batch, int64_t batch, int64_t tokens, int64_t height, int64_t width,
-                      int64_t channels, float epsilon, int threads, bool force_portable) {
+                      int64_t channels, float epsilon, int threads, bool force_portable,
+                      const TaskRunner* runner) {
   if (batch < 1 || tokens < 1 || height < 1 || width < 1)
     throw std::invalid_argument("mask_upscale: batch, tokens, height and width must be >= 1");
   if (channels < 8 || channels % 8 != 0)
@@ -348,10 +359,17 @@ void mask_upscale_cpu(const float* src, const float* hyper_in, const MaskUpscale
     throw std::invalid_argument("mask_upscale: epsilon must be finite and >= 0");
   const Geometry g{src_batch, batch, tokens, height, width, channels, channels / 4, channels / 8};
   const int nt = thread_count(threads);
-  if (!force_portable && channels % 16 == 0 && mask_upscale_has_avx512())
-    upscale_avx512(src, hyper_in, weights, out, g, epsilon, nt);
-  else
-    upscale_portable(src, hyper_in, weights, out, g, epsilon, nt);
+  if (!force_portable && channels % 16 == 0 && mask_upscale_has_avx512()) {
+    const PackedWeights packed = pack(weights, g);
+    const int64_t tiles = (height * ((width + kStrip - 1) / kStrip) + 1) / 2;
+    run_tasks(src_batch * tiles, nt, runner, [&](int64_t item) {
+      tile_avx512(src, hyper_in, weights, packed, out, g, epsilon, item);
+    });
+  } else {
+    run_tasks(src_batch * height * width, nt, runner, [&](int64_t item) {
+      pixel_portable(src, hyper_in, weights, out, g, epsilon, item);
+    });
+  }
 }
 
 void mask_upscale_gelu_cpu(const float* x, float* out, int64_t n, bool force_portable) {

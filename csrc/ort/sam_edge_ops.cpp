@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <initializer_list>
 #include <iterator>
 #include <mutex>
@@ -347,6 +349,47 @@ void compute_layer_norm_quantize(const LayerNorm& op, OrtKernelContext* context,
 
 // ---- MaskUpscale ----
 
+// The runtimes whose table has KernelContext_ParallelFor (noted at registration).
+std::mutex parallel_for_mutex;
+std::vector<const OrtApi*> parallel_for_apis;
+
+void note_parallel_for(const OrtApi* api, const OrtApiBase* api_base) {
+  if (!api_base->GetApi(kOrtParallelForApiVersion)) return;
+  std::lock_guard<std::mutex> lock(parallel_for_mutex);
+  if (std::find(parallel_for_apis.begin(), parallel_for_apis.end(), api) == parallel_for_apis.end())
+    parallel_for_apis.push_back(api);
+}
+
+bool has_parallel_for(const OrtApi* api) {
+  std::lock_guard<std::mutex> lock(parallel_for_mutex);
+  return std::find(parallel_for_apis.begin(), parallel_for_apis.end(), api) != parallel_for_apis.end();
+}
+
+// The kernel's tasks on the session's intra-op pool: the op shares the session's
+// threads, where an OpenMP team beside ORT's spinning pool would fight it for the cores.
+TaskRunner session_pool(const OrtApi* api, OrtKernelContext* context) {
+  return [api, context](int64_t tasks, const std::function<void(int64_t)>& body) {
+    struct Call {
+      const std::function<void(int64_t)>* body;
+      std::mutex mutex;
+      std::exception_ptr error;
+    } call;
+    call.body = &body;
+    // No exception may cross ORT's C callback: the first is kept and rethrown here.
+    const auto run = [](void* data, size_t i) noexcept {
+      auto* c = static_cast<Call*>(data);
+      try {
+        (*c->body)(static_cast<int64_t>(i));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(c->mutex);
+        if (!c->error) c->error = std::current_exception();
+      }
+    };
+    check(api, api->KernelContext_ParallelFor(context, run, static_cast<size_t>(tasks), 0, &call));
+    if (call.error) std::rethrow_exception(call.error);
+  };
+}
+
 struct MaskUpscale {
   const OrtApi* api;
   int64_t height;
@@ -395,8 +438,10 @@ void compute_mask_upscale(const MaskUpscale& op, OrtKernelContext* context) {
   if (src.shape[0] == 0) throw std::invalid_argument("src has batch 0 for " + std::to_string(batch) + " prompts");
   const MaskUpscaleWeights weights{params[0].data, params[1].data, params[2].data,
                                    params[3].data, params[4].data, params[5].data};
+  // A runtime older than 1.17 has no pool to lend: the kernel's own OpenMP team runs it.
+  const TaskRunner pool = session_pool(api, context);
   mask_upscale_cpu(src.data, hyper_in.data, weights, out, src.shape[0], batch, tokens, op.height, op.width, c,
-                   op.epsilon, /*threads=*/0, /*force_portable=*/false);
+                   op.epsilon, /*threads=*/0, /*force_portable=*/false, has_parallel_for(api) ? &pool : nullptr);
 }
 
 // ---- the op descriptions ----
@@ -555,5 +600,6 @@ extern "C" OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApi
       throw std::runtime_error("this CPU has no AVX-512, which sam_edge_ops' kernels need; "
                                "run the bundle's standard-op graph instead");
     check(api, api->AddCustomOpDomain(options, domain_for(api)));
+    note_parallel_for(api, api_base);
   });
 }

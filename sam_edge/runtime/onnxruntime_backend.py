@@ -89,10 +89,11 @@ class OnnxRuntimeBackend:
             image_path, prompt_path = split_decoder_paths
             self.decoder_image = ort.InferenceSession(image_path, options, providers=providers)
             if decoder_prompt_ops is not None:
-                from .ort_ops import library_path, ops_session
+                from .ort_ops import decoder_prompt_ops_session, library_path
 
                 try:
-                    self.decoder_prompt = ops_session(decoder_prompt_ops, session_options(threads), providers)
+                    self.decoder_prompt = decoder_prompt_ops_session(decoder_prompt_ops, session_options(threads),
+                                                                     providers)
                     self.decoder_prompt_mode = "one graph + sam_edge_ops MaskUpscale"
                 except Exception as exc:  # ONNX Runtime's own types: e.g. an op this library build lacks
                     self.decoder_prompt_fallback = (

@@ -102,6 +102,12 @@ def encoder_ops_session(path: str, options, providers, compute: Optional[str] = 
     the library registered on `options` (which it adjusts). compute, when given,
     replaces every RelPosAttention's compute attribute (the graph is read
     without its weights, which stay in their file beside it)."""
+    import onnxruntime as ort
+
+    options.enable_mem_pattern = False  # the arena alone reuses the freed attention inputs
+    # The op's OpenMP team runs on the same cores: ORT's pool threads must not spin-wait through it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    register_ort_ops(options)
     model = path
     if compute is not None:
         import onnx
@@ -116,21 +122,18 @@ def encoder_ops_session(path: str, options, providers, compute: Optional[str] = 
         model = proto.SerializeToString()
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          os.path.dirname(os.path.abspath(path)))
-    return ops_session(model, options, providers)
-
-
-def ops_session(model, options, providers):
-    """An onnxruntime.InferenceSession of a graph (a path or serialized bytes)
-    holding the library's ops, with the library registered on `options` (which
-    it adjusts)."""
-    import onnxruntime as ort
-
-    options.enable_mem_pattern = False  # the arena alone reuses the freed attention inputs
-    # The ops' OpenMP teams run on the same cores: ORT's pool threads must not spin-wait through them.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    register_ort_ops(options)
     # ORT's BiasGelu kernel was measured slower than its Add then Gelu, with the same bits out.
     return ort.InferenceSession(model, options, providers=list(providers), disabled_optimizers=["BiasGeluFusion"])
+
+
+def decoder_prompt_ops_session(path: str, options, providers):
+    """An onnxruntime.InferenceSession of the decoder prompt ops graph at `path`, with
+    the library registered on `options`. Its MaskUpscale runs on the session's own
+    intra-op threads (onnxruntime >= 1.17), so the options stay as they are."""
+    import onnxruntime as ort
+
+    register_ort_ops(options)
+    return ort.InferenceSession(path, options, providers=list(providers))
 
 
 def library_refusal() -> Optional[str]:

@@ -235,12 +235,12 @@ def test_prompt_ops_graph_holds_one_mask_upscale_node(full_grid_split_decoder):
 
 @pytest.mark.parametrize("batch,points", [(1, 1), (1, 4), (3, 2)])
 def test_prompt_ops_graph_matches_the_standard_graph_and_official(full_grid_split_decoder, batch, points):
-    from sam_edge.runtime.ort_ops import library_refusal, ops_session
+    from sam_edge.runtime.ort_ops import decoder_prompt_ops_session, library_refusal
 
     if library_refusal() is not None:
         pytest.skip(library_refusal())
     reference, image_part, prompt_part, ops_path = full_grid_split_decoder
-    ops_part = ops_session(str(ops_path), ort.SessionOptions(), ["CPUExecutionProvider"])
+    ops_part = decoder_prompt_ops_session(str(ops_path), ort.SessionOptions(), ["CPUExecutionProvider"])
     config = reduced_config(image_size=1024)
     rng = np.random.default_rng(100 + batch * 10 + points)
     feed = _random_feed(config, batch, points, False, rng)

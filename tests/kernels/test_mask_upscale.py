@@ -14,9 +14,9 @@ and its ONNX Runtime op MaskUpscale in csrc/ort/).
 - Its GELU within |x| * 2^-22 of float64 x * Phi(x) everywhere: the table's
   2^-23 plus float32's roundings of the polynomial and the product.
 - The ORT op equals the _C kernel bit for bit (the same code; each output is
-  computed by one thread, whatever the thread count), and refuses bad shapes
-  and attributes with onnxruntime errors carrying its message; the session
-  survives them.
+  computed by one thread, whatever the thread count, on ORT's intra-op pool or
+  OpenMP), and refuses bad shapes and attributes with onnxruntime errors
+  carrying its message; the session survives them.
 """
 
 import math
@@ -205,8 +205,9 @@ _OP_INPUTS = ["src", "hyper_in", "conv1_weight", "conv1_bias", "norm_weight", "n
               "conv2_bias"]
 
 
-def _op_session(**attributes):
-    """A one-node model: MaskUpscale with every input fed, no shapes declared."""
+def _op_session(threads=1, **attributes):
+    """A one-node model: MaskUpscale with every input fed, no shapes declared; `threads`
+    intra-op threads, which the op's tasks run on."""
     ort = _ort()
     from onnx import TensorProto, helper
 
@@ -218,7 +219,7 @@ def _op_session(**attributes):
     model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17),
                                                                     helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.log_severity_level = 4
     register_ort_ops(options)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -229,12 +230,13 @@ def _op_feed(src, hyper_in, weights):
 
 
 @needs_native
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[2]], ids=_ids[:3])
-def test_ort_op_equals_the_kernel(shape):
+def test_ort_op_equals_the_kernel(shape, threads):
     src_batch, batch, tokens, grid, channels = shape
     src, hyper_in = _inputs(*shape, seed=21)
     weights = UpscaleWeights.from_module(official_upscaling(channels, seed=22)).numpy()
-    session = _op_session(height=grid[0], width=grid[1], epsilon=weights.epsilon)
+    session = _op_session(threads, height=grid[0], width=grid[1], epsilon=weights.epsilon)
     (masks,) = session.run(None, _op_feed(src, hyper_in, weights))
     np.testing.assert_array_equal(masks, mask_upscale_cpu(src, hyper_in, weights, grid))
 
