@@ -3,6 +3,10 @@ official torch decoder (prompt encoder + mask decoder), in one process.
 
     python benchmarks/bench_decoder_prompt.py [--threads 2] [--repeat 60] [--baseline DIR]
 
+The prompt ops graph (decoder_prompt_ops.onnx: the mask upscaling as sam_edge_ops'
+MaskUpscale node) is a row where the op library registers; the op runs on the
+session's --threads.
+
 `--baseline DIR` adds a decoder_image.onnx + decoder_prompt.onnx pair exported by
 another checkout (the old graph form) with the same seeded weights; make it with
 that checkout's sam_edge first on the path:
@@ -51,26 +55,31 @@ def seeded_models(model: str, seed: int = 0):
     return reference, ours
 
 
-def export_pair(ours, directory: str) -> None:
+def export_pair(ours, directory: str, with_ops: bool = False) -> None:
     from sam_edge.export.onnx_export import export_split_decoder
 
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "decoder_{}.onnx").format
-    export_split_decoder(ours, path("image"), path("prompt"))
+    export_split_decoder(ours, path("image"), path("prompt"), prompt_ops_path=path("prompt_ops") if with_ops else None)
 
 
 class PromptGraph:
-    """One exported pair: the image part run once, the prompt part per call."""
+    """One exported pair: the image part run once, the prompt part per call (with
+    `ops`, decoder_prompt_ops.onnx in a session as the runtime makes it)."""
 
-    def __init__(self, directory: str, threads: int, embedding: np.ndarray) -> None:
+    def __init__(self, directory: str, threads: int, embedding: np.ndarray, ops: bool = False) -> None:
         import onnxruntime as ort
 
         from sam_edge.runtime.onnxruntime_backend import session_options
+        from sam_edge.runtime.ort_ops import decoder_prompt_ops_session
 
         providers = ["CPUExecutionProvider"]
         path = os.path.join(directory, "decoder_{}.onnx").format
         image = ort.InferenceSession(path("image"), session_options(threads), providers=providers)
-        self.prompt = ort.InferenceSession(path("prompt"), session_options(threads), providers=providers)
+        if ops:
+            self.prompt = decoder_prompt_ops_session(path("prompt_ops"), session_options(threads), providers)
+        else:
+            self.prompt = ort.InferenceSession(path("prompt"), session_options(threads), providers=providers)
         names = [o.name for o in image.get_outputs()]
         self.image_side = dict(zip(names, image.run(names, {"image_embeddings": embedding})))
 
@@ -117,12 +126,19 @@ def main() -> None:
     rng = np.random.default_rng(0)
     g, size = ours.config.image_embedding_size, ours.config.image_size
     embedding = rng.standard_normal((1, ours.config.prompt_embed_dim, g, g)).astype(np.float32)
+    from sam_edge.runtime.ort_ops import library_refusal
+
+    refusal = library_refusal()
     current = tempfile.mkdtemp()
-    export_pair(ours, current)
+    export_pair(ours, current, with_ops=refusal is None)
     impls = {"official torch decoder": official_decoder(reference, torch.from_numpy(embedding))}
     if args.baseline:
         impls["prompt graph (baseline)"] = PromptGraph(args.baseline, args.threads, embedding)
     impls["prompt graph (this checkout)"] = PromptGraph(current, args.threads, embedding)
+    if refusal is None:
+        impls["prompt ops graph, MaskUpscale (this checkout)"] = PromptGraph(current, args.threads, embedding, ops=True)
+    else:
+        print(f"no prompt ops graph row: {refusal}")
 
     prompts = []
     for _ in range(args.repeat):

@@ -20,6 +20,8 @@ namespace py = pybind11;
 void bind_attention(py::module_& m);
 // Adds the post-processing functions (postprocess.h) to the module.
 void bind_postprocess(py::module_& m);
+// Adds the mask upscaling (mask_upscale.h) to the module.
+void bind_mask_upscale(py::module_& m);
 
 template <typename T>
 inline const T* typed_data(const py::array& a, int ndim, const char* name) {

@@ -1,4 +1,4 @@
-"""Prints gelu_quantize_cpu.cpp's table: the standard normal CDF Phi(x) on [-6, 6)
+"""Prints gelu_avx512.h's table: the standard normal CDF Phi(x) on [-6, 6)
 as 16 pieces of width 0.75, each a degree-7 polynomial in x minus the piece's
 centre, fitted by least squares on 400 Chebyshev nodes (near-minimax). The
 kernel indexes the 16 pieces with one AVX-512 permute per coefficient.

@@ -1,5 +1,6 @@
 // pybind11 module sam_edge._C: the module-wide settings (OpenMP threads), then
-// each library's functions (bindings_attention.cpp, bindings_postprocess.cpp).
+// each library's functions (bindings_attention.cpp, bindings_postprocess.cpp,
+// bindings_mask_upscale.cpp).
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
@@ -14,8 +15,8 @@
 PYBIND11_MODULE(_C, m) {
   using namespace sam_edge;
   m.doc() =
-      "sam-edge compiled CPU kernels: post-processing and attention. Use sam_edge.postprocess and "
-      "sam_edge.kernels.cpu_attention, not this module.";
+      "sam-edge compiled CPU kernels: post-processing, attention and mask upscaling. Use sam_edge.postprocess, "
+      "sam_edge.kernels.cpu_attention and sam_edge.kernels.mask_upscale, not this module.";
 
   m.def("num_threads", &max_threads, "Threads the kernels use (1 when built without OpenMP).");
   m.def(
@@ -37,4 +38,5 @@ PYBIND11_MODULE(_C, m) {
 
   bind_attention(m);
   bind_postprocess(m);
+  bind_mask_upscale(m);
 }

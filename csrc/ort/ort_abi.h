@@ -30,6 +30,8 @@ namespace sam_edge::ort {
 // KernelComputeV2, through which a kernel returns an error status instead of
 // throwing across the C boundary (ONNX Runtime 1.16).
 constexpr uint32_t kOrtApiVersion = 16;
+// The version whose table has KernelContext_ParallelFor, called only where the runtime has it.
+constexpr uint32_t kOrtParallelForApiVersion = 17;
 
 // Opaque runtime objects, only ever handled by pointer.
 struct OrtStatus;
@@ -162,6 +164,11 @@ struct OrtApi {
   // key: at most 128 bytes, not empty (else ORT_INVALID_ARGUMENT); see ORT's
   // session options config keys.
   OrtStatus* (*AddSessionConfigEntry)(OrtSessionOptions* options, const char* key, const char* value) noexcept;  // 130
+  void* slots_131_to_273[143];
+  // API version 17 (onnxruntime 1.17): fn(usr_data, i) for every i in [0, total) on the
+  // session's intra-op thread pool, returning when all have run; num_batch 0 lets ORT batch.
+  OrtStatus* (*KernelContext_ParallelFor)(const OrtKernelContext* context, void (*fn)(void* usr_data, size_t i),
+                                          size_t total, size_t num_batch, void* usr_data) noexcept;  // 274
   // Later slots exist in the runtime's table; we declare none of them.
 };
 
@@ -223,6 +230,7 @@ SAM_EDGE_ORT_SLOT(ReleaseValue, 96);
 SAM_EDGE_ORT_SLOT(ReleaseTensorTypeAndShapeInfo, 99);
 SAM_EDGE_ORT_SLOT(ReleaseCustomOpDomain, 101);
 SAM_EDGE_ORT_SLOT(AddSessionConfigEntry, 130);
+SAM_EDGE_ORT_SLOT(KernelContext_ParallelFor, 274);
 #undef SAM_EDGE_ORT_SLOT
 // version, padded to a pointer, then 18 function pointers.
 static_assert(offsetof(OrtCustomOp, KernelComputeV2) == 18 * sizeof(void*), "OrtCustomOp's version-16 layout");

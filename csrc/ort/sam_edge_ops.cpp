@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <initializer_list>
 #include <iterator>
 #include <mutex>
@@ -16,6 +18,7 @@
 #include "attention.h"
 #include "gelu_quantize.h"
 #include "layer_norm.h"
+#include "mask_upscale.h"
 
 namespace sam_edge::ort {
 namespace {
@@ -344,6 +347,103 @@ void compute_layer_norm_quantize(const LayerNorm& op, OrtKernelContext* context,
                           op.epsilon, /*threads=*/0);
 }
 
+// ---- MaskUpscale ----
+
+// The runtimes whose table has KernelContext_ParallelFor (noted at registration).
+std::mutex parallel_for_mutex;
+std::vector<const OrtApi*> parallel_for_apis;
+
+void note_parallel_for(const OrtApi* api, const OrtApiBase* api_base) {
+  if (!api_base->GetApi(kOrtParallelForApiVersion)) return;
+  std::lock_guard<std::mutex> lock(parallel_for_mutex);
+  if (std::find(parallel_for_apis.begin(), parallel_for_apis.end(), api) == parallel_for_apis.end())
+    parallel_for_apis.push_back(api);
+}
+
+bool has_parallel_for(const OrtApi* api) {
+  std::lock_guard<std::mutex> lock(parallel_for_mutex);
+  return std::find(parallel_for_apis.begin(), parallel_for_apis.end(), api) != parallel_for_apis.end();
+}
+
+// The kernel's tasks on the session's intra-op pool: the op shares the session's
+// threads, where an OpenMP team beside ORT's spinning pool would fight it for the cores.
+TaskRunner session_pool(const OrtApi* api, OrtKernelContext* context) {
+  return [api, context](int64_t tasks, const std::function<void(int64_t)>& body) {
+    struct Call {
+      const std::function<void(int64_t)>* body;
+      std::mutex mutex;
+      std::exception_ptr error;
+    } call;
+    call.body = &body;
+    // No exception may cross ORT's C callback: the first is kept and rethrown here.
+    const auto run = [](void* data, size_t i) noexcept {
+      auto* c = static_cast<Call*>(data);
+      try {
+        (*c->body)(static_cast<int64_t>(i));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(c->mutex);
+        if (!c->error) c->error = std::current_exception();
+      }
+    };
+    check(api, api->KernelContext_ParallelFor(context, run, static_cast<size_t>(tasks), 0, &call));
+    if (call.error) std::rethrow_exception(call.error);
+  };
+}
+
+struct MaskUpscale {
+  const OrtApi* api;
+  int64_t height;
+  int64_t width;
+  float epsilon;
+};
+
+MaskUpscale* create_mask_upscale(const OrtApi* api, const OrtKernelInfo* info) {
+  MaskUpscale op{api, int_attribute(api, info, "height"), int_attribute(api, info, "width"), 0.0f};
+  if (OrtStatus* status = api->KernelInfoGetAttribute_float(info, "epsilon", &op.epsilon)) {
+    api->ReleaseStatus(status);
+    throw std::invalid_argument("needs the float attribute epsilon");
+  }
+  if (op.height < 1 || op.width < 1)
+    throw std::invalid_argument("height and width must be >= 1; got " + std::to_string(op.height) + " and " +
+                                std::to_string(op.width));
+  if (!(op.epsilon >= 0.0f) || !std::isfinite(op.epsilon))
+    throw std::invalid_argument("epsilon must be finite and >= 0; got " + std::to_string(op.epsilon));
+  return new MaskUpscale(op);
+}
+
+void compute_mask_upscale(const MaskUpscale& op, OrtKernelContext* context) {
+  const OrtApi* api = op.api;
+  const Input src = input(api, context, 0, "src");
+  const Input hyper_in = input(api, context, 1, "hyper_in");
+  const char* names[] = {"conv1_weight", "conv1_bias", "norm_weight", "norm_bias", "conv2_weight", "conv2_bias"};
+  Input params[6];
+  for (size_t i = 0; i < 6; ++i) params[i] = input(api, context, 2 + i, names[i]);
+  const int64_t pixels = op.height * op.width;
+  if (src.shape.size() != 3 || src.shape[1] != pixels || src.shape[2] < 8 || src.shape[2] % 8 != 0)
+    throw std::invalid_argument("expected src (S, height * width, C) with height * width = " + std::to_string(pixels) +
+                                " and C a positive multiple of 8; got " + shape_string(src.shape));
+  const int64_t c = src.shape[2], c1 = c / 4, c2 = c / 8;
+  if (hyper_in.shape.size() != 3 || hyper_in.shape[2] != c2 || (src.shape[0] != 1 && src.shape[0] != hyper_in.shape[0]))
+    throw std::invalid_argument("expected hyper_in (B, T, C / 8) = (B, T, " + std::to_string(c2) +
+                                ") with src's batch 1 or B; got src " + shape_string(src.shape) + " and hyper_in " +
+                                shape_string(hyper_in.shape));
+  const std::vector<int64_t> want[6] = {{c, c1, 2, 2}, {c1}, {c1}, {c1}, {c1, c2, 2, 2}, {c2}};
+  for (size_t i = 0; i < 6; ++i)
+    if (params[i].shape != want[i])
+      throw std::invalid_argument("expected " + std::string(names[i]) + " " + shape_string(want[i]) + " for C " +
+                                  std::to_string(c) + "; got " + shape_string(params[i].shape));
+  const int64_t batch = hyper_in.shape[0], tokens = hyper_in.shape[1];
+  float* out = output<float>(api, context, 0, {batch, tokens, 4 * op.height, 4 * op.width});
+  if (batch == 0 || tokens == 0) return;  // no prompts: an empty output
+  if (src.shape[0] == 0) throw std::invalid_argument("src has batch 0 for " + std::to_string(batch) + " prompts");
+  const MaskUpscaleWeights weights{params[0].data, params[1].data, params[2].data,
+                                   params[3].data, params[4].data, params[5].data};
+  // A runtime older than 1.17 has no pool to lend: the kernel's own OpenMP team runs it.
+  const TaskRunner pool = session_pool(api, context);
+  mask_upscale_cpu(src.data, hyper_in.data, weights, out, src.shape[0], batch, tokens, op.height, op.width, c,
+                   op.epsilon, /*threads=*/0, /*force_portable=*/false, has_parallel_for(api) ? &pool : nullptr);
+}
+
 // ---- the op descriptions ----
 
 constexpr ONNXTensorElementDataType kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -404,6 +504,17 @@ struct GeluQuantizeLinearOp {
   }
 };
 
+struct MaskUpscaleOp {
+  static constexpr const char* kName = "MaskUpscale";
+  static constexpr ONNXTensorElementDataType kInputs[] = {kFloat, kFloat, kFloat, kFloat,
+                                                          kFloat, kFloat, kFloat, kFloat},
+                                             kOutputs[] = {kFloat};
+  static constexpr size_t kRequired = 8;
+  using Kernel = MaskUpscale;
+  static Kernel* create(const OrtApi* api, const OrtKernelInfo* info) { return create_mask_upscale(api, info); }
+  static void compute(const Kernel& kernel, OrtKernelContext* context) { compute_mask_upscale(kernel, context); }
+};
+
 // On the CPU provider; every output required.
 template <class Op>
 OrtCustomOp describe() {
@@ -443,6 +554,7 @@ const OrtCustomOp kLayerNorm = describe<LayerNormOp>();
 const OrtCustomOp kGeluQuantizeLinear = describe<GeluQuantizeLinearOp>();
 const OrtCustomOp kLayerNormQuantizeLinear = describe<LayerNormQuantizeLinearOp>();
 const OrtCustomOp kSkipLayerNormQuantizeLinear = describe<SkipLayerNormQuantizeLinearOp>();
+const OrtCustomOp kMaskUpscale = describe<MaskUpscaleOp>();
 
 // One domain per runtime in the process, never released: it must outlive every
 // session built from options it was added to, which the library cannot see end.
@@ -455,7 +567,7 @@ OrtCustomOpDomain* domain_for(const OrtApi* api) {
   OrtCustomOpDomain* domain = nullptr;
   check(api, api->CreateCustomOpDomain(kDomain, &domain));
   for (const OrtCustomOp* op : {&kRelPosAttention, &kLayerNorm, &kGeluQuantizeLinear, &kLayerNormQuantizeLinear,
-                                 &kSkipLayerNormQuantizeLinear}) {
+                                 &kSkipLayerNormQuantizeLinear, &kMaskUpscale}) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       check(api, status);
@@ -488,5 +600,6 @@ extern "C" OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApi
       throw std::runtime_error("this CPU has no AVX-512, which sam_edge_ops' kernels need; "
                                "run the bundle's standard-op graph instead");
     check(api, api->AddCustomOpDomain(options, domain_for(api)));
+    note_parallel_for(api, api_base);
   });
 }

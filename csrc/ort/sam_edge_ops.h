@@ -36,6 +36,16 @@
 //     (float32, as ONNX's Add), which it also writes: an int8 block's residual
 //     Add, the norm after it and its quantize. skip shaped like X (no
 //     broadcasting), sum like X. Attribute: epsilon (float).
+//   MaskUpscale(src, hyper_in, conv1_weight, conv1_bias, norm_weight, norm_bias,
+//     conv2_weight, conv2_bias) -> masks, all float32: the mask decoder's
+//     output_upscaling and hypernetwork product in one pass (csrc/mask_upscale.h):
+//     src (S, h * w, C) image tokens, S = 1 (shared by every prompt) or B;
+//     hyper_in (B, T, C / 8); the official ConvTranspose2d, LayerNorm2d and
+//     ConvTranspose2d parameters, (C, C / 4, 2, 2), (C / 4,), (C / 4,), (C / 4,),
+//     (C / 4, C / 8, 2, 2), (C / 8,); masks (B, T, 4h, 4w) logits.
+//     Attributes: height, width (int, the grid h, w), epsilon (float, LayerNorm2d's).
+//     It runs on the session's intra-op threads (onnxruntime >= 1.17; OpenMP's
+//     on older runtimes).
 //
 // Exported C functions: RegisterCustomOps, and sam_edge_ops_check_api, a
 // self-check of ort_abi.h's table against the runtime that hands it over.

@@ -32,8 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="standard ONNX ops only: no ONNX Runtime contrib MultiHeadAttention for the global "
                              "blocks (for ONNX Runtime builds without contrib ops; slower)")
     parser.add_argument("--no-ops-graph", action="store_true",
-                        help="do not write encoder_ops.onnx, the encoder graph with sam-edge's attention ops "
-                             "(sam_edge_ops), which the runtime runs on AVX-512 CPUs (the standard graph is slower)")
+                        help="do not write encoder_ops.onnx and decoder_prompt_ops.onnx, the graphs with sam-edge's "
+                             "ops (sam_edge_ops: the encoder's attention, the decoder's mask upscaling), which the "
+                             "runtime runs on AVX-512 CPUs (the standard graphs are slower)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_tensorrt_arguments(parser)
     parser.set_defaults(func=run_build)

@@ -16,12 +16,15 @@ from typing import Any, Dict, Optional
 from ..config import SamConfig
 from ..precision import EncoderConversion, get_precision
 from ..runtime.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION
+from ..runtime.ort_ops import DecoderPromptOpsGraph
 from .bundle_writer import BundleStaging, move_bundle_into_place
 
 #: Precisions of the encoder graph. The decoder stays fp32 in every bundle: it
 #: is small and cheap, and its outputs are what users threshold.
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 BACKENDS = ("onnxruntime", "tensorrt")
+#: The decoder's prompt part with its mask upscaling as one sam_edge_ops MaskUpscale node.
+PROMPT_OPS_GRAPH_FILE = "decoder_prompt_ops.onnx"
 
 
 def library_versions() -> Dict[str, str]:
@@ -77,7 +80,10 @@ def build_bundle(
             encoder as one graph whose attentions are sam_edge_ops'
             RelPosAttention nodes (encoder_ops.py), which the runtime runs where
             the op library registers (an AVX-512 CPU); encoder.onnx stays the
-            standard-op graph for everything else.
+            standard-op graph for everything else. Likewise, for ONNX Runtime
+            at every precision, the decoder's prompt part with its mask
+            upscaling as one sam_edge_ops MaskUpscale node
+            (decoder_prompt_ops.onnx; the decoder is fp32 in every bundle).
     """
     from tqdm import tqdm
 
@@ -127,9 +133,13 @@ def build_bundle(
             bar.update()
             bar.set_postfix_str(steps[1])
             export_decoder(sam, os.path.join(staging, "decoder.onnx"))
+            with_prompt_ops = ops_graph and backend == "onnxruntime"
             export_split_decoder(
-                sam, os.path.join(staging, "decoder_image.onnx"), os.path.join(staging, "decoder_prompt.onnx")
+                sam, os.path.join(staging, "decoder_image.onnx"), os.path.join(staging, "decoder_prompt.onnx"),
+                prompt_ops_path=os.path.join(staging, PROMPT_OPS_GRAPH_FILE) if with_prompt_ops else None,
             )
+            if with_prompt_ops:
+                extra["decoder_prompt_ops"] = DecoderPromptOpsGraph(PROMPT_OPS_GRAPH_FILE).to_json()
             bar.update()
             graphs = {
                 "encoder": encoder_name,

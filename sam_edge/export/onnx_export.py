@@ -29,6 +29,11 @@ decoder_image.onnx + decoder_prompt.onnx (the fast decoder split at the image)
     without a mask_input; the runtime uses them for those, decoder.onnx for
     the rest (and TensorRT builds decoder.onnx).
 
+decoder_prompt_ops.onnx (ONNX Runtime hosts that register sam_edge_ops)
+    decoder_prompt.onnx with the mask upscaling (output_upscaling and the
+    hypernetwork product) as one ai.sam_edge MaskUpscale node
+    (sam_edge.kernels.mask_upscale), its parameters initializers beside it.
+
 decoder_official.onnx (ONNX Runtime only)
     The inputs above plus orig_im_size (2,) float32 (H, W) -> masks
     (B, 4, H, W), iou_predictions (B, 4), low_res_masks (B, 4, m, m): the names
@@ -223,11 +228,12 @@ def _dummy_decoder_inputs(config, batch: int = 2, points: int = 3):
     )
 
 
-def _torch_export(model, args, path, inputs, outputs, dynamic_axes, opset) -> None:
+def _torch_export(model, args, path, inputs, outputs, dynamic_axes, opset, custom_opsets=None) -> None:
     """torch.onnx.export (TorchScript tracer) into a scratch directory, then one
     clean save at `path`: weights inline, or all in `path + ".data"` when they
     would not fit a 2 GiB protobuf (ViT-H). The tracer writes one side file per
-    tensor for large models; none of those reach the bundle."""
+    tensor for large models; none of those reach the bundle. custom_opsets:
+    {domain: version} of the custom ops the graph holds."""
     import shutil
     import tempfile
 
@@ -250,6 +256,7 @@ def _torch_export(model, args, path, inputs, outputs, dynamic_axes, opset) -> No
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
+                custom_opsets=custom_opsets,
             )
         graph = onnx.load(traced, load_external_data=True)
         size = sum(t.ByteSize() for t in graph.graph.initializer)
@@ -312,9 +319,16 @@ def export_decoder(sam, path: str, official: bool = False, opset: int = OPSET) -
 
 
 @torch.no_grad()
-def export_split_decoder(sam, image_path: str, prompt_path: str, opset: int = OPSET) -> Tuple[str, str]:
+def export_split_decoder(
+    sam, image_path: str, prompt_path: str, opset: int = OPSET, prompt_ops_path: Optional[str] = None
+) -> Tuple[str, str]:
     """Write the fast decoder split at the image (see module docstring): the image part
-    to `image_path`, the prompt part to `prompt_path`."""
+    to `image_path`, the prompt part to `prompt_path`, and with `prompt_ops_path`
+    the prompt part again with its mask upscaling as one sam_edge_ops MaskUpscale
+    node (decoder_prompt_ops.onnx: the same inputs, outputs and dynamic axes)."""
+    from ..kernels.mask_upscale import export_as_op
+    from ..runtime.ort_ops import DOMAIN, DOMAIN_VERSION
+
     config = sam.config
     image_model = DecoderImageForExport(sam).eval()
     embeddings, coords, labels, _, _ = _dummy_decoder_inputs(config)
@@ -326,10 +340,13 @@ def export_split_decoder(sam, image_path: str, prompt_path: str, opset: int = OP
         "iou_predictions": {0: "num_prompts"},
         "low_res_masks": {0: "num_prompts"},
     }
-    _torch_export(
-        DecoderPromptForExport(sam).eval(), image_side + (coords, labels), prompt_path,
-        PROMPT_DECODER_INPUTS, DECODER_OUTPUTS, dynamic, opset,
-    )
+    prompt_model = DecoderPromptForExport(sam).eval()
+    _torch_export(prompt_model, image_side + (coords, labels), prompt_path, PROMPT_DECODER_INPUTS, DECODER_OUTPUTS,
+                  dynamic, opset)
+    if prompt_ops_path is not None:
+        with export_as_op():
+            _torch_export(prompt_model, image_side + (coords, labels), prompt_ops_path, PROMPT_DECODER_INPUTS,
+                          DECODER_OUTPUTS, dynamic, opset, custom_opsets={DOMAIN: DOMAIN_VERSION})
     return image_path, prompt_path
 
 

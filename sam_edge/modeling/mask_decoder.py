@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import mask_upscale
 from .common import MLP, LayerNorm2d
 from .transformer import ImageProjections, TwoWayTransformer
 
@@ -126,8 +127,11 @@ class MaskDecoder(nn.Module):
         logits are shuffled into (4i + 2 a1 + a2, 4j + 2 b1 + b2) at the end
         (not the 64- and 32-channel grids). Exported: Gemm, LayerNormalization
         and two small Transposes, instead of ConvTranspose and channel-axis
-        ReduceMeans.
+        ReduceMeans. Under mask_upscale.export_as_op(), one sam_edge_ops
+        MaskUpscale node instead.
         """
+        if mask_upscale.exporting_as_op():
+            return mask_upscale.mask_upscale_export(src, hyper_in, self.output_upscaling, grid)
         deconv1, norm, act1, deconv2, act2 = self.output_upscaling
         h, w = grid
         c1, c2 = deconv1.out_channels, deconv2.out_channels

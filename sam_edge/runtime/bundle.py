@@ -11,6 +11,9 @@
     DIR/decoder_official.onnx   the official-compatible decoder (ONNX Runtime only)
     DIR/encoder_ops.onnx the encoder as one graph with sam_edge_ops' RelPosAttention
                          nodes (ONNX Runtime hosts that register the op library)
+    DIR/decoder_prompt_ops.onnx
+                         decoder_prompt.onnx with the mask upscaling as one
+                         sam_edge_ops MaskUpscale node (likewise)
 
 `load` checks every file against the manifest before a session is created,
 so a truncated download or an edited graph is refused, not run. Torch-free.
@@ -97,6 +100,8 @@ def _check_form(manifest: Dict[str, Any], path: str) -> None:
         raise bad("backend", "a string", manifest["backend"])
     if manifest.get("encoder_ops") is not None:
         _ops_graph(manifest["encoder_ops"], path)
+    if manifest.get("decoder_prompt_ops") is not None:
+        _prompt_ops_graph(manifest["decoder_prompt_ops"], path)
 
 
 def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -127,6 +132,10 @@ def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) ->
     ops = manifest.get("encoder_ops")
     if ops is not None and ops["file"] not in manifest["files"]:
         raise BundleError(f"manifest of {bundle_dir}: the encoder ops graph {ops['file']!r} is not among its hashed files")
+    prompt_ops = manifest.get("decoder_prompt_ops")
+    if prompt_ops is not None and prompt_ops["file"] not in manifest["files"]:
+        raise BundleError(f"manifest of {bundle_dir}: the decoder prompt ops graph {prompt_ops['file']!r} is not "
+                          "among its hashed files")
     return manifest
 
 
@@ -137,6 +146,7 @@ def load(
     verify: bool = True,
     native_attention: Optional[bool] = None,
     attention_compute: Optional[str] = None,
+    native_decoder: Optional[bool] = None,
 ):
     """An engine for `sam_edge.SamPredictor` from a bundle built by `sam-edge build`.
 
@@ -157,6 +167,13 @@ def load(
             one down, see cpu_attention.fast_compute). None: the bundle's
             (int8 bundles: bf16, which runs as fp16 where the CPU has
             AVX512-FP16 but no AMX).
+        native_decoder: run the decoder's prompt part as the graph whose mask
+            upscaling is sam_edge_ops' MaskUpscale node (on the CPU provider,
+            where the op library registers). None: when the bundle has it and
+            the library registers (the default); False: never; True: always,
+            or a BundleError saying why not. The engine's `decoder_prompt_mode`
+            says which runs, and `decoder_prompt_fallback` why the ops graph
+            does not (None when it does).
     Returns:
         an OnnxRuntimeBackend, with the manifest as `.manifest`.
     """
@@ -178,6 +195,10 @@ def load(
         raise BundleError(
             f"bundle {bundle_dir} is for backend {manifest['backend']!r}; load() runs onnxruntime bundles"
         )
+    prompt_ops, prompt_fallback = _decoder_prompt_ops(bundle_dir, manifest, providers, native_decoder)
+    if prompt_ops is None and native_decoder:
+        raise BundleError(f"bundle {bundle_dir} cannot run its decoder with sam-edge's MaskUpscale op here: "
+                          f"{prompt_fallback}")
     try:
         if native_attention is False:
             encoder_ops, fallback = None, "native_attention=False"
@@ -188,7 +209,7 @@ def load(
                 raise BundleError(f"bundle {bundle_dir} cannot run its encoder with sam-edge's attention ops here: "
                                   f"{fallback}")
         try:
-            engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops)
+            engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops, prompt_ops)
         except MemoryError:
             raise
         except Exception as exc:  # ONNX Runtime's types: e.g. an op this library build does not have
@@ -200,7 +221,7 @@ def load(
                 raise BundleError(f"bundle {bundle_dir}: {reason}; rebuild the bundle with this sam-edge, "
                                   "or load it with native_attention=None to run its standard graph") from exc
             encoder_ops, fallback = None, reason
-            engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops)
+            engine = _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops, prompt_ops)
     except BundleError:
         raise
     except MemoryError:
@@ -213,10 +234,15 @@ def load(
     engine.manifest = manifest
     engine.bundle_dir = bundle_dir
     engine.encoder_fallback = fallback
+    if prompt_fallback is not None:
+        engine.decoder_prompt_fallback = prompt_fallback
+    elif engine.decoder_prompt_fallback is not None and native_decoder:
+        raise BundleError(f"bundle {bundle_dir}: {engine.decoder_prompt_fallback}; rebuild the bundle with this "
+                          "sam-edge, or load it with native_decoder=None to run its standard prompt graph")
     return engine
 
 
-def _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops=None):
+def _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops=None, prompt_ops=None):
     from .onnxruntime_backend import OnnxRuntimeBackend
 
     graphs = manifest["graphs"]
@@ -232,6 +258,7 @@ def _onnxruntime_engine(bundle_dir, manifest, providers, threads, encoder_ops=No
             else None
         ),
         encoder_ops=encoder_ops,
+        decoder_prompt_ops=prompt_ops,
     )
 
 
@@ -270,4 +297,41 @@ def _ops_graph(ops: Dict[str, Any], where: str):
         raise BundleError(f"{where}: {exc}") from None
     if os.path.basename(graph.file) != graph.file:
         raise BundleError(f"{where}: encoder_ops names a file outside the bundle: {graph.file!r}")
+    return graph
+
+
+def _decoder_prompt_ops(bundle_dir, manifest, providers, native_decoder):
+    """(the path of the manifest's "decoder_prompt_ops" graph to run, or None; why
+    not, or None when it runs). It runs where sam_edge_ops registers, on the CPU
+    provider, in a bundle with the split decoder."""
+    if native_decoder is False:
+        return None, "native_decoder=False"
+    ops = manifest.get("decoder_prompt_ops")
+    if ops is None:
+        return None, ("the bundle has no decoder prompt ops graph (built with --no-ops-graph, or by an older "
+                      "sam-edge)")
+    graph = _prompt_ops_graph(ops, f"manifest of {bundle_dir}")
+    graphs = manifest["graphs"]
+    if "decoder_image" not in graphs or "decoder_prompt" not in graphs:
+        return None, "the bundle has no split decoder, which the prompt ops graph is part of"
+    if providers and list(providers)[0] != "CPUExecutionProvider":
+        return None, "sam_edge_ops are CPU kernels; the first provider is " + list(providers)[0]
+    from .ort_ops import library_refusal
+
+    refusal = library_refusal()
+    if refusal is not None:
+        return None, refusal
+    return os.path.join(bundle_dir, graph.file), None
+
+
+def _prompt_ops_graph(ops: Dict[str, Any], where: str):
+    """The manifest's "decoder_prompt_ops" as a DecoderPromptOpsGraph; BundleError naming `where` when it is damaged."""
+    from .ort_ops import DecoderPromptOpsGraph
+
+    try:
+        graph = DecoderPromptOpsGraph.from_json(ops)
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    if os.path.basename(graph.file) != graph.file:
+        raise BundleError(f"{where}: decoder_prompt_ops names a file outside the bundle: {graph.file!r}")
     return graph

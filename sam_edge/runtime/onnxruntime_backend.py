@@ -50,7 +50,12 @@ class OnnxRuntimeBackend:
             (ort_ops), registering the op library; `compute` is what each runs
             here (for encoder_mode); `attribute`, when not None, replaces the
             nodes' compute attribute. None: the standard-op graph at encoder_path.
-        `encoder_mode` says which encoder runs.
+        decoder_prompt_ops: the path of the prompt part whose mask upscaling is
+            sam_edge_ops' MaskUpscale node (same inputs and outputs), run in
+            place of split_decoder_paths[1] with the op library registered; if
+            its session cannot be made, the standard prompt part runs and
+            `decoder_prompt_fallback` says why.
+        `encoder_mode` says which encoder runs, `decoder_prompt_mode` which prompt part.
 
     Shared by threads: any number may call embed and decode at once
     (InferenceSession.run is thread-safe, the attention kernel's scratch is per
@@ -71,6 +76,7 @@ class OnnxRuntimeBackend:
         threads: Optional[int] = None,
         split_decoder_paths: Optional[Tuple[str, str]] = None,
         encoder_ops: Optional[dict] = None,
+        decoder_prompt_ops: Optional[str] = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -78,10 +84,24 @@ class OnnxRuntimeBackend:
         providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.decoder = ort.InferenceSession(decoder_path, options, providers=providers)
         self.decoder_image = self.decoder_prompt = None
+        self.decoder_prompt_mode = self.decoder_prompt_fallback = None
         if split_decoder_paths is not None:
             image_path, prompt_path = split_decoder_paths
             self.decoder_image = ort.InferenceSession(image_path, options, providers=providers)
-            self.decoder_prompt = ort.InferenceSession(prompt_path, options, providers=providers)
+            if decoder_prompt_ops is not None:
+                from .ort_ops import decoder_prompt_ops_session, library_path
+
+                try:
+                    self.decoder_prompt = decoder_prompt_ops_session(decoder_prompt_ops, session_options(threads),
+                                                                     providers)
+                    self.decoder_prompt_mode = "one graph + sam_edge_ops MaskUpscale"
+                except Exception as exc:  # ONNX Runtime's own types: e.g. an op this library build lacks
+                    self.decoder_prompt_fallback = (
+                        f"its decoder prompt ops graph does not load with {library_path()} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
+            if self.decoder_prompt is None:
+                self.decoder_prompt = ort.InferenceSession(prompt_path, options, providers=providers)
+                self.decoder_prompt_mode = "single ONNX Runtime graph"
         # .value: (a copy of the embedding, the image part's outputs for it), one
         # image's worth per thread, so threads on different images do not evict each other.
         self._image_side = threading.local()

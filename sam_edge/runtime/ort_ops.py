@@ -1,7 +1,9 @@
 """sam_edge_ops, sam-edge's kernels as an ONNX Runtime custom-op library
 (csrc/ort/): where the library is, registering it with session options, and
-the bundle's encoder ops graph (sam_edge.export.encoder_ops): its manifest
-entry and its session.
+the bundle's graphs that hold its ops: the encoder ops graph
+(sam_edge.export.encoder_ops) and the decoder's prompt part with its mask
+upscaling as one MaskUpscale node (sam_edge.export.onnx_export): their
+manifest entries and their sessions.
 
     options = onnxruntime.SessionOptions()
     register_ort_ops(options)     # raises with the reason when it cannot
@@ -124,6 +126,16 @@ def encoder_ops_session(path: str, options, providers, compute: Optional[str] = 
     return ort.InferenceSession(model, options, providers=list(providers), disabled_optimizers=["BiasGeluFusion"])
 
 
+def decoder_prompt_ops_session(path: str, options, providers):
+    """An onnxruntime.InferenceSession of the decoder prompt ops graph at `path`, with
+    the library registered on `options`. Its MaskUpscale runs on the session's own
+    intra-op threads (onnxruntime >= 1.17), so the options stay as they are."""
+    import onnxruntime as ort
+
+    register_ort_ops(options)
+    return ort.InferenceSession(path, options, providers=list(providers))
+
+
 def library_refusal() -> Optional[str]:
     """None when the library registers with onnxruntime in this process; else why
     not: it is not built, or it refuses this CPU or runtime (its own message)."""
@@ -163,12 +175,8 @@ class EncoderOpsGraph:
     def from_json(cls, data: Dict[str, Any]) -> "EncoderOpsGraph":
         """ValueError naming what is missing, of the wrong type, or of an op domain
         version this sam-edge does not have."""
-        if not isinstance(data, dict):
-            raise ValueError(f"encoder_ops must be an object; got {type(data).__name__}")
+        _check_entry("encoder_ops", data)
         try:
-            if (data["domain"], data["domain_version"]) != (DOMAIN, DOMAIN_VERSION):
-                raise ValueError(f"encoder_ops needs the op domain {data['domain']!r} version "
-                                 f"{data['domain_version']!r}; this sam-edge has {DOMAIN!r} version {DOMAIN_VERSION}")
             if not isinstance(data["file"], str) or not isinstance(data["attention"], list):
                 raise TypeError("file must be a string and attention a list")
             return cls(data["file"], Compute.parse(data["compute"]),
@@ -177,3 +185,36 @@ class EncoderOpsGraph:
             raise ValueError(f"encoder_ops lacks the field {exc.args[0]!r}") from None
         except (TypeError, IndexError) as exc:
             raise ValueError(f"encoder_ops has a field of the wrong form: {exc}") from None
+
+
+def _check_entry(field: str, data) -> None:
+    """ValueError unless `data` is an object naming this library's op domain and version."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{field} must be an object; got {type(data).__name__}")
+    try:
+        if (data["domain"], data["domain_version"]) != (DOMAIN, DOMAIN_VERSION):
+            raise ValueError(f"{field} needs the op domain {data['domain']!r} version "
+                             f"{data['domain_version']!r}; this sam-edge has {DOMAIN!r} version {DOMAIN_VERSION}")
+    except KeyError as exc:
+        raise ValueError(f"{field} lacks the field {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True)
+class DecoderPromptOpsGraph:
+    """The manifest's "decoder_prompt_ops": the decoder's prompt part with its mask
+    upscaling as one MaskUpscale node (`file`, relative to the bundle), the same
+    inputs and outputs as decoder_prompt.onnx."""
+
+    file: str
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"file": self.file, "domain": DOMAIN, "domain_version": DOMAIN_VERSION}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "DecoderPromptOpsGraph":
+        """ValueError naming what is missing, of the wrong type, or of an op domain
+        version this sam-edge does not have."""
+        _check_entry("decoder_prompt_ops", data)
+        if not isinstance(data.get("file"), str):
+            raise ValueError(f"decoder_prompt_ops lacks a file name (a string); got {data.get('file')!r}")
+        return cls(data["file"])

@@ -42,6 +42,7 @@ def test_manifest_records_build(bundle):
     assert set(manifest["files"]) == {
         "encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_prompt.onnx", "decoder_official.onnx",
         "encoder_ops.onnx",  # the encoder with sam-edge's attention op at its one global block
+        "decoder_prompt_ops.onnx",  # the prompt part with sam-edge's mask upscaling op
         "encoder.onnx.data",  # the weights, which encoder.onnx and encoder_ops.onnx share
     }
     for name, record in manifest["files"].items():
@@ -281,3 +282,104 @@ def test_a_thousand_queries_do_not_grow_rss(bundle):
     result = soak(sam_edge.load(bundle[1]), queries=1000, encoder_calls=20, seed=1)
     assert result["samples"][-1][:2] == (1000, 20)
     assert result["growth_mb"] < 40, result
+
+
+# ---- the decoder's prompt part with sam_edge_ops' MaskUpscale ----
+
+# Both graphs float32, differing in the mask upscaling's rounding only
+# (test_onnx_export.OPS_REL_L2 states why this bound).
+PROMPT_OPS_REL_L2 = 2e-6
+
+
+def _decode(engine, seed):
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0, 255, (1, 3, 256, 200)).astype(np.float32)
+    coords = rng.uniform(0, 200, (3, 2, 2)).astype(np.float32)
+    labels = np.array([[1, 0], [1, 1], [0, 1]], np.float32)
+    return engine.decode(engine.embed(image), coords, labels, None, None, True)
+
+
+def test_the_runtime_runs_the_prompt_ops_graph(bundle):
+    from sam_edge.runtime.ort_ops import library_refusal
+
+    if library_refusal() is not None:
+        pytest.skip(library_refusal())
+    _, path = bundle
+    ops = sam_edge.load(str(path))
+    standard = sam_edge.load(str(path), native_decoder=False)
+    assert ops.decoder_prompt_mode == "one graph + sam_edge_ops MaskUpscale" and ops.decoder_prompt_fallback is None
+    assert standard.decoder_prompt_mode == "single ONNX Runtime graph"
+    assert standard.decoder_prompt_fallback == "native_decoder=False"
+    (low_res, iou), (std_low_res, std_iou) = _decode(ops, 1), _decode(standard, 1)
+    assert low_res.shape == std_low_res.shape == (3, 3, 64, 64)
+    assert np.linalg.norm(low_res - std_low_res) <= PROMPT_OPS_REL_L2 * np.linalg.norm(std_low_res)
+    np.testing.assert_array_equal(iou, std_iou)
+
+
+@pytest.mark.parametrize("library", ["missing", "not a library"])
+def test_without_the_library_the_standard_prompt_graph_runs_and_says_why(bundle, tmp_path, monkeypatch, library):
+    from sam_edge.runtime.ort_ops import LIBRARY_ENV
+
+    _, path = bundle
+    fake = tmp_path / "libsam_edge_ops.so"
+    if library == "not a library":
+        fake.write_bytes(b"not an ELF file")
+    monkeypatch.setenv(LIBRARY_ENV, str(fake))
+    engine = sam_edge.load(str(path), verify=False)
+    reason = "which is not a file" if library == "missing" else "does not register"
+    assert engine.decoder_prompt_mode == "single ONNX Runtime graph"
+    assert reason in engine.decoder_prompt_fallback, engine.decoder_prompt_fallback
+    low_res, _ = _decode(engine, 2)
+    assert np.isfinite(low_res).all()
+    with pytest.raises(BundleError, match=reason):
+        sam_edge.load(str(path), verify=False, native_decoder=True)
+
+
+def test_a_prompt_ops_graph_the_library_cannot_run_falls_back(bundle, tmp_path):
+    """A graph needing an op this library build lacks fails its session, not the load."""
+    import onnx
+
+    from sam_edge.runtime.ort_ops import library_refusal
+
+    if library_refusal() is not None:
+        pytest.skip(library_refusal())
+    _, path = bundle
+    copy = _copy(path, tmp_path / "newer-op")
+    model = onnx.load(str(copy / "decoder_prompt_ops.onnx"))
+    next(n for n in model.graph.node if n.op_type == "MaskUpscale").op_type = "MaskUpscaleFromTheFuture"
+    onnx.save_model(model, str(copy / "decoder_prompt_ops.onnx"))
+    engine = sam_edge.load(str(copy), verify=False)
+    assert engine.decoder_prompt_mode == "single ONNX Runtime graph"
+    assert "MaskUpscaleFromTheFuture" in engine.decoder_prompt_fallback, engine.decoder_prompt_fallback
+    np.testing.assert_array_equal(_decode(engine, 3)[0], _decode(sam_edge.load(str(path), native_decoder=False), 3)[0])
+    with pytest.raises(BundleError, match="decoder prompt ops graph does not load"):
+        sam_edge.load(str(copy), verify=False, native_decoder=True)
+
+
+def test_a_bundle_without_the_prompt_ops_graph_loads_as_before(bundle, tmp_path):
+    _, path = bundle
+    copy = _copy(path, tmp_path / "older")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["decoder_prompt_ops"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    engine = sam_edge.load(str(copy))
+    assert engine.decoder_prompt_mode == "single ONNX Runtime graph"
+    assert "no decoder prompt ops graph" in engine.decoder_prompt_fallback
+    with pytest.raises(BundleError, match="no decoder prompt ops graph"):
+        sam_edge.load(str(copy), native_decoder=True)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m["decoder_prompt_ops"].update(domain_version=2), "needs the op domain 'ai.sam_edge' version 2"),
+    (lambda m: m["decoder_prompt_ops"].update(file="../decoder_prompt_ops.onnx"), "names a file outside the bundle"),
+    (lambda m: m["decoder_prompt_ops"].pop("file"), "decoder_prompt_ops lacks a file name"),
+    (lambda m: m["files"].pop("decoder_prompt_ops.onnx"), "decoder prompt ops graph 'decoder_prompt_ops.onnx' is not"),
+])
+def test_a_damaged_prompt_ops_entry_is_a_bundle_error(bundle, tmp_path, damage, message):
+    _, path = bundle
+    copy = _copy(path, tmp_path / "damaged")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    damage(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        sam_edge.load(str(copy))

@@ -172,23 +172,25 @@ def test_fused_global_attention_is_the_same_graph(tmp_path):
 
 @pytest.fixture(scope="module")
 def full_grid_split_decoder(tmp_path_factory):
-    """(official reference, image part, prompt part) of the split decoder at the official
-    1024 px input (a 64 x 64 grid, the size the decoder runs at); the encoder is not exported."""
+    """(official reference, image part, prompt part, path of the prompt ops graph) of the
+    split decoder at the official 1024 px input (a 64 x 64 grid, the size the decoder
+    runs at); the encoder is not exported."""
     from sam_edge.export.onnx_export import export_split_decoder
 
     root = tmp_path_factory.mktemp("split_decoder")
     config = reduced_config(image_size=1024)
     reference = save_official_checkpoint(config, 8, root / "ck.pth")
     ours = sam_edge.build_sam_from_config(config, root / "ck.pth").eval()
-    image_path, prompt_path = export_split_decoder(ours, str(root / "image.onnx"), str(root / "prompt.onnx"))
-    return reference, _session(image_path), _session(prompt_path)
+    image_path, prompt_path = export_split_decoder(ours, str(root / "image.onnx"), str(root / "prompt.onnx"),
+                                                   prompt_ops_path=str(root / "prompt_ops.onnx"))
+    return reference, _session(image_path), _session(prompt_path), root / "prompt_ops.onnx"
 
 
 @pytest.mark.parametrize("batch,points", [(1, 1), (1, 4), (3, 2)])
 def test_split_decoder_matches_official_at_full_grid(full_grid_split_decoder, batch, points):
     """The prompt part over the image part's outputs against the official decoder (no
     mask_input) on a fresh random embedding and prompts, at the fp32 tolerances above."""
-    reference, image_part, prompt_part = full_grid_split_decoder
+    reference, image_part, prompt_part, _ = full_grid_split_decoder
     config = reduced_config(image_size=1024)
     rng = np.random.default_rng(batch * 10 + points)
     feed = _random_feed(config, batch, points, False, rng)
@@ -198,6 +200,59 @@ def test_split_decoder_matches_official_at_full_grid(full_grid_split_decoder, ba
     iou, low_res = prompt_part.run(None, prompt_feed)
     _, ref_iou, ref_low_res = _official_onnx_model(reference, feed, (1024, 1024))
     assert low_res.shape == ref_low_res.shape == (batch, 4, 256, 256)
+    assert rel_l2(low_res, ref_low_res) <= REL_L2
+    np.testing.assert_allclose(iou, ref_iou, atol=1e-3, rtol=0)
+    for a, b in zip(low_res.reshape(-1, 256, 256), ref_low_res.reshape(-1, 256, 256)):
+        assert mask_iou(a > 0, b > 0) >= MASK_IOU
+
+
+# The ops prompt graph against the standard one: both float32, differing only in the
+# mask upscaling's rounding. Each is within ~2x torch float32's error of float64
+# (tests/kernels/test_mask_upscale.py), a few 1e-7 of the logits' norm, so their
+# difference is at most about twice that; 2e-6 is that with a margin. A wrong
+# layout or weight is O(1).
+OPS_REL_L2 = 2e-6
+
+
+def test_prompt_ops_graph_holds_one_mask_upscale_node(full_grid_split_decoder):
+    import onnx
+
+    from sam_edge.runtime.ort_ops import DOMAIN, DOMAIN_VERSION
+
+    model = onnx.load(str(full_grid_split_decoder[3]))
+    ops = [n for n in model.graph.node if n.domain == DOMAIN]
+    assert [n.op_type for n in ops] == ["MaskUpscale"]
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in ops[0].attribute}
+    assert attributes["height"] == attributes["width"] == 64 and attributes["epsilon"] == pytest.approx(1e-6)
+    initializers = {t.name: t.dims for t in model.graph.initializer}
+    assert [list(initializers[name]) for name in ops[0].input[2:]] == [[256, 64, 2, 2], [64], [64], [64],
+                                                                        [64, 32, 2, 2], [32]]
+    assert {(o.domain, o.version) for o in model.opset_import} >= {(DOMAIN, DOMAIN_VERSION)}
+    assert [o.name for o in model.graph.output] == ["iou_predictions", "low_res_masks"]
+    # The upscaling's Gemms, LayerNormalization, Gelus and shuffles are gone from the graph.
+    assert not any(n.op_type == "Gelu" for n in model.graph.node)
+
+
+@pytest.mark.parametrize("batch,points", [(1, 1), (1, 4), (3, 2)])
+def test_prompt_ops_graph_matches_the_standard_graph_and_official(full_grid_split_decoder, batch, points):
+    from sam_edge.runtime.ort_ops import decoder_prompt_ops_session, library_refusal
+
+    if library_refusal() is not None:
+        pytest.skip(library_refusal())
+    reference, image_part, prompt_part, ops_path = full_grid_split_decoder
+    ops_part = decoder_prompt_ops_session(str(ops_path), ort.SessionOptions(), ["CPUExecutionProvider"])
+    config = reduced_config(image_size=1024)
+    rng = np.random.default_rng(100 + batch * 10 + points)
+    feed = _random_feed(config, batch, points, False, rng)
+    names = [o.name for o in image_part.get_outputs()]
+    prompt_feed = dict(zip(names, image_part.run(None, {"image_embeddings": feed["image_embeddings"]})))
+    prompt_feed.update(point_coords=feed["point_coords"], point_labels=feed["point_labels"])
+    iou, low_res = ops_part.run(None, prompt_feed)
+    std_iou, std_low_res = prompt_part.run(None, prompt_feed)
+    assert low_res.shape == std_low_res.shape == (batch, 4, 256, 256)
+    assert rel_l2(low_res, std_low_res) <= OPS_REL_L2
+    np.testing.assert_array_equal(iou, std_iou)  # the IoU head does not pass through the op
+    _, ref_iou, ref_low_res = _official_onnx_model(reference, feed, (1024, 1024))
     assert rel_l2(low_res, ref_low_res) <= REL_L2
     np.testing.assert_allclose(iou, ref_iou, atol=1e-3, rtol=0)
     for a, b in zip(low_res.reshape(-1, 256, 256), ref_low_res.reshape(-1, 256, 256)):
