@@ -36,6 +36,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ._arrays import float32_array
+
 #: Compute precisions of the kernel: rel_pos_attention's, and rel_pos_attention_qkv's.
 COMPUTE = ("fp32", "fp16")
 QKV_COMPUTE = ("fp32", "fp16", "bf16")
@@ -103,16 +105,6 @@ def fast_compute(head_dim: int, k_size: Sequence[int], preferred: str) -> Option
     return None if compute is None else compute.name
 
 
-def _check(name: str, a, ndim: int) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array; got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{name} must be float32; got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions; got shape {a.shape}")
-    return np.ascontiguousarray(a)
-
-
 def rel_pos_attention_cpu(
     q: np.ndarray,
     k: np.ndarray,
@@ -140,8 +132,8 @@ def rel_pos_attention_cpu(
     if native is None:
         raise RuntimeError("sam_edge._C is not built: rel_pos_attention needs it (pip install . builds it)")
     kernel_compute = _compute(native, compute, COMPUTE)
-    q, k, v = (_check(n, a, 4) for n, a in (("q", q), ("k", k), ("v", v)))
-    rel_h, rel_w = _check("rel_h", rel_h, 5), _check("rel_w", rel_w, 5)
+    q, k, v = (float32_array(n, a, 4) for n, a in (("q", q), ("k", k), ("v", v)))
+    rel_h, rel_w = float32_array("rel_h", rel_h, 5), float32_array("rel_w", rel_w, 5)
     b, heads, n, d = q.shape
     k_h, k_w = rel_h.shape[-1], rel_w.shape[-1]
     if (k.shape != (b, heads, k_h * k_w, d) or v.shape != k.shape or rel_h.shape[:2] != (b, heads)
@@ -205,10 +197,10 @@ def rel_pos_attention_qkv(
     if native is None:
         raise RuntimeError("sam_edge._C is not built: rel_pos_attention_qkv needs it (pip install . builds it)")
     kernel_compute = _compute(native, compute, QKV_COMPUTE)
-    qkv = _check("qkv", qkv, 4)
-    rel_pos_h, rel_pos_w = _check("rel_pos_h", rel_pos_h, 2), _check("rel_pos_w", rel_pos_w, 2)
+    qkv = float32_array("qkv", qkv, 4)
+    rel_pos_h, rel_pos_w = float32_array("rel_pos_h", rel_pos_h, 2), float32_array("rel_pos_w", rel_pos_w, 2)
     if kv_bias is not None:
-        kv_bias = _check("kv_bias", kv_bias, 3)
+        kv_bias = float32_array("kv_bias", kv_bias, 3)
     return native.rel_pos_attention_qkv(
         qkv, rel_pos_h, rel_pos_w, kv_bias, int(heads), int(window), float(scale),
         0 if threads is None else int(threads), False, kernel_compute,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._arrays import float32_array
+
 
 @dataclass(frozen=True)
 class UpscaleWeights:
@@ -101,16 +103,6 @@ def mask_upscale_status() -> dict:
 _PARAMETERS = ("conv1_weight", "conv1_bias", "norm_weight", "norm_bias", "conv2_weight", "conv2_bias")
 
 
-def _array(name: str, a, ndim: int) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array; got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{name} must be float32; got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions; got shape {a.shape}")
-    return np.ascontiguousarray(a)
-
-
 def mask_upscale_cpu(src: np.ndarray, hyper_in: np.ndarray, weights: UpscaleWeights, grid: Tuple[int, int],
                      threads: Optional[int] = None, force_portable: bool = False) -> np.ndarray:
     """The fused kernel: mask_upscale_reference's math in float32.
@@ -128,7 +120,7 @@ def mask_upscale_cpu(src: np.ndarray, hyper_in: np.ndarray, weights: UpscaleWeig
     native = _native()
     if native is None:
         raise RuntimeError("sam_edge._C is not built: mask_upscale_cpu needs it (pip install . builds it)")
-    src, hyper_in = _array("src", src, 3), _array("hyper_in", hyper_in, 3)
+    src, hyper_in = float32_array("src", src, 3), float32_array("hyper_in", hyper_in, 3)
     h, w = (int(v) for v in grid)
     c = src.shape[2]
     if h < 1 or w < 1 or src.shape[1] != h * w:
@@ -141,7 +133,7 @@ def mask_upscale_cpu(src: np.ndarray, hyper_in: np.ndarray, weights: UpscaleWeig
     c1, c2 = c // 4, c // 8
     params = []
     for name, a, shape in zip(_PARAMETERS, weights.tensors(), [(c, c1, 2, 2), (c1,), (c1,), (c1,), (c1, c2, 2, 2), (c2,)]):
-        a = _array(name, a, len(shape))
+        a = float32_array(name, a, len(shape))
         if a.shape != shape:
             raise ValueError(f"{name} must be {shape} for {c} channels; got {a.shape}")
         params.append(a)
@@ -157,7 +149,7 @@ def mask_upscale_gelu_cpu(x: np.ndarray, force_portable: bool = False) -> np.nda
     native = _native()
     if native is None:
         raise RuntimeError("sam_edge._C is not built: mask_upscale_gelu_cpu needs it (pip install . builds it)")
-    return native.mask_upscale_gelu(_array("x", x, 1), force_portable=bool(force_portable))
+    return native.mask_upscale_gelu(float32_array("x", x, 1), force_portable=bool(force_portable))
 
 
 # ---- export ----

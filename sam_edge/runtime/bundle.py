@@ -99,9 +99,9 @@ def _check_form(manifest: Dict[str, Any], path: str) -> None:
     if not isinstance(manifest["backend"], str):
         raise bad("backend", "a string", manifest["backend"])
     if manifest.get("encoder_ops") is not None:
-        _ops_graph(manifest["encoder_ops"], path)
+        _manifest_ops_graph("encoder_ops", manifest["encoder_ops"], path)
     if manifest.get("decoder_prompt_ops") is not None:
-        _prompt_ops_graph(manifest["decoder_prompt_ops"], path)
+        _manifest_ops_graph("decoder_prompt_ops", manifest["decoder_prompt_ops"], path)
 
 
 def verify_bundle(bundle_dir: str, manifest: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -272,7 +272,7 @@ def _encoder_ops(bundle_dir, ops, providers, attention_compute):
     from ..kernels.cpu_attention import fast_compute
     from .ort_ops import library_path, library_refusal
 
-    graph = _ops_graph(ops, f"manifest of {bundle_dir}")
+    graph = _manifest_ops_graph("encoder_ops", ops, f"manifest of {bundle_dir}")
     if providers and list(providers)[0] != "CPUExecutionProvider":
         return None, "sam_edge_ops are CPU kernels; the first provider is " + list(providers)[0]
     compute = attention_compute or graph.compute
@@ -287,19 +287,6 @@ def _encoder_ops(bundle_dir, ops, providers, attention_compute):
             "attribute": None if compute is graph.compute else compute.value, "library": library_path()}, None
 
 
-def _ops_graph(ops: Dict[str, Any], where: str):
-    """The manifest's "encoder_ops" as an EncoderOpsGraph; BundleError naming `where` when it is damaged."""
-    from .ort_ops import EncoderOpsGraph
-
-    try:
-        graph = EncoderOpsGraph.from_json(ops)
-    except ValueError as exc:
-        raise BundleError(f"{where}: {exc}") from None
-    if os.path.basename(graph.file) != graph.file:
-        raise BundleError(f"{where}: encoder_ops names a file outside the bundle: {graph.file!r}")
-    return graph
-
-
 def _decoder_prompt_ops(bundle_dir, manifest, providers, native_decoder):
     """(the path of the manifest's "decoder_prompt_ops" graph to run, or None; why
     not, or None when it runs). It runs where sam_edge_ops registers, on the CPU
@@ -310,7 +297,7 @@ def _decoder_prompt_ops(bundle_dir, manifest, providers, native_decoder):
     if ops is None:
         return None, ("the bundle has no decoder prompt ops graph (built with --no-ops-graph, or by an older "
                       "sam-edge)")
-    graph = _prompt_ops_graph(ops, f"manifest of {bundle_dir}")
+    graph = _manifest_ops_graph("decoder_prompt_ops", ops, f"manifest of {bundle_dir}")
     graphs = manifest["graphs"]
     if "decoder_image" not in graphs or "decoder_prompt" not in graphs:
         return None, "the bundle has no split decoder, which the prompt ops graph is part of"
@@ -324,14 +311,16 @@ def _decoder_prompt_ops(bundle_dir, manifest, providers, native_decoder):
     return os.path.join(bundle_dir, graph.file), None
 
 
-def _prompt_ops_graph(ops: Dict[str, Any], where: str):
-    """The manifest's "decoder_prompt_ops" as a DecoderPromptOpsGraph; BundleError naming `where` when it is damaged."""
-    from .ort_ops import DecoderPromptOpsGraph
+def _manifest_ops_graph(key: str, ops: Dict[str, Any], where: str):
+    """The manifest's ops-graph entry `key` ("encoder_ops" or "decoder_prompt_ops") as
+    its ort_ops description; BundleError naming `where` when it is damaged."""
+    from . import ort_ops
 
+    kind = {"encoder_ops": ort_ops.EncoderOpsGraph, "decoder_prompt_ops": ort_ops.DecoderPromptOpsGraph}[key]
     try:
-        graph = DecoderPromptOpsGraph.from_json(ops)
+        graph = kind.from_json(ops)
     except ValueError as exc:
         raise BundleError(f"{where}: {exc}") from None
     if os.path.basename(graph.file) != graph.file:
-        raise BundleError(f"{where}: decoder_prompt_ops names a file outside the bundle: {graph.file!r}")
+        raise BundleError(f"{where}: {key} names a file outside the bundle: {graph.file!r}")
     return graph
