@@ -16,8 +16,11 @@ that checkout's sam_edge first on the path:
 Weights: official ViT-B with seeded random initialisation (no download). Each
 prompt is one foreground point (plus the padding point the runtime adds), on
 a seeded random embedding. The official decoder is timed first, alone (torch's
-threads stay busy after a call); the ONNX graphs' calls are then interleaved so
-machine load hits them alike. Besides the time, each ONNX graph's low-res logits
+threads stay busy after a call). The ONNX graphs are then timed in blocks of
+--block calls, taking turns, with a pause and one untimed call before each
+block: an idle session's pool threads spin for a while after its call, and
+calls interleaved one by one were timed against the other sessions' spinning
+(about twice the time at 2 threads on 2 cores). Besides the time, each ONNX graph's low-res logits
 (multimask) are compared with the official decoder's (rel-L2) and its scores
 (max abs difference). cpu_median_ms is the process's CPU time per call: with
 one thread, the work itself, little moved by other processes on the host (with
@@ -38,6 +41,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import print_table, summarize, write_results  # noqa: E402
+
+
+#: Seconds between blocks: longer than ONNX Runtime's spin before its pool threads sleep.
+PAUSE_S = 0.05
 
 
 def seeded_models(model: str, seed: int = 0):
@@ -107,10 +114,14 @@ def main() -> None:
     parser.add_argument("--model", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op and torch threads")
     parser.add_argument("--repeat", type=int, default=60, help="timed single-prompt calls per implementation")
+    parser.add_argument("--block", type=int, default=20, help="ONNX graph calls timed in a row before the next graph")
     parser.add_argument("--baseline", help="directory with another checkout's decoder_image/decoder_prompt.onnx")
     parser.add_argument("--export-only", metavar="DIR", help="write this checkout's pair to DIR and stop")
     parser.add_argument("--tag", help="host name for the results file (default: sam_edge.bench.host.device_tag)")
     args = parser.parse_args()
+
+    if args.block < 1 or args.repeat < 1:
+        parser.error("--block and --repeat must be >= 1")
 
     import sam_edge
 
@@ -164,17 +175,23 @@ def main() -> None:
     for name, run in impls.items():  # warm-up
         for feed in prompts[:3]:
             run(feed)
+    def timed(name, feed):
+        t0, c0 = time.perf_counter(), time.process_time()
+        impls[name](feed)
+        times[name].append(time.perf_counter() - t0)
+        cpu[name].append(time.process_time() - c0)
+
     # The official decoder alone first: torch's OpenMP team keeps its cores busy for a
-    # while after each call, which, interleaved, would be timed against the next graph.
-    # The ONNX graphs then interleaved with each other, so load hits them alike.
-    groups = [["official torch decoder"], [name for name in impls if name != "official torch decoder"]]
-    for group in groups:
-        for feed in prompts:
-            for name in group:
-                t0, c0 = time.perf_counter(), time.process_time()
-                impls[name](feed)
-                times[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.process_time() - c0)
+    # while after each call, which would be timed against the next graph.
+    for feed in prompts:
+        timed("official torch decoder", feed)
+    graphs = [name for name in impls if name != "official torch decoder"]
+    for start in range(0, len(prompts), args.block):
+        for name in graphs:
+            time.sleep(PAUSE_S)  # the last session's pool threads stop spinning
+            impls[name](prompts[start])  # untimed: wakes this session's threads
+            for feed in prompts[start:start + args.block]:
+                timed(name, feed)
 
     reference_ms = summarize(times["official torch decoder"])["median_ms"]
     rows = []
@@ -191,7 +208,8 @@ def main() -> None:
     print_table(rows, list(rows[0]))
     path = write_results(
         f"decoder-prompt-{args.model}",
-        {"model": args.model, "threads": args.threads, "repeat": args.repeat, "torch": torch.__version__,
+        {"model": args.model, "threads": args.threads, "repeat": args.repeat, "block": args.block,
+         "torch": torch.__version__,
          "onnxruntime": __import__("onnxruntime").__version__, "rows": rows},
         tag=args.tag, variant="baseline vs this checkout" if args.baseline else "this checkout",
     )
