@@ -104,14 +104,15 @@ cpu_ext = Pybind11Extension(
     "sam_edge._C",
     [str(p) for p in sorted((CSRC / "postprocess").glob("*.cpp"))]
     + [str(p) for p in sorted((CSRC / "attention").glob("*.cpp"))]
-    + [str(CSRC / "mask_upscale_cpu.cpp"), str(CSRC / "bindings_attention.cpp"), str(CSRC / "bindings_postprocess.cpp"),
+    + [str(CSRC / "task_runner.cpp"), str(CSRC / "mask_upscale_cpu.cpp"), str(CSRC / "bindings_attention.cpp"), str(CSRC / "bindings_postprocess.cpp"),
        str(CSRC / "bindings_mask_upscale.cpp"), str(CSRC / "module.cpp")],
     include_dirs=[str(CSRC)],
     cxx_std=17,
     extra_compile_args=CXX_FLAGS + (["-fopenmp"] if OPENMP else []),
     extra_link_args=["-fopenmp"] if OPENMP else [],
     depends=[str(CSRC / "postprocess.h"), str(CSRC / "attention.h"), str(CSRC / "bindings.h"),
-             str(CSRC / "mask_upscale.h"), str(CSRC / "gelu_avx512.h"), str(CSRC / "quantize_linear_avx512.h")]
+             str(CSRC / "mask_upscale.h"), str(CSRC / "gelu_avx512.h"), str(CSRC / "quantize_linear_avx512.h"),
+             str(CSRC / "task_runner.h")]
     + [str(p) for p in sorted((CSRC / "postprocess").glob("*.h")) + sorted((CSRC / "attention").glob("*.h"))],
 )
 
@@ -149,7 +150,7 @@ ORT_OPS = "sam_edge.sam_edge_ops"
 ort_ops_ext = Extension(
     ORT_OPS,
     [str(CSRC / "ort" / "sam_edge_ops.cpp"), str(CSRC / "ort" / "abi_check.cpp"), str(CSRC / "layer_norm_cpu.cpp"),
-     str(CSRC / "gelu_quantize_cpu.cpp"), str(CSRC / "mask_upscale_cpu.cpp")]
+     str(CSRC / "gelu_quantize_cpu.cpp"), str(CSRC / "mask_upscale_cpu.cpp"), str(CSRC / "task_runner.cpp")]
     + [str(p) for p in sorted((CSRC / "attention").glob("*.cpp"))],
     include_dirs=[str(CSRC)],
     language="c++",
@@ -158,7 +159,8 @@ ort_ops_ext = Extension(
     extra_link_args=(["-Wl,--no-undefined"] if sys.platform.startswith("linux") else [])
     + (["-fopenmp"] if OPENMP else []),
     depends=[str(CSRC / "attention.h"), str(CSRC / "layer_norm.h"), str(CSRC / "gelu_quantize.h"),
-             str(CSRC / "quantize_linear_avx512.h"), str(CSRC / "gelu_avx512.h"), str(CSRC / "mask_upscale.h")]
+             str(CSRC / "quantize_linear_avx512.h"), str(CSRC / "gelu_avx512.h"), str(CSRC / "mask_upscale.h"),
+             str(CSRC / "task_runner.h")]
     + [str(p) for p in sorted((CSRC / "ort").glob("*.h")) + sorted((CSRC / "attention").glob("*.h"))],
 )
 ext_modules.append(ort_ops_ext)

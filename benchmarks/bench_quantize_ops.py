@@ -79,8 +79,7 @@ def _session(nodes, inputs, shape, width, threads):
     model = helper.make_model(graph, ir_version=8, opset_imports=[
         helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid(DOMAIN, 1)])
     options = session_options(threads)
-    # As encoder_ops_session: the ops' OpenMP team and ORT's pool share the cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ORT's spinning left on, as encoder_ops_session leaves it where the ops all run on its pool.
     register_ort_ops(options)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 

@@ -19,15 +19,18 @@
 //
 // The scores of a block of query rows are computed into a per-thread buffer
 // that stays in L2, normalised exactly (max, exp, sum) and multiplied by v:
-// the (n_q, M) attention matrix never reaches memory. threads < 1 means every
-// OpenMP thread; force_portable selects the portable loop on any CPU (tests
-// compare the two). Shapes or a compute the CPU cannot run throw
+// the (n_q, M) attention matrix never reaches memory. The loops run on `runner`
+// when given (the fp32, AVX512-BF16 and portable paths; AMX and AVX512-FP16
+// keep OpenMP), else on OpenMP, threads < 1 meaning every OpenMP thread.
+// force_portable selects the portable loop on any CPU (tests compare the two). Shapes or a compute the CPU cannot run throw
 // std::invalid_argument. The semantics are documented in
 // sam_edge/kernels/cpu_attention.py, the public interface.
 #pragma once
 
 #include <cstdint>
 #include <optional>
+
+#include "task_runner.h"
 
 namespace sam_edge {
 
@@ -63,12 +66,12 @@ std::optional<Compute> rel_pos_attention_fast_compute(int64_t head_dim, int64_t 
 void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const float* rel_h,
                            const float* rel_w, float* out, int64_t batch_heads, int64_t n_q,
                            int64_t k_h, int64_t k_w, int64_t head_dim, float scale, int threads,
-                           bool force_portable, Compute compute);
+                           bool force_portable, Compute compute, const TaskRunner* runner = nullptr);
 
 // Attention from a block's qkv projection, windows and rel-pos terms included; any compute.
 void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const float* rel_pos_w,
                                const float* kv_bias, float* out, int64_t batch, int64_t height, int64_t width,
                                int64_t heads, int64_t head_dim, int64_t window, float scale, int threads,
-                               bool force_portable, Compute compute);
+                               bool force_portable, Compute compute, const TaskRunner* runner = nullptr);
 
 }  // namespace sam_edge

@@ -14,12 +14,15 @@
 
 #include <cstdint>
 
+#include "task_runner.h"
+
 namespace sam_edge {
 
-// rows x channels C-contiguous values; OpenMP over rows, threads < 1 meaning every
-// OpenMP thread. Throws std::invalid_argument for sizes below 1 or a y_scale that is
-// not finite and positive, std::runtime_error on a CPU without AVX-512.
+// rows x channels C-contiguous values; rows run on `runner` when given, else on
+// OpenMP, threads < 1 meaning every OpenMP thread. Throws std::invalid_argument
+// for sizes below 1 or a y_scale that is not finite and positive,
+// std::runtime_error on a CPU without AVX-512.
 void gelu_quantize_cpu(const float* x, uint8_t* out, int64_t rows, int64_t channels, float y_scale,
-                       uint8_t y_zero_point, int threads);
+                       uint8_t y_zero_point, int threads, const TaskRunner* runner = nullptr);
 
 }  // namespace sam_edge

@@ -11,12 +11,15 @@
 
 #include <cstdint>
 
+#include "task_runner.h"
+
 namespace sam_edge {
 
-// threads < 1 means every OpenMP thread. Throws std::invalid_argument for sizes
-// below 1 or an epsilon that is negative or not finite.
+// Rows run on `runner` when given, else on OpenMP, threads < 1 meaning every
+// OpenMP thread. Throws std::invalid_argument for sizes below 1 or an epsilon
+// that is negative or not finite.
 void layer_norm_cpu(const float* x, const float* weight, const float* bias, float* out, int64_t rows,
-                    int64_t channels, float epsilon, int threads);
+                    int64_t channels, float epsilon, int threads, const TaskRunner* runner = nullptr);
 
 // LayerNorm then ONNX QuantizeLinear to uint8, per row, in one pass over the
 // normalised values: the norms before an int8 graph's qkv and lin1 Linears.
@@ -27,9 +30,9 @@ void layer_norm_cpu(const float* x, const float* weight, const float* bias, floa
 // Add before the norm) x + skip in float32, which is also written to sum.
 // skip and sum are both null or both not. AVX-512 only: throws
 // std::runtime_error on other CPUs, std::invalid_argument as layer_norm_cpu does
-// and for a y_scale that is not finite and positive.
+// and for a y_scale that is not finite and positive. Threads as layer_norm_cpu.
 void layer_norm_quantize_cpu(const float* x, const float* skip, const float* weight, const float* bias,
                              float y_scale, uint8_t y_zero_point, uint8_t* out, float* sum, int64_t rows,
-                             int64_t channels, float epsilon, int threads);
+                             int64_t channels, float epsilon, int threads, const TaskRunner* runner = nullptr);
 
 }  // namespace sam_edge

@@ -3,14 +3,11 @@
 // variant shares its statistics and its arithmetic, in AVX-512 only.
 #include "layer_norm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
 #include "quantize_linear_avx512.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace sam_edge {
 namespace {
@@ -67,23 +64,20 @@ SAM_EDGE_AVX512 __attribute__((always_inline)) inline void normalize_quantize_ro
 }
 
 __attribute__((target("avx512f,avx512dq"))) void rows_avx512(const float* x, const float* weight, const float* bias,
-                                                            float* out, int64_t rows, int64_t n, float epsilon,
-                                                            int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) normalize_row(x + r * n, weight, bias, out + r * n, n, epsilon);
+                                                            float* out, int64_t begin, int64_t end, int64_t n,
+                                                            float epsilon) {
+  for (int64_t r = begin; r < end; ++r) normalize_row(x + r * n, weight, bias, out + r * n, n, epsilon);
 }
 
-void rows_portable(const float* x, const float* weight, const float* bias, float* out, int64_t rows, int64_t n,
-                   float epsilon, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) normalize_row(x + r * n, weight, bias, out + r * n, n, epsilon);
+void rows_portable(const float* x, const float* weight, const float* bias, float* out, int64_t begin, int64_t end,
+                   int64_t n, float epsilon) {
+  for (int64_t r = begin; r < end; ++r) normalize_row(x + r * n, weight, bias, out + r * n, n, epsilon);
 }
 
 SAM_EDGE_AVX512 void quantize_rows_avx512(const float* x, const float* skip, const float* weight, const float* bias,
-                                          const QuantizeParams& params, uint8_t* out, float* sum, int64_t rows,
-                                          int64_t n, float epsilon, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
+                                          const QuantizeParams& params, uint8_t* out, float* sum, int64_t begin,
+                                          int64_t end, int64_t n, float epsilon) {
+  for (int64_t r = begin; r < end; ++r) {
     const float* row = x + r * n;
     if (skip) {
       float* sum_row = sum + r * n;
@@ -94,20 +88,14 @@ SAM_EDGE_AVX512 void quantize_rows_avx512(const float* x, const float* skip, con
   }
 }
 
-int thread_count(int threads) {
-#ifdef _OPENMP
-  return threads < 1 ? omp_get_max_threads() : threads;
-#else
-  (void)threads;
-  return 1;
-#endif
-}
+// Rows per task: about 32 KB of each input, enough to amortise a pool's hand-out of the task.
+int64_t row_grain(int64_t channels) { return std::max<int64_t>(1, 8192 / channels); }
 
 }  // namespace
 
 void layer_norm_quantize_cpu(const float* x, const float* skip, const float* weight, const float* bias,
                              float y_scale, uint8_t y_zero_point, uint8_t* out, float* sum, int64_t rows,
-                             int64_t channels, float epsilon, int threads) {
+                             int64_t channels, float epsilon, int threads, const TaskRunner* runner) {
   if (rows < 1 || channels < 1) throw std::invalid_argument("layer_norm_quantize: rows and channels must be >= 1");
   if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
     throw std::invalid_argument("layer_norm_quantize: epsilon must be finite and >= 0");
@@ -118,21 +106,25 @@ void layer_norm_quantize_cpu(const float* x, const float* skip, const float* wei
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw"))
     throw std::runtime_error("layer_norm_quantize: this CPU has no AVX-512");
-  quantize_rows_avx512(x, skip, weight, bias, quantize_params(y_scale, y_zero_point), out, sum, rows, channels,
-                       epsilon, thread_count(threads));
+  const QuantizeParams params = quantize_params(y_scale, y_zero_point);
+  parallel_for(make_workers(threads, runner), rows, row_grain(channels), [&](int64_t begin, int64_t end) {
+    quantize_rows_avx512(x, skip, weight, bias, params, out, sum, begin, end, channels, epsilon);
+  });
 }
 
 void layer_norm_cpu(const float* x, const float* weight, const float* bias, float* out, int64_t rows,
-                    int64_t channels, float epsilon, int threads) {
+                    int64_t channels, float epsilon, int threads, const TaskRunner* runner) {
   if (rows < 1 || channels < 1) throw std::invalid_argument("layer_norm: rows and channels must be >= 1");
   if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
     throw std::invalid_argument("layer_norm: epsilon must be finite and >= 0");
-  const int nt = thread_count(threads);
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
-    rows_avx512(x, weight, bias, out, rows, channels, epsilon, nt);
-  else
-    rows_portable(x, weight, bias, out, rows, channels, epsilon, nt);
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  parallel_for(make_workers(threads, runner), rows, row_grain(channels), [&](int64_t begin, int64_t end) {
+    if (avx512)
+      rows_avx512(x, weight, bias, out, begin, end, channels, epsilon);
+    else
+      rows_portable(x, weight, bias, out, begin, end, channels, epsilon);
+  });
 }
 
 }  // namespace sam_edge

@@ -20,7 +20,8 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
+
+#include "task_runner.h"
 
 namespace sam_edge {
 
@@ -38,11 +39,6 @@ struct MaskUpscaleWeights {
 
 // Whether mask_upscale_cpu runs its AVX-512 path on this CPU (for C % 16 == 0).
 bool mask_upscale_has_avx512();
-
-// Runs body(i) for every i in [0, tasks), in any order and on any threads, and
-// returns when all have run: a host's thread pool (the op library hands ONNX
-// Runtime's over, so the kernel shares the session's threads, not a second team).
-using TaskRunner = std::function<void(int64_t tasks, const std::function<void(int64_t)>& body)>;
 
 // The tasks run on `runner` when given, else on OpenMP, threads < 1 meaning every
 // OpenMP thread. Throws std::invalid_argument for sizes below 1, C not a multiple

@@ -17,25 +17,12 @@
 
 #include "gelu_avx512.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace sam_edge {
 namespace {
 
 struct Geometry {
   int64_t src_batch, batch, tokens, height, width, channels, c1, c2;
 };
-
-int thread_count(int threads) {
-#ifdef _OPENMP
-  return threads < 1 ? omp_get_max_threads() : threads;
-#else
-  (void)threads;
-  return 1;
-#endif
-}
 
 // Phi through erfc, accurate in both tails, where 1 + erf(x) cancels.
 float gelu_scalar(float x) { return x * (0.5f * std::erfc(-x * 0.70710678118654752f)); }
@@ -62,15 +49,6 @@ float* thread_scratch(int64_t floats) {
     if (!buffer.data) throw std::bad_alloc();
   }
   return buffer.data;
-}
-
-void run_tasks(int64_t tasks, int threads, const TaskRunner* runner, const std::function<void(int64_t)>& body) {
-  if (runner) {
-    (*runner)(tasks, body);
-    return;
-  }
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < tasks; ++i) body(i);
 }
 
 // ---- portable ----
@@ -358,15 +336,15 @@ void mask_upscale_cpu(const float* src, const float* hyper_in, const MaskUpscale
   if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
     throw std::invalid_argument("mask_upscale: epsilon must be finite and >= 0");
   const Geometry g{src_batch, batch, tokens, height, width, channels, channels / 4, channels / 8};
-  const int nt = thread_count(threads);
+  const Workers workers = make_workers(threads, runner);
   if (!force_portable && channels % 16 == 0 && mask_upscale_has_avx512()) {
     const PackedWeights packed = pack(weights, g);
     const int64_t tiles = (height * ((width + kStrip - 1) / kStrip) + 1) / 2;
-    run_tasks(src_batch * tiles, nt, runner, [&](int64_t item) {
+    parallel_for(workers, src_batch * tiles, 1, [&](int64_t item, int64_t) {
       tile_avx512(src, hyper_in, weights, packed, out, g, epsilon, item);
     });
   } else {
-    run_tasks(src_batch * height * width, nt, runner, [&](int64_t item) {
+    parallel_for(workers, src_batch * height * width, 1, [&](int64_t item, int64_t) {
       pixel_portable(src, hyper_in, weights, out, g, epsilon, item);
     });
   }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include "attention.h"
+#include "task_runner.h"
 
 #include <immintrin.h>
 
@@ -51,21 +52,13 @@ constexpr int64_t kValueChunk = 64;
 // floats (16 KB) every row of a tile falls on the same L1 sets.
 constexpr int64_t kPad = 32;
 
-inline int resolve_threads(int threads) {
-#ifdef _OPENMP
-  return threads < 1 ? omp_get_max_threads() : threads;
-#else
-  (void)threads;
-  return 1;
-#endif
-}
-
 // Per-thread scratch that outlives a call. An encoder run calls the kernel once
 // per cut with tens of megabytes of packed k, v, q; fresh allocations would be
 // mmap'd, page-faulted and zeroed on every call. Slots: 0-2 packed inputs (the
-// calling thread), 3-4 score and probability rows (each OpenMP thread), 5-7
-// a task's rel-pos terms and output rows (each OpenMP thread), 8-13 the
-// gathered inputs and output of rel_pos_attention_qkv_cpu's generic path.
+// calling thread), 3-4 score and probability rows (the thread running a task),
+// 5-7 a task's rel-pos terms and output rows (likewise), 8-13 the gathered
+// inputs and output of rel_pos_attention_qkv_cpu's generic path. A task takes
+// its slots when it starts: a pool may run it on any of its threads.
 constexpr int kScratchSlots = 14;
 
 struct Scratch {
@@ -224,14 +217,17 @@ SAM_AVX512 inline void transpose16(__m512 r[16]) {
 // portable.cpp: one query row at a time, any head_dim and key grid.
 void attention_portable(const float* q, const float* k, const float* v, const float* rel_h, const float* rel_w,
                         float* out, int64_t bh, int64_t n_q, int64_t k_h, int64_t k_w, int64_t d, float scale,
-                        int threads);
+                        const Workers& workers);
 
 // avx512.cpp: head_dim NV * 16, k_w % 16 == 0; R_VALUE rows per product with v.
 // Built for head_dim 64 (4, 6) and 80 (5, 4).
 template <int NV, int R_VALUE>
 SAM_AVX512 void attention_avx512(const float* q, const float* k, const float* v, const float* rel_h,
                                  const float* rel_w, float* out, int64_t bh, int64_t n_q, int64_t k_h,
-                                 int64_t k_w, float scale, int threads);
+                                 int64_t k_w, float scale, const Workers& workers);
+
+// The AMX and AVX512-FP16 paths keep their OpenMP team even inside ONNX Runtime:
+// no CPU here has them to test a rewrite on, and AMX configures its tiles per thread.
 
 // avx512_fp16.cpp, head_dim 64. SMALL: key grids of at most 16 x 16 (windowed
 // blocks); otherwise rows of whole 16-key groups in whole 64-key panels.
@@ -254,14 +250,14 @@ SAM_AMX void qkv_amx_bf16(const float* qkv, const float* table_h, const float* t
 template <int D, bool SMALL>
 SAM_AVX512_BF16 void qkv_avx512_bf16(const float* qkv, const float* table_h, const float* table_w, const float* rev_w,
                                      int64_t kl_w, const float* kv_bias, float* out, const QkvGeometry& g, float scale,
-                                     int threads);
+                                     const Workers& workers);
 
 // qkv.cpp: the rel-pos tables and terms, the generic gather-run-scatter path,
 // and the tasks the fp16 and bf16 paths share.
 std::vector<float> rel_pos_table(const float* rel_pos, int64_t s, int64_t kp, int64_t d);
 std::vector<float> reversed_table(const float* rel_pos, int64_t s, int64_t kl, int64_t d);
 void qkv_generic(const float* qkv, const float* table_h, const float* table_w, const float* rev_w, int64_t kl_w,
-                 const float* kv_bias, float* out, const QkvGeometry& g, float scale, int threads,
+                 const float* kv_bias, float* out, const QkvGeometry& g, float scale, const Workers& workers,
                  bool force_portable);
 std::vector<std::pair<int64_t, int64_t>> qkv_tasks(const QkvGeometry& g, int64_t rows_per_task);
 int64_t task_queries(const QkvGeometry& g, const float* qkv, int64_t u, int64_t i0, int64_t max_rows, int64_t* tokens,

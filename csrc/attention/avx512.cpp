@@ -155,40 +155,35 @@ SAM_AVX512 void attention_block(const Head& h, const float* q, const float* rh, 
 template <int NV, int R_VALUE>
 SAM_AVX512 void attention_avx512(const float* q, const float* k, const float* v, const float* rel_h,
                                  const float* rel_w, float* out, int64_t bh, int64_t n_q, int64_t k_h,
-                                 int64_t k_w, float scale, int threads) {
+                                 int64_t k_w, float scale, const Workers& workers) {
   const int64_t d = NV * 16, m = k_h * k_w;
   const int64_t panels = (m + kPanel - 1) / kPanel, head_floats = panels * d * kPanel;
   float* kt = scratch<float>(0, bh * head_floats);
   const int64_t blocks = (n_q + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < bh * panels; ++t) {
+  parallel_for(workers, bh * panels, 1, [&](int64_t begin, int64_t end) SAM_AVX512 {
+    for (int64_t t = begin; t < end; ++t) {
       const int64_t hh = t / panels, j0 = (t % panels) * kPanel;
       const float* src = k + hh * m * d;
       float* dst = kt + hh * head_floats + (j0 / kPanel) * d * kPanel;
       for (int64_t j = 0; j < kPanel; ++j)
         for (int64_t c = 0; c < d; ++c) dst[c * kPanel + j] = j0 + j < m ? src[(j0 + j) * d + c] : 0.f;
     }
+  });
+  // Blocks in head order: both threads work on one head's k and v at a time.
+  parallel_for(workers, bh * blocks, 1, [&](int64_t t, int64_t) SAM_AVX512 {
     float* s = scratch<float>(3, kRowBlock * (m + kPad));
-    // Blocks in head order: both threads work on one head's k and v at a time.
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < bh * blocks; ++t) {
-      const int64_t hh = t / blocks, i0 = (t % blocks) * kRowBlock;
-      const int64_t rows = std::min(kRowBlock, n_q - i0);
-      const Head h{kt + hh * head_floats, v + hh * m * d, m, d, k_h, k_w, m + kPad, scale};
-      const int64_t row = hh * n_q + i0;
-      attention_block<NV, R_VALUE>(h, q + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s,
-                                   out + row * d);
-    }
-  }
+    const int64_t hh = t / blocks, i0 = (t % blocks) * kRowBlock;
+    const int64_t rows = std::min(kRowBlock, n_q - i0);
+    const Head h{kt + hh * head_floats, v + hh * m * d, m, d, k_h, k_w, m + kPad, scale};
+    const int64_t row = hh * n_q + i0;
+    attention_block<NV, R_VALUE>(h, q + row * d, rel_h + row * k_h, rel_w + row * k_w, rows, s, out + row * d);
+  }, /*balanced=*/true);
 }
 
-
 template void attention_avx512<4, 6>(const float*, const float*, const float*, const float*, const float*, float*,
-                                     int64_t, int64_t, int64_t, int64_t, float, int);
+                                     int64_t, int64_t, int64_t, int64_t, float, const Workers&);
 template void attention_avx512<5, 4>(const float*, const float*, const float*, const float*, const float*, float*,
-                                     int64_t, int64_t, int64_t, int64_t, float, int);
+                                     int64_t, int64_t, int64_t, int64_t, float, const Workers&);
 
 }  // namespace attention
 }  // namespace sam_edge

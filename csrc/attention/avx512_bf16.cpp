@@ -231,7 +231,7 @@ SAM_AVX512_BF16 void attention_block_bf16(const HeadFp16& h, PackedBf16 kv, cons
 template <int D, bool SMALL>
 SAM_AVX512_BF16 void qkv_avx512_bf16(const float* qkv, const float* table_h, const float* table_w, const float* rev_w,
                                      int64_t kl_w, const float* kv_bias, float* out, const QkvGeometry& g, float scale,
-                                     int threads) {
+                                     const Workers& workers) {
   static_assert(D == 64 || D == 80, "head_dim 64 or 80");
   constexpr int64_t d = D, pairs = D / 2;
   const int64_t U = g.units(), m = g.m(), heads = g.heads;
@@ -243,29 +243,26 @@ SAM_AVX512_BF16 void qkv_avx512_bf16(const float* qkv, const float* table_h, con
   const KeyTables tables(m, m_pad, k_w);
   const std::vector<std::pair<int64_t, int64_t>> tasks = qkv_tasks(g, kRowBlock);
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
-#pragma omp parallel num_threads(threads)
-  {
-    // k: per panel of 64 keys, 16 keys x 16 channel pairs at a time, transposed in registers.
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < U * panels; ++t) {
-      const int64_t u = t / panels, j0 = (t % panels) * 64;
-      uint32_t* dst = kp + (u * m_pad + j0) * pairs;
-      for (int64_t jb = 0; jb < 64; jb += 16) {
-        const float* src[16];
-        for (int i = 0; i < 16; ++i) src[i] = g.key(qkv, kv_bias, u, j0 + jb + i, 1);
-        for (int64_t cb = 0; cb < d; cb += 32) {
-          __m512 r[16];
-          for (int i = 0; i < 16; ++i)
-            r[i] = src[i] ? _mm512_castsi512_ps(channel_pairs<D>(src[i], cb)) : _mm512_setzero_ps();
-          transpose16(r);
-          const int64_t valid_pairs = std::min<int64_t>(16, pairs - cb / 2);
-          for (int64_t c = 0; c < valid_pairs; ++c) _mm512_storeu_ps(reinterpret_cast<float*>(dst + (cb / 2 + c) * 64 + jb), r[c]);
-        }
+  // k: per panel of 64 keys, 16 keys x 16 channel pairs at a time, transposed in registers.
+  parallel_for(workers, U * panels, 1, [&](int64_t t, int64_t) SAM_AVX512_BF16 {
+    const int64_t u = t / panels, j0 = (t % panels) * 64;
+    uint32_t* dst = kp + (u * m_pad + j0) * pairs;
+    for (int64_t jb = 0; jb < 64; jb += 16) {
+      const float* src[16];
+      for (int i = 0; i < 16; ++i) src[i] = g.key(qkv, kv_bias, u, j0 + jb + i, 1);
+      for (int64_t cb = 0; cb < d; cb += 32) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = src[i] ? _mm512_castsi512_ps(channel_pairs<D>(src[i], cb)) : _mm512_setzero_ps();
+        transpose16(r);
+        const int64_t valid_pairs = std::min<int64_t>(16, pairs - cb / 2);
+        for (int64_t c = 0; c < valid_pairs; ++c) _mm512_storeu_ps(reinterpret_cast<float*>(dst + (cb / 2 + c) * 64 + jb), r[c]);
       }
     }
-    // v: per pair of keys, channel c of both in one dword.
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < U * m_pad / 2; ++t) {
+  });
+  // v: per pair of keys, channel c of both in one dword; tasks of 32 pairs (16 KB of fp32 for D = 64).
+  parallel_for(workers, U * m_pad / 2, 32, [&](int64_t begin, int64_t end) SAM_AVX512_BF16 {
+    for (int64_t t = begin; t < end; ++t) {
       const int64_t u = t / (m_pad / 2), jp = t % (m_pad / 2);
       const float* v0 = g.key(qkv, kv_bias, u, 2 * jp, 2);
       const float* v1 = g.key(qkv, kv_bias, u, 2 * jp + 1, 2);
@@ -275,9 +272,10 @@ SAM_AVX512_BF16 void qkv_avx512_bf16(const float* qkv, const float* table_h, con
         _mm512_storeu_si512(vp + t * d + c, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
       }
     }
-    // Queries, compacted: row r of unit u is the window's valid position r.
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < U * m; ++t) {
+  });
+  // Queries, compacted: row r of unit u is the window's valid position r; tasks of 64 rows.
+  parallel_for(workers, U * m, 64, [&](int64_t begin, int64_t end) SAM_AVX512_BF16 {
+    for (int64_t t = begin; t < end; ++t) {
       const int64_t u = t / m, r = t % m;
       if (r >= g.valid_h(u) * g.valid_w(u)) continue;
       const float* src = g.query(qkv, u, r);
@@ -289,39 +287,39 @@ SAM_AVX512_BF16 void qkv_avx512_bf16(const float* qkv, const float* table_h, con
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c / 2), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + c)));
       }
     }
-    const int64_t ls = m_pad + kPad;
+  });
+  const int64_t ls = m_pad + kPad;
+  parallel_for(workers, n_tasks, 1, [&](int64_t t, int64_t) SAM_AVX512_BF16 {
+    // The running thread's buffers: a task runs on one thread from start to end.
     float* s = scratch<float>(3, kRowBlock * ls);
     uint32_t* p = scratch<uint32_t>(4, kRowBlock * ls / 2);
     float* rh = scratch<float>(5, kRowBlock * k_h);
     float* rw = scratch<float>(6, kRowBlock * k_w);
     float* o = scratch<float>(7, kRowBlock * d);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n_tasks; ++t) {
-      const auto [u, i0] = tasks[t];
-      const int64_t head = u % heads;
-      int64_t tokens[kRowBlock], cols[kRowBlock];
-      const float* q32[kRowBlock];
-      const int64_t rows = task_queries(g, qkv, u, i0, kRowBlock, tokens, cols, q32);
-      task_rel_terms(g, q32, cols, i0, rows, g.valid_w(u), table_h, table_w, rev_w, kl_w, rh, rw);
-      const HeadFp16 h = tables.head(nullptr, nullptr, ls, scale);
-      const PackedBf16 kv{kp + u * m_pad * pairs, vp + u * m_pad * d / 2};
-      attention_block_bf16<D, SMALL>(h, kv, qp + (u * m + i0) * pairs, rh, rw, rows, s, p, o);
-      for (int64_t r = 0; r < rows; ++r) {
-        float* dst = out + (tokens[r] * heads + head) * d;
-        for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(dst + c, _mm512_loadu_ps(o + r * d + c));
-      }
+    const auto [u, i0] = tasks[t];
+    const int64_t head = u % heads;
+    int64_t tokens[kRowBlock], cols[kRowBlock];
+    const float* q32[kRowBlock];
+    const int64_t rows = task_queries(g, qkv, u, i0, kRowBlock, tokens, cols, q32);
+    task_rel_terms(g, q32, cols, i0, rows, g.valid_w(u), table_h, table_w, rev_w, kl_w, rh, rw);
+    const HeadFp16 h = tables.head(nullptr, nullptr, ls, scale);
+    const PackedBf16 kv{kp + u * m_pad * pairs, vp + u * m_pad * d / 2};
+    attention_block_bf16<D, SMALL>(h, kv, qp + (u * m + i0) * pairs, rh, rw, rows, s, p, o);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dst = out + (tokens[r] * heads + head) * d;
+      for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(dst + c, _mm512_loadu_ps(o + r * d + c));
     }
-  }
+  }, /*balanced=*/true);
 }
 
 template void qkv_avx512_bf16<64, false>(const float*, const float*, const float*, const float*, int64_t, const float*,
-                                         float*, const QkvGeometry&, float, int);
+                                         float*, const QkvGeometry&, float, const Workers&);
 template void qkv_avx512_bf16<64, true>(const float*, const float*, const float*, const float*, int64_t, const float*,
-                                        float*, const QkvGeometry&, float, int);
+                                        float*, const QkvGeometry&, float, const Workers&);
 template void qkv_avx512_bf16<80, false>(const float*, const float*, const float*, const float*, int64_t, const float*,
-                                         float*, const QkvGeometry&, float, int);
+                                         float*, const QkvGeometry&, float, const Workers&);
 template void qkv_avx512_bf16<80, true>(const float*, const float*, const float*, const float*, int64_t, const float*,
-                                        float*, const QkvGeometry&, float, int);
+                                        float*, const QkvGeometry&, float, const Workers&);
 
 }  // namespace attention
 }  // namespace sam_edge

@@ -122,13 +122,14 @@ std::optional<Compute> rel_pos_attention_fast_compute(int64_t head_dim, int64_t 
 void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const float* rel_h,
                            const float* rel_w, float* out, int64_t batch_heads, int64_t n_q,
                            int64_t k_h, int64_t k_w, int64_t head_dim, float scale, int threads,
-                           bool force_portable, Compute compute) {
+                           bool force_portable, Compute compute, const TaskRunner* runner) {
   if (batch_heads < 1 || n_q < 1 || k_h < 1 || k_w < 1 || head_dim < 1)
     throw std::invalid_argument("rel_pos_attention: every size must be >= 1");
   if (compute == Compute::bf16)
     throw std::invalid_argument("rel_pos_attention: bf16 compute runs from the qkv projection only "
                                 "(rel_pos_attention_qkv)");
-  const int nt = resolve_threads(threads);
+  const Workers workers = make_workers(threads, runner);
+  const int nt = workers.threads;
   if (compute == Compute::fp16) {
     if (force_portable || !runs_here(Compute::fp16, head_dim, k_h, k_w))
       throw std::invalid_argument(
@@ -139,18 +140,18 @@ void rel_pos_attention_cpu(const float* q, const float* k, const float* v, const
     else
       attention_avx512_fp16<true>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, nt);
   } else if (force_portable || !runs_here(Compute::fp32, head_dim, k_h, k_w)) {
-    attention_portable(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, head_dim, scale, nt);
+    attention_portable(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, head_dim, scale, workers);
   } else if (head_dim == 64) {  // ViT-B and ViT-L
-    attention_avx512<4, 6>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, nt);
+    attention_avx512<4, 6>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, workers);
   } else {  // 80: ViT-H
-    attention_avx512<5, 4>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, nt);
+    attention_avx512<5, 4>(q, k, v, rel_h, rel_w, out, batch_heads, n_q, k_h, k_w, scale, workers);
   }
 }
 
 void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const float* rel_pos_w,
                                const float* kv_bias, float* out, int64_t batch, int64_t height, int64_t width,
                                int64_t heads, int64_t head_dim, int64_t window, float scale, int threads,
-                               bool force_portable, Compute compute) {
+                               bool force_portable, Compute compute, const TaskRunner* runner) {
   if (batch < 1 || height < 1 || width < 1 || heads < 1 || head_dim < 1 || window < 0)
     throw std::invalid_argument("rel_pos_attention_qkv: every size must be >= 1 (window >= 0)");
   QkvGeometry g{};
@@ -164,9 +165,11 @@ void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const f
   const std::vector<float> table_w = rel_pos_table(rel_pos_w, g.s_w, g.kp_w, head_dim);
   const int64_t kl_w = (2 * g.s_w - 1 + 15) / 16 * 16;
   const std::vector<float> rev_w = reversed_table(rel_pos_w, g.s_w, kl_w, head_dim);
-  const int nt = resolve_threads(threads);
+  const Workers workers = make_workers(threads, runner);
+  const int nt = workers.threads;
   if (compute == Compute::fp32) {
-    qkv_generic(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, nt, force_portable);
+    qkv_generic(qkv, table_h.data(), table_w.data(), rev_w.data(), kl_w, kv_bias, out, g, scale, workers,
+                force_portable);
     return;
   }
   const bool bf16 = compute == Compute::bf16;
@@ -181,11 +184,11 @@ void rel_pos_attention_qkv_cpu(const float* qkv, const float* rel_pos_h, const f
   // bf16 on AMX where the tiles are granted (asked once, so asking again is free), else AVX512-BF16.
   if (bf16 && !rel_pos_attention_has_amx_bf16()) {
     if (head_dim == 80)
-      aligned ? qkv_avx512_bf16<80, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt)
-              : qkv_avx512_bf16<80, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
+      aligned ? qkv_avx512_bf16<80, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, workers)
+              : qkv_avx512_bf16<80, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, workers);
     else
-      aligned ? qkv_avx512_bf16<64, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt)
-              : qkv_avx512_bf16<64, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);
+      aligned ? qkv_avx512_bf16<64, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, workers)
+              : qkv_avx512_bf16<64, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, workers);
   } else if (bf16 && head_dim == 80)
     aligned ? qkv_amx_bf16<80, false>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt)
             : qkv_amx_bf16<80, true>(qkv, th, tw, rw, kl_w, kv_bias, out, g, scale, nt);

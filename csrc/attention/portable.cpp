@@ -8,14 +8,12 @@ namespace attention {
 
 void attention_portable(const float* q, const float* k, const float* v, const float* rel_h,
                         const float* rel_w, float* out, int64_t bh, int64_t n_q, int64_t k_h,
-                        int64_t k_w, int64_t d, float scale, int threads) {
+                        int64_t k_w, int64_t d, float scale, const Workers& workers) {
   const int64_t m = k_h * k_w;
-#pragma omp parallel num_threads(threads)
-  {
+  parallel_for(workers, bh * n_q, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> s(m);
     std::vector<float> acc(d);
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t row = 0; row < bh * n_q; ++row) {
+    for (int64_t row = begin; row < end; ++row) {
       const int64_t h = row / n_q;
       const float* qi = q + row * d;
       const float* kh = k + h * m * d;
@@ -39,7 +37,7 @@ void attention_portable(const float* q, const float* k, const float* v, const fl
         for (int64_t c = 0; c < d; ++c) acc[c] += s[j] * vh[j * d + c];
       for (int64_t c = 0; c < d; ++c) out[row * d + c] = acc[c] / sum;
     }
-  }
+  }, /*balanced=*/true);
 }
 
 }  // namespace attention

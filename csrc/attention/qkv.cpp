@@ -180,7 +180,7 @@ std::vector<float> reversed_table(const float* rel_pos, int64_t s, int64_t kl, i
 // values are kv_bias (the qkv bias: a padded token is zero after the norm);
 // padded queries are zero, and their rows are dropped.
 void qkv_generic(const float* qkv, const float* table_h, const float* table_w, const float* rev_w, int64_t kl_w,
-                 const float* kv_bias, float* out, const QkvGeometry& g, float scale, int threads,
+                 const float* kv_bias, float* out, const QkvGeometry& g, float scale, const Workers& workers,
                  bool force_portable) {
   const int64_t U = g.units(), m = g.m(), d = g.d, ts = g.token_stride();
   float* q = scratch<float>(8, U * m * d);
@@ -190,10 +190,10 @@ void qkv_generic(const float* qkv, const float* table_h, const float* table_w, c
   float* rw = scratch<float>(12, U * m * g.s_w);
   float* o = scratch<float>(13, U * m * d);
   const bool avx512 = !force_portable && rel_pos_attention_has_avx512();
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < U * m; ++t) {
+  // Tasks of about 16 KB of copies: a pool hands each out on its own.
+  const int64_t row_grain = std::max<int64_t>(1, 4096 / d);
+  parallel_for(workers, U * m, row_grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
       const int64_t u = t / m, j = t % m, head = u % g.heads, token = g.token(u, j);
       float* qd = q + t * d;
       float* kd = k + t * d;
@@ -209,30 +209,31 @@ void qkv_generic(const float* qkv, const float* table_h, const float* table_w, c
         std::copy(kv_bias + (g.heads + head) * d, kv_bias + (g.heads + head) * d + d, vd);
       }
     }
-    // The rel-pos terms a window row at a time: its queries share table_h's row.
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < U * g.s_h; ++t) {
-      const int64_t row0 = t * g.s_w, ty = t % g.s_h;
-      for (int64_t tx = 0; tx < g.s_w; ++tx)
-        rel_terms(avx512, q + (row0 + tx) * d, table_h + ty * d * g.kp_h, d, g.kp_h, g.s_h, rh + (row0 + tx) * g.s_h);
-      bool done = false;
-      if (avx512) {
-        std::vector<const float*> rows(g.s_w);
-        std::vector<int64_t> cols(g.s_w);
-        for (int64_t tx = 0; tx < g.s_w; ++tx) rows[tx] = q + (row0 + tx) * d, cols[tx] = tx;
-        done = rel_terms_shifted_any(rows.data(), rev_w, d, kl_w, g.s_w, cols.data(), g.s_w, rw + row0 * g.s_w, g.s_w);
-      }
-      if (!done)
-        for (int64_t tx = 0; tx < g.s_w; ++tx)
-          rel_terms_portable(q + (row0 + tx) * d, table_w + tx * d * g.kp_w, d, g.kp_w, g.s_w, rw + (row0 + tx) * g.s_w);
+  });
+  // The rel-pos terms a window row at a time: its queries share table_h's row.
+  parallel_for(workers, U * g.s_h, 1, [&](int64_t t, int64_t) {
+    const int64_t row0 = t * g.s_w, ty = t % g.s_h;
+    for (int64_t tx = 0; tx < g.s_w; ++tx)
+      rel_terms(avx512, q + (row0 + tx) * d, table_h + ty * d * g.kp_h, d, g.kp_h, g.s_h, rh + (row0 + tx) * g.s_h);
+    bool done = false;
+    if (avx512) {
+      std::vector<const float*> rows(g.s_w);
+      std::vector<int64_t> cols(g.s_w);
+      for (int64_t tx = 0; tx < g.s_w; ++tx) rows[tx] = q + (row0 + tx) * d, cols[tx] = tx;
+      done = rel_terms_shifted_any(rows.data(), rev_w, d, kl_w, g.s_w, cols.data(), g.s_w, rw + row0 * g.s_w, g.s_w);
     }
-  }
-  rel_pos_attention_cpu(q, k, v, rh, rw, o, U, m, g.s_h, g.s_w, d, scale, threads, force_portable, Compute::fp32);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t t = 0; t < U * m; ++t) {
-    const int64_t u = t / m, token = g.token(u, t % m);
-    if (token >= 0) std::copy(o + t * d, o + t * d + d, out + (token * g.heads + u % g.heads) * d);
-  }
+    if (!done)
+      for (int64_t tx = 0; tx < g.s_w; ++tx)
+        rel_terms_portable(q + (row0 + tx) * d, table_w + tx * d * g.kp_w, d, g.kp_w, g.s_w, rw + (row0 + tx) * g.s_w);
+  });
+  rel_pos_attention_cpu(q, k, v, rh, rw, o, U, m, g.s_h, g.s_w, d, scale, workers.threads, force_portable,
+                        Compute::fp32, workers.runner);
+  parallel_for(workers, U * m, row_grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t u = t / m, token = g.token(u, t % m);
+      if (token >= 0) std::copy(o + t * d, o + t * d + d, out + (token * g.heads + u % g.heads) * d);
+    }
+  });
 }
 
 // Tasks of rows_per_task query rows of one unit, (unit, first row): a unit's

@@ -127,6 +127,60 @@ int64_t element_count(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// ---- the session's pool ----
+
+// The runtimes whose table has KernelContext_ParallelFor (noted at registration).
+std::mutex parallel_for_mutex;
+std::vector<const OrtApi*> parallel_for_apis;
+
+void note_parallel_for(const OrtApi* api, const OrtApiBase* api_base) {
+  if (!api_base->GetApi(kOrtParallelForApiVersion)) return;
+  std::lock_guard<std::mutex> lock(parallel_for_mutex);
+  if (std::find(parallel_for_apis.begin(), parallel_for_apis.end(), api) == parallel_for_apis.end())
+    parallel_for_apis.push_back(api);
+}
+
+bool has_parallel_for(const OrtApi* api) {
+  std::lock_guard<std::mutex> lock(parallel_for_mutex);
+  return std::find(parallel_for_apis.begin(), parallel_for_apis.end(), api) != parallel_for_apis.end();
+}
+
+// The kernel's tasks on the session's intra-op pool: the op shares the session's
+// threads, where an OpenMP team beside ORT's spinning pool would fight it for the cores.
+// Every op's kernel runs its loops through it.
+TaskRunner session_pool(const OrtApi* api, OrtKernelContext* context) {
+  return [api, context](int64_t tasks, const std::function<void(int64_t)>& body) {
+    struct Call {
+      const std::function<void(int64_t)>* body;
+      std::mutex mutex;
+      std::exception_ptr error;
+    } call;
+    call.body = &body;
+    // No exception may cross ORT's C callback: the first is kept and rethrown here.
+    const auto run = [](void* data, size_t i) noexcept {
+      auto* c = static_cast<Call*>(data);
+      try {
+        (*c->body)(static_cast<int64_t>(i));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(c->mutex);
+        if (!c->error) c->error = std::current_exception();
+      }
+    };
+    check(api, api->KernelContext_ParallelFor(context, run, static_cast<size_t>(tasks), 0, &call));
+    if (call.error) std::rethrow_exception(call.error);
+  };
+}
+
+// The pool a kernel is handed, or null on a runtime older than 1.17, which has
+// none to lend: the kernel's own OpenMP team runs it there.
+struct SessionPool {
+  SessionPool(const OrtApi* api, OrtKernelContext* context)
+      : runner(session_pool(api, context)), usable(has_parallel_for(api)) {}
+  const TaskRunner* get() const { return usable ? &runner : nullptr; }
+  TaskRunner runner;
+  bool usable;
+};
+
 // ---- RelPosAttention ----
 
 // The attribute's name as attention.h's Compute.
@@ -140,9 +194,9 @@ Compute parse_compute(const std::string& name) {
 // The one call into the attention kernel.
 void run_attention(const float* qkv, const float* rel_pos_h, const float* rel_pos_w, const float* kv_bias, float* out,
                    int64_t batch, int64_t height, int64_t width, int64_t heads, int64_t head_dim, int64_t window,
-                   float scale, Compute compute) {
+                   float scale, Compute compute, const TaskRunner* pool) {
   rel_pos_attention_qkv_cpu(qkv, rel_pos_h, rel_pos_w, kv_bias, out, batch, height, width, heads, head_dim, window,
-                            scale, /*threads=*/0, /*force_portable=*/false, compute);
+                            scale, /*threads=*/0, /*force_portable=*/false, compute, pool);
 }
 
 // This CPU's features, probed once.
@@ -224,15 +278,15 @@ void compute_rel_pos_attention(const RelPosAttention& op, OrtKernelContext* cont
   // The attribute allows reduced arithmetic; the bundle runs unchanged on CPUs and shapes that lack it.
   const Compute compute = rel_pos_attention_fast_compute(d, s_h, s_w, op.compute, this_cpu()).value_or(Compute::fp32);
   run_attention(qkv.data, rel_pos_h.data, rel_pos_w.data, kv_bias.data, static_cast<float*>(out_data), batch, height,
-                width, op.heads, d, op.window, op.scale, compute);
+                width, op.heads, d, op.window, op.scale, compute, SessionPool(api, context).get());
 }
 
 // ---- LayerNorm ----
 
 // The one call into the LayerNorm kernel.
 void run_layer_norm(const float* x, const float* weight, const float* bias, float* out, int64_t rows, int64_t channels,
-                    float epsilon) {
-  layer_norm_cpu(x, weight, bias, out, rows, channels, epsilon, /*threads=*/0);
+                    float epsilon, const TaskRunner* pool) {
+  layer_norm_cpu(x, weight, bias, out, rows, channels, epsilon, /*threads=*/0, pool);
 }
 
 struct LayerNorm {
@@ -269,7 +323,8 @@ void compute_layer_norm(const LayerNorm& op, OrtKernelContext* context) {
   if (rows == 0 || channels == 0) return;  // an empty tensor: nothing to normalise
   void* out_data = nullptr;
   check(api, api->GetTensorMutableData(out, &out_data));
-  run_layer_norm(x.data, weight.data, bias.data, static_cast<float*>(out_data), rows, channels, op.epsilon);
+  run_layer_norm(x.data, weight.data, bias.data, static_cast<float*>(out_data), rows, channels, op.epsilon,
+                 SessionPool(api, context).get());
 }
 
 // ---- the QuantizeLinear ops ----
@@ -317,7 +372,8 @@ void compute_gelu_quantize_linear(const GeluQuantizeLinear& op, OrtKernelContext
   uint8_t* out = output<uint8_t>(api, context, 0, x.shape);
   const auto [rows, channels] = rows_and_channels(x.shape);
   if (rows == 0 || channels == 0) return;  // an empty tensor
-  gelu_quantize_cpu(x.data, out, rows, channels, q.scale, q.zero_point, /*threads=*/0);
+  gelu_quantize_cpu(x.data, out, rows, channels, q.scale, q.zero_point, /*threads=*/0,
+                    SessionPool(api, context).get());
 }
 
 // LayerNormQuantizeLinear(X, scale, B, y_scale, y_zero_point) and, with skip,
@@ -344,51 +400,10 @@ void compute_layer_norm_quantize(const LayerNorm& op, OrtKernelContext* context,
   float* sum = with_skip ? output<float>(api, context, 1, x.shape) : nullptr;
   if (rows == 0 || channels == 0) return;  // an empty tensor: nothing to normalise
   layer_norm_quantize_cpu(x.data, skip.data, weight.data, bias.data, q.scale, q.zero_point, out, sum, rows, channels,
-                          op.epsilon, /*threads=*/0);
+                          op.epsilon, /*threads=*/0, SessionPool(api, context).get());
 }
 
 // ---- MaskUpscale ----
-
-// The runtimes whose table has KernelContext_ParallelFor (noted at registration).
-std::mutex parallel_for_mutex;
-std::vector<const OrtApi*> parallel_for_apis;
-
-void note_parallel_for(const OrtApi* api, const OrtApiBase* api_base) {
-  if (!api_base->GetApi(kOrtParallelForApiVersion)) return;
-  std::lock_guard<std::mutex> lock(parallel_for_mutex);
-  if (std::find(parallel_for_apis.begin(), parallel_for_apis.end(), api) == parallel_for_apis.end())
-    parallel_for_apis.push_back(api);
-}
-
-bool has_parallel_for(const OrtApi* api) {
-  std::lock_guard<std::mutex> lock(parallel_for_mutex);
-  return std::find(parallel_for_apis.begin(), parallel_for_apis.end(), api) != parallel_for_apis.end();
-}
-
-// The kernel's tasks on the session's intra-op pool: the op shares the session's
-// threads, where an OpenMP team beside ORT's spinning pool would fight it for the cores.
-TaskRunner session_pool(const OrtApi* api, OrtKernelContext* context) {
-  return [api, context](int64_t tasks, const std::function<void(int64_t)>& body) {
-    struct Call {
-      const std::function<void(int64_t)>* body;
-      std::mutex mutex;
-      std::exception_ptr error;
-    } call;
-    call.body = &body;
-    // No exception may cross ORT's C callback: the first is kept and rethrown here.
-    const auto run = [](void* data, size_t i) noexcept {
-      auto* c = static_cast<Call*>(data);
-      try {
-        (*c->body)(static_cast<int64_t>(i));
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(c->mutex);
-        if (!c->error) c->error = std::current_exception();
-      }
-    };
-    check(api, api->KernelContext_ParallelFor(context, run, static_cast<size_t>(tasks), 0, &call));
-    if (call.error) std::rethrow_exception(call.error);
-  };
-}
 
 struct MaskUpscale {
   const OrtApi* api;
@@ -438,10 +453,8 @@ void compute_mask_upscale(const MaskUpscale& op, OrtKernelContext* context) {
   if (src.shape[0] == 0) throw std::invalid_argument("src has batch 0 for " + std::to_string(batch) + " prompts");
   const MaskUpscaleWeights weights{params[0].data, params[1].data, params[2].data,
                                    params[3].data, params[4].data, params[5].data};
-  // A runtime older than 1.17 has no pool to lend: the kernel's own OpenMP team runs it.
-  const TaskRunner pool = session_pool(api, context);
   mask_upscale_cpu(src.data, hyper_in.data, weights, out, src.shape[0], batch, tokens, op.height, op.width, c,
-                   op.epsilon, /*threads=*/0, /*force_portable=*/false, has_parallel_for(api) ? &pool : nullptr);
+                   op.epsilon, /*threads=*/0, /*force_portable=*/false, SessionPool(api, context).get());
 }
 
 // ---- the op descriptions ----

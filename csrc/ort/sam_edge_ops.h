@@ -44,8 +44,10 @@
 //     ConvTranspose2d parameters, (C, C / 4, 2, 2), (C / 4,), (C / 4,), (C / 4,),
 //     (C / 4, C / 8, 2, 2), (C / 8,); masks (B, T, 4h, 4w) logits.
 //     Attributes: height, width (int, the grid h, w), epsilon (float, LayerNorm2d's).
-//     It runs on the session's intra-op threads (onnxruntime >= 1.17; OpenMP's
-//     on older runtimes).
+//
+// Every op runs on the session's intra-op threads (onnxruntime >= 1.17; an
+// OpenMP team on older runtimes), except RelPosAttention's AMX and AVX512-FP16
+// paths, which keep their OpenMP team.
 //
 // Exported C functions: RegisterCustomOps, and sam_edge_ops_check_api, a
 // self-check of ort_abi.h's table against the runtime that hands it over.

@@ -311,11 +311,9 @@ int run(const Arguments& args) {
   // The one graph needs the library; the standard graph runs anywhere.
   const bool ops_graph = !args.ops.empty() && !bundle.encoder_ops.empty();
   const std::string encoder_file = ops_graph ? bundle.encoder_ops : bundle.encoder;
-  if (ops_graph)
-    // As the Python runtime's ops session: the op's own OpenMP team runs on the
-    // same cores, so ORT's pool threads must not spin-wait through it.
-    ort.check(api->AddSessionConfigEntry(options.get(), "session.intra_op.allow_spinning", "0"),
-              "AddSessionConfigEntry");
+  // ORT's spinning stays on: the library's ops run on the session's own pool
+  // (onnxruntime >= 1.17), as the Python runtime's ops session keeps it where no
+  // cut runs the AMX-BF16 or AVX512-FP16 attention, which keep an OpenMP team.
 
   OrtSession* raw_session = nullptr;
   ort.check(api->CreateSession(env.get(), bundle.path(encoder_file).c_str(), options.get(), &raw_session),

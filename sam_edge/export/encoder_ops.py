@@ -36,8 +36,8 @@ from .quantize_fusions import FUSIONS, fuse_quantize
 #: The graph's file in a bundle.
 OPS_GRAPH_FILE = "encoder_ops.onnx"
 #: The quantize fusions bundles get: none, since each fused op beats the ORT nodes
-#: it replaces but the whole int8 encoder measured slower with them
-#: (benchmarks/bench_quantize_fusions.py; the quantize-fusions-vit_b results).
+#: it replaces but the whole int8 encoder measured no faster with them, on ORT's
+#: pool as on OpenMP (benchmarks/bench_quantize_fusions.py; the quantize-fusions-vit_b results).
 DEFAULT_FUSIONS: tuple = ()
 
 

@@ -112,7 +112,7 @@ class OnnxRuntimeBackend:
             from .ort_ops import encoder_ops_session
 
             self.encoder = encoder_ops_session(encoder_ops["path"], session_options(threads), providers,
-                                               encoder_ops.get("attribute"))
+                                               encoder_ops.get("attribute"), encoder_ops["compute"])
             kinds = ", ".join(sorted(set(encoder_ops["compute"])))
             self.encoder_mode = (f"one graph + sam_edge_ops RelPosAttention "
                                  f"({len(encoder_ops['compute'])} cuts, {kinds})")

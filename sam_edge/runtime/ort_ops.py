@@ -20,7 +20,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..precision import Compute
 
@@ -97,16 +97,21 @@ def _existing_library() -> str:
     return path
 
 
-def encoder_ops_session(path: str, options, providers, compute: Optional[str] = None):
+def encoder_ops_session(path: str, options, providers, compute: Optional[str] = None,
+                        computes: Sequence[str] = ()):
     """An onnxruntime.InferenceSession of the encoder ops graph at `path`, with
     the library registered on `options` (which it adjusts). compute, when given,
     replaces every RelPosAttention's compute attribute (the graph is read
-    without its weights, which stay in their file beside it)."""
+    without its weights, which stay in their file beside it). computes: the
+    compute each cut runs on this CPU (fast_compute's answers), which decide
+    whether ORT's pool threads may spin."""
     import onnxruntime as ort
 
     options.enable_mem_pattern = False  # the arena alone reuses the freed attention inputs
-    # The op's OpenMP team runs on the same cores: ORT's pool threads must not spin-wait through it.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The ops run on ORT's pool, so its threads keep spinning between nodes, which its own
+    # MatMuls want; an attention path with its own OpenMP team needs the cores to itself.
+    if attention_keeps_openmp(computes):
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     register_ort_ops(options)
     model = path
     if compute is not None:
@@ -124,6 +129,18 @@ def encoder_ops_session(path: str, options, providers, compute: Optional[str] = 
                                          os.path.dirname(os.path.abspath(path)))
     # ORT's BiasGelu kernel was measured slower than its Add then Gelu, with the same bits out.
     return ort.InferenceSession(model, options, providers=list(providers), disabled_optimizers=["BiasGeluFusion"])
+
+
+def attention_keeps_openmp(computes: Sequence[str]) -> bool:
+    """Whether a cut running one of `computes` takes a RelPosAttention path that keeps
+    its own OpenMP team inside ONNX Runtime: AVX512-FP16, or bf16 on AMX tiles."""
+    if "fp16" in computes:
+        return True
+    if "bf16" in computes:
+        from ..kernels.cpu_attention import cpu_kernel_status
+
+        return bool(cpu_kernel_status()["amx_bf16"])
+    return False
 
 
 def decoder_prompt_ops_session(path: str, options, providers):

@@ -20,6 +20,10 @@ onnxruntime.InferenceSession with the library registered.
   equal wherever the float64 value lies farther from a rounding boundary than
   the float32 error bound each op's contract states (csrc/gelu_quantize.h,
   csrc/layer_norm.h); within it float32 may round the other way, by one step.
+- On the session's intra-op pool, at 1, 2 and 3 threads: RelPosAttention (fp32,
+  and bf16 where the CPU has AVX512-BF16) equals sam_edge._C's OpenMP kernel bit
+  for bit, and the elementwise ops equal themselves at one thread: no task's
+  arithmetic depends on the thread that runs it or on how the work is cut.
 - Bad attributes and shapes are onnxruntime errors carrying our message, never
   a crash; so are a missing library and a CPU the library refuses.
 """
@@ -56,10 +60,10 @@ def _rel(a, ref):
     return float(np.linalg.norm(a.astype(np.float64) - ref) / np.linalg.norm(ref))
 
 
-def _session_options():
+def _session_options(threads=1):
     options = ort.SessionOptions()
-    # One node: ORT's own pool has nothing to run beside the kernel's OpenMP threads.
-    options.intra_op_num_threads = 1
+    # The kernels run on ORT's intra-op pool: one thread unless a test asks for more.
+    options.intra_op_num_threads = threads
     options.log_severity_level = 4  # the errors under test reach the test as exceptions
     register_ort_ops(options)
     return options
@@ -77,11 +81,11 @@ def _attention_graph(attributes, with_bias=True):
     return model.SerializeToString()
 
 
-def _attention_session(heads, window, scale, compute=None, with_bias=True):
+def _attention_session(heads, window, scale, compute=None, with_bias=True, threads=1):
     attributes = {"heads": heads, "window": window, "scale": scale}
     if compute is not None:
         attributes["compute"] = compute
-    return ort.InferenceSession(_attention_graph(attributes, with_bias), _session_options(),
+    return ort.InferenceSession(_attention_graph(attributes, with_bias), _session_options(threads),
                                 providers=["CPUExecutionProvider"])
 
 
@@ -313,7 +317,7 @@ def layer_norm_reference(x, weight, bias, epsilon, dtype=np.float64):
     return (x - mean) / np.sqrt(var + dtype(epsilon)) * weight + bias
 
 
-def _layer_norm_session(epsilon=1e-6):
+def _layer_norm_session(epsilon=1e-6, threads=1):
     names = ["X", "scale", "B"]
     attributes = {} if epsilon is None else {"epsilon": epsilon}
     node = helper.make_node("LayerNorm", names, ["Y"], domain=DOMAIN, **attributes)
@@ -321,7 +325,8 @@ def _layer_norm_session(epsilon=1e-6):
     graph = helper.make_graph([node], "layer_norm", info[:3], info[3:])
     model = helper.make_model(graph, ir_version=8, opset_imports=[
         helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
-    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), _session_options(threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def _layer_norm_inputs(shape, offset, seed):
@@ -371,14 +376,15 @@ def test_layer_norm_bad_inputs_are_onnxruntime_errors():
 
 # ---- GeluQuantizeLinear ----
 
-def _one_node_session(op_type, inputs, outputs, **attributes):
+def _one_node_session(op_type, inputs, outputs, threads=1, **attributes):
     """A one-node model in our domain; inputs and outputs as (name, TensorProto type)."""
     node = helper.make_node(op_type, [n for n, _ in inputs], [n for n, _ in outputs], domain=DOMAIN, **attributes)
     info = [helper.make_tensor_value_info(name, kind, None) for name, kind in inputs + outputs]
     graph = helper.make_graph([node], op_type, info[:len(inputs)], info[len(inputs):])
     model = helper.make_model(graph, ir_version=8, opset_imports=[
         helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
-    return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), _session_options(threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def quantize_reference(v, y_zero_point):
@@ -413,9 +419,10 @@ def gelu_reference(x):
     return x * phi
 
 
-def _gelu_quantize_session():
+def _gelu_quantize_session(threads=1):
     return _one_node_session("GeluQuantizeLinear", [("X", TensorProto.FLOAT), ("y_scale", TensorProto.FLOAT),
-                                                    ("y_zero_point", TensorProto.UINT8)], [("Y", TensorProto.UINT8)])
+                                                    ("y_zero_point", TensorProto.UINT8)], [("Y", TensorProto.UINT8)],
+                             threads=threads)
 
 
 def _gelu_inputs(shape, seed):
@@ -484,13 +491,13 @@ def test_gelu_quantize_bad_inputs_are_onnxruntime_errors():
 
 # ---- LayerNormQuantizeLinear, SkipLayerNormQuantizeLinear ----
 
-def _layer_norm_quantize_session(with_skip, epsilon=1e-6):
+def _layer_norm_quantize_session(with_skip, epsilon=1e-6, threads=1):
     floats = ["X", "skip", "scale", "B", "y_scale"] if with_skip else ["X", "scale", "B", "y_scale"]
     inputs = [(n, TensorProto.FLOAT) for n in floats] + [("y_zero_point", TensorProto.UINT8)]
     outputs = [("Y", TensorProto.UINT8)] + ([("sum", TensorProto.FLOAT)] if with_skip else [])
     attributes = {} if epsilon is None else {"epsilon": epsilon}
     op = "SkipLayerNormQuantizeLinear" if with_skip else "LayerNormQuantizeLinear"
-    return _one_node_session(op, inputs, outputs, **attributes)
+    return _one_node_session(op, inputs, outputs, threads=threads, **attributes)
 
 
 def layer_norm_error_window(x, weight, bias, y_scale, epsilon):
@@ -566,6 +573,80 @@ def test_layer_norm_quantize_bad_inputs_are_onnxruntime_errors():
     (out,) = plain.run(None, good)  # the session still computes after its errors
     v = layer_norm_reference(x, weight, bias, 1e-6) / float(np.float32(0.05))
     _assert_quantized_equal(out, v, 128, layer_norm_error_window(x, weight, bias, 0.05, 1e-6))
+
+
+# ---- on the session's intra-op pool ----
+#
+# Each op's loops run as tasks on ORT's intra-op pool (onnxruntime >= 1.17), a
+# task's arithmetic the same whichever thread runs it and however the work is
+# cut: at 1, 2 and 3 threads (3 is more than this 2-core host has) the op equals
+# the OpenMP kernel of sam_edge._C bit for bit, and itself at one thread.
+
+POOL_THREADS = [1, 2, 3]
+needs_pool = pytest.mark.skipif(
+    tuple(int(p) for p in ort.__version__.split(".")[:2]) < (1, 17),
+    reason=f"onnxruntime {ort.__version__} has no KernelContext_ParallelFor (1.17): the ops run on OpenMP")
+# Global and windowed, ViT-B's and ViT-H's head_dim, and the portable loop's odd head_dim.
+_POOL_SHAPES = [SHAPES[0], SHAPES[1], SHAPES[4], SHAPES[5], SHAPES[6]]
+
+
+@needs_library
+@needs_avx512
+@needs_pool
+@pytest.mark.parametrize("threads", POOL_THREADS)
+@pytest.mark.parametrize("compute", ["fp32", "bf16"])
+@pytest.mark.parametrize("shape", _POOL_SHAPES, ids=[_ids[SHAPES.index(s)] for s in _POOL_SHAPES])
+def test_rel_pos_attention_on_the_pool_equals_the_kernel(shape, compute, threads):
+    batch, grid, heads, d, window, with_bias = shape
+    k_size = (window or grid[0], window or grid[1])
+    if compute == "bf16" and not (STATUS["avx512_bf16"] or STATUS["amx_bf16"]):
+        pytest.skip(f"this CPU has no bf16 path (it needs {_REDUCED_FEATURE['bf16']})")
+    if compute == "bf16" and fast_compute(d, k_size, "bf16") != "bf16":
+        pytest.skip(f"no bf16 path takes head_dim {d}: the op runs fp32 there, the fp32 case")
+    if compute == "bf16" and STATUS["amx_bf16"]:
+        pytest.skip("bf16 runs on AMX here, which keeps its OpenMP team; the AVX512-BF16 path is not reached")
+    qkv, rel_pos_h, rel_pos_w, kv_bias = qkv_inputs(batch, grid, heads, d, window, seed=sum(grid) + d + threads)
+    kv_bias = kv_bias if with_bias else None
+    scale = d ** -0.5
+    (ours,) = _attention_session(heads, window, scale, compute=compute, with_bias=with_bias, threads=threads).run(
+        None, _feeds(qkv, rel_pos_h, rel_pos_w, kv_bias))
+    kernel = rel_pos_attention_qkv(qkv, rel_pos_h, rel_pos_w, kv_bias, heads, window, scale, compute=compute)
+    np.testing.assert_array_equal(ours, kernel)
+
+
+# The elementwise ops' kernels have no sam_edge._C binding: each row is one
+# task's, so the op at several threads equals the op at one, whose float64 tests
+# are above. Widths: ViT-B's norm and MLP over a 32 x 32 grid, and rows of 37
+# that leave the last task short.
+_ELEMENTWISE_WIDTHS = [768, 3072, 37]
+
+
+def _elementwise_outputs(op, width, threads):
+    x, weight, bias = _layer_norm_inputs((1, 1000 if width == 37 else 1024, width), 5.0, seed=width)
+    quantize = {"y_scale": np.array(0.03, np.float32), "y_zero_point": np.array(128, np.uint8)}
+    if op == "LayerNorm":
+        return _layer_norm_session(1e-6, threads=threads).run(None, {"X": x, "scale": weight, "B": bias})
+    if op == "GeluQuantizeLinear":
+        return _gelu_quantize_session(threads).run(None, {"X": x, **quantize})
+    with_skip = op == "SkipLayerNormQuantizeLinear"
+    feeds = {"X": x, "scale": weight, "B": bias, **quantize}
+    if with_skip:
+        feeds["skip"] = np.random.default_rng(width).standard_normal(x.shape).astype(np.float32)
+    return _layer_norm_quantize_session(with_skip, threads=threads).run(None, feeds)
+
+
+@needs_library
+@needs_avx512
+@needs_pool
+@pytest.mark.parametrize("threads", POOL_THREADS[1:])
+@pytest.mark.parametrize("width", _ELEMENTWISE_WIDTHS)
+@pytest.mark.parametrize("op", ["LayerNorm", "GeluQuantizeLinear", "LayerNormQuantizeLinear",
+                                "SkipLayerNormQuantizeLinear"])
+def test_elementwise_ops_on_the_pool_equal_one_thread(op, width, threads):
+    one = _elementwise_outputs(op, width, 1)
+    many = _elementwise_outputs(op, width, threads)
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---- loading ----
