@@ -97,6 +97,10 @@ def onnx_bundle_graphs(onnx_bundle: str) -> Tuple[Dict[str, str], Dict[str, Any]
     return paths, base
 
 
+#: ONNX bundle manifest entries that describe ONNX Runtime graphs the engines do not carry.
+ONNX_RUNTIME_ONLY = ("encoder_ops", "decoder_prompt_ops", "fused_global_attention")
+
+
 def tensorrt_manifest(
     base: Mapping[str, Any],
     params: TensorRTBuildParams,
@@ -108,7 +112,7 @@ def tensorrt_manifest(
     """The bundle manifest: the ONNX Runtime bundle's fields (model, config, sizes,
     weights, versions), backend "tensorrt", the engines as graphs, and a
     "tensorrt" section that check_engine_compatibility reads."""
-    manifest = {k: v for k, v in base.items() if k not in ("files", "graphs", "conversion")}
+    manifest = {k: v for k, v in base.items() if k not in ("files", "graphs", "conversion") + ONNX_RUNTIME_ONLY}
     manifest.update(
         backend="tensorrt",
         model_type=base.get("model_type", params.model_type),

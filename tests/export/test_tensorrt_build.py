@@ -61,6 +61,20 @@ def test_tensorrt_manifest_extends_the_onnx_one():
     check_engine_compatibility(manifest, RUNTIME)  # the machine that built it
 
 
+def test_tensorrt_manifest_drops_the_onnx_runtime_graph_entries():
+    """The ONNX bundle's sam_edge_ops graphs (and ORT's fused attention) are not in a
+    TensorRT bundle: an entry naming them would point at files the bundle does not hold."""
+    base = dict(BASE_MANIFEST, encoder_ops={"file": "encoder_ops.onnx", "domain": "ai.sam_edge"},
+                decoder_prompt_ops={"file": "decoder_prompt_ops.onnx", "domain": "ai.sam_edge"},
+                fused_global_attention=4)
+    p = build.TensorRTBuildParams(model_type="vit_b", precision="fp16")
+    engines = {"encoder": {"plan": "encoder.plan"}, "decoder": {"plan": "decoder.plan"}}
+    files = {"encoder.plan": {"sha256": "1" * 64, "bytes": 2}, "decoder.plan": {"sha256": "2" * 64, "bytes": 3}}
+    manifest = build.tensorrt_manifest(base, p, engines, files, RUNTIME, {"encoder": {"sha256": "0" * 64}})
+    assert not {"encoder_ops", "decoder_prompt_ops", "fused_global_attention"} & set(manifest)
+    assert manifest["weights"] == BASE_MANIFEST["weights"]
+
+
 @pytest.mark.parametrize("params", [{}, dict(max_points=8, max_prompts=32, opt_prompts=16, workspace_bytes=1 << 30),
                                     dict(hardware_compatibility="ampere_plus", version_compatible=True,
                                          decoder_precision="fp16", max_batch=4, weakly_typed=True)])
