@@ -134,6 +134,17 @@ Tensor view(const Runtime& ort, OrtValue* value, const std::string& name) {
   return tensor;
 }
 
+// Whether ORT's u8 x s8 GEMM adds product pairs in int16 here: x86 without
+// AVX512-VNNI or AVX-VNNI (onnxruntime_backend.int8_gemm_saturates).
+bool int8_gemm_saturates() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return !__builtin_cpu_supports("avx512vnni") && !__builtin_cpu_supports("avxvnni");
+#else
+  return false;
+#endif
+}
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string text;
   for (int64_t d : shape) text += (text.empty() ? "" : "x") + std::to_string(d);
@@ -292,9 +303,11 @@ int run(const Arguments& args) {
   if (args.threads)
     ort.check(api->SetIntraOpNumThreads(options.get(), static_cast<int>(args.threads)), "SetIntraOpNumThreads");
   // As the Python runtime's sessions (onnxruntime_backend.session_options): on
-  // x86 CPUs without VNNI, int8 bundles' u8s8 GEMMs would saturate in int16;
-  // this makes ORT use u8u8 kernels there, and changes nothing elsewhere.
-  ort.check(api->AddSessionConfigEntry(options.get(), "session.x64quantprecision", "1"), "AddSessionConfigEntry");
+  // x86 CPUs without VNNI, int8 bundles' u8s8 GEMMs would saturate in int16, so
+  // ORT is moved to its u8u8 kernels there; elsewhere the option would only
+  // trade the VNNI and AMX u8s8 kernels for slower u8u8 ones.
+  if (int8_gemm_saturates())
+    ort.check(api->AddSessionConfigEntry(options.get(), "session.x64quantprecision", "1"), "AddSessionConfigEntry");
   // The memory pattern plans one block per run on top of the arena, which for
   // the encoder holds every attention map at once; the arena alone reuses them
   // (the decoder shares these options and is small either way).

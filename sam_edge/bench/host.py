@@ -9,23 +9,20 @@ import os
 import platform
 from typing import Dict, List
 
+from ..runtime.cpu import cpu_flags
+
 #: The CPU features that decide which kernels run (ONNX Runtime's int8 GEMMs use
-#: AMX where present; sam-edge's attention kernel needs AVX-512, and AVX512-FP16
-#: for its fp16 path): hosts that print the same model name differ in these.
-CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+#: VNNI or AMX where present, and u8u8 kernels without VNNI; sam-edge's attention
+#: kernel needs AVX-512, and AVX512-FP16 for its fp16 path): hosts that print the
+#: same model name differ in these.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+                "amx_bf16")
 
 
 def cpu_features() -> List[str]:
     """The CPU_FEATURES this CPU has, from /proc/cpuinfo (empty where it is absent)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [name for name in CPU_FEATURES if name in flags]
-    except OSError:
-        pass
-    return []
+    flags = cpu_flags()
+    return [name for name in CPU_FEATURES if name in flags]
 
 
 def cpu_model() -> str:

@@ -6,30 +6,48 @@ returns all four mask tokens' low-res logits and scores; the multimask choice
 happens here, and the resize to the image in sam_edge.postprocess (numpy API).
 """
 
+import platform
 import threading
-from typing import Optional, Sequence, Tuple
+from typing import AbstractSet, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .. import postprocess
 from ..config import PIXEL_MEAN, PIXEL_STD
+from . import cpu
 from .prompt_layout import decoder_prompt_feed
+
+
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def int8_gemm_saturates(flags: Optional[AbstractSet[str]] = None, machine: Optional[str] = None) -> bool:
+    """Whether ONNX Runtime's u8 x s8 GEMM saturates on this CPU (or on one with `flags`
+    and `machine`): on x86 without VNNI it adds pairs of products in int16, clipping
+    where weights reach outside [-64, 63]. Unknown flags on x86 count as saturating."""
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine not in X86_MACHINES:
+        return False
+    flags = cpu.cpu_flags() if flags is None else flags
+    return not (set(flags) & cpu.VNNI_FLAGS)
 
 
 def session_options(threads: Optional[int] = None):
     """The ``onnxruntime.SessionOptions`` every bundle graph runs with.
 
-    On x86 CPUs without VNNI, ONNX Runtime's u8s8 integer GEMMs (int8 bundles'
-    MatMulIntegerToFloat) add pairs of products in int16 and saturate for weights
-    outside [-64, 63]; ``session.x64quantprecision`` makes it use u8u8 kernels
-    there instead, and changes nothing on CPUs with VNNI.
+    Where ONNX Runtime's u8s8 integer GEMMs (int8 bundles' MatMulIntegerToFloat)
+    saturate (int8_gemm_saturates), ``session.x64quantprecision`` moves them to
+    u8u8 kernels, exact but slower. Elsewhere it is left off: it rewrites every
+    int8 weight to u8 on any x86 CPU, which would trade VNNI's and AMX's u8s8
+    kernels for the u8u8 ones and add nothing to exactness.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = int(threads)
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    if int8_gemm_saturates():
+        options.add_session_config_entry("session.x64quantprecision", "1")
     return options
 
 
