@@ -20,8 +20,10 @@ package measured in the same run.
   CPU with AVX512-BF16 or AMX, which is not fp32).
 - openvino-int8: `nncf.quantize(model_type=TRANSFORMER)` over the calibration
   images, compiled with OpenVINO's defaults (its own choice for what stays float).
-  For ViT-H, NNCF's statistics collection needs more than 24 GB of memory (on
-  such a host run `--openvino fp32`).
+  For ViT-H, NNCF's statistics collection needs more than 24 GB of memory: on
+  such a host quantize once in its own process with swap enabled
+  (`--save-int8-ir vit_h-int8.xml`), then time the saved model beside the
+  others, with swap off, through `--int8-ir vit_h-int8.xml`.
 - each --bundle: `sam_edge.load(bundle).embed`.
 
 Calibration: --calib-images DIR, else the photos `sam-edge build` calibrates on
@@ -57,6 +59,13 @@ def eval_images():
     return {name: np.ascontiguousarray(getattr(data, name)()[..., :3]) for name in EVAL_PHOTOS}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def time_rows(embed, inputs, repeat):
     """Seconds of every timed call, and the embeddings of the first call per image."""
     times, outputs = [], []
@@ -80,10 +89,53 @@ def convert_encoder(encoder, example):
         return ov.convert_model(traced, example_input=torch.from_numpy(example))
 
 
-def openvino_rows(ov_model, model_inputs, calib_inputs, threads, repeat, which=("fp32", "int8")):
+def quantize_openvino(ov_model, calib_inputs):
+    """NNCF post-training quantization with its transformer settings, and the seconds it took."""
+    import nncf
+
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(ov_model, nncf.Dataset(calib_inputs), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(calib_inputs))
+    return quantized, time.perf_counter() - t0
+
+
+def save_int8_ir(quantized, path, provenance):
+    """The quantized model as OpenVINO IR at `path` (.xml and .bin), with its provenance
+    (model, weights, calibration) in `path`.json for --int8-ir to check."""
+    import json
+
+    import openvino as ov
+
+    if not path.endswith(".xml"):
+        raise ValueError(f"--save-int8-ir: an OpenVINO IR path ends in .xml; got {path!r}")
+    ov.save_model(quantized, path, compress_to_fp16=False)
+    with open(path + ".json", "w") as f:
+        json.dump(provenance, f, indent=1)
+
+
+def load_int8_ir(path, model_type, weights):
+    """(openvino.Model, provenance) saved by --save-int8-ir, refused where it was quantized
+    from another model or other weights than this run's."""
+    import json
+
+    import openvino as ov
+
+    try:
+        with open(path + ".json") as f:
+            provenance = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"--int8-ir: {path}.json is missing; save the IR with --save-int8-ir") from None
+    if (provenance.get("model"), provenance.get("weights")) != (model_type, weights):
+        raise SystemExit(f"--int8-ir: {path} was quantized from {provenance.get('model')} "
+                         f"{provenance.get('weights')}, this run times {model_type} {weights}")
+    return ov.Core().read_model(path), provenance
+
+
+def openvino_rows(ov_model, model_inputs, calib_inputs, threads, repeat, which=("fp32", "int8"), int8_ir=None):
+    """Timed rows of OpenVINO fp32 and int8; the int8 model is `int8_ir` = (model,
+    provenance) where given, else quantized here from `ov_model` over `calib_inputs`."""
     import gc
 
-    import nncf
     import openvino as ov
 
     core = ov.Core()
@@ -106,11 +158,14 @@ def openvino_rows(ov_model, model_inputs, calib_inputs, threads, repeat, which=(
         gc.collect()  # the fp32 compiled model's memory, before NNCF needs its own
     if "int8" not in which:
         return rows
-    t0 = time.perf_counter()
-    quantized = nncf.quantize(ov_model, nncf.Dataset(calib_inputs), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(calib_inputs))
-    quantize_s = time.perf_counter() - t0
-    run("openvino-int8", quantized, base, {"quantize_s": quantize_s, "calibration_images": len(calib_inputs)})
+    if int8_ir is not None:
+        quantized, provenance = int8_ir
+        extra = {"quantize_s": provenance.get("quantize_s"), "calibration_images": provenance.get("calibration_images"),
+                 "quantized_in": "a separate process (--save-int8-ir)"}
+    else:
+        quantized, quantize_s = quantize_openvino(ov_model, calib_inputs)
+        extra = {"quantize_s": quantize_s, "calibration_images": len(calib_inputs)}
+    run("openvino-int8", quantized, base, extra)
     return rows
 
 
@@ -124,6 +179,10 @@ def main() -> int:
     parser.add_argument("--openvino", default="fp32,int8",
                         help="OpenVINO rows to run, a comma list of fp32, int8")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--save-int8-ir", metavar="PATH.xml",
+                        help="quantize with NNCF, save the int8 model as OpenVINO IR, and exit without timing")
+    parser.add_argument("--int8-ir", metavar="PATH.xml",
+                        help="time this saved int8 IR (from --save-int8-ir) as the openvino-int8 row")
     parser.add_argument("--tag", help="host name in the results file (default: derived from the CPU)")
     parser.add_argument("--note", default="", help="stored in the JSON")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -133,9 +192,13 @@ def main() -> int:
     openvino_which = tuple(r for r in args.openvino.split(",") if r)
     if any(r not in ("fp32", "int8") for r in openvino_which):
         parser.error(f"--openvino: a comma list of fp32, int8; got {args.openvino!r}")
+    if args.save_int8_ir and not args.save_int8_ir.endswith(".xml"):
+        parser.error(f"--save-int8-ir: an OpenVINO IR path ends in .xml; got {args.save_int8_ir!r}")
+    if args.int8_ir and "int8" not in openvino_which:
+        parser.error("--int8-ir times the openvino-int8 row, which --openvino leaves out")
     try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
+        import nncf
+        import openvino
     except ImportError as exc:
         print(f"bench_openvino: needs OpenVINO and NNCF: pip install openvino nncf ({exc})", file=sys.stderr)
         return 2
@@ -169,6 +232,19 @@ def main() -> int:
     calib, calib_source = calibration_images(args.calib_images)
     calib_inputs = [encoder_input(np.ascontiguousarray(image[..., :3]), config.image_size) for image in calib]
 
+    if args.save_int8_ir:
+        ov_model = convert_encoder(model.image_encoder, model_inputs[0])
+        del model
+        gc.collect()
+        quantized, quantize_s = quantize_openvino(ov_model, calib_inputs)
+        save_int8_ir(quantized, args.save_int8_ir,
+                     {"model": args.model, "weights": weights, "calibration": calib_source,
+                      "calibration_images": len(calib), "quantize_s": quantize_s,
+                      "versions": {"openvino": openvino.__version__, "nncf": nncf.__version__},
+                      "peak_rss_mb": peak_rss_mb(), "cpu_features": cpu_features()})
+        print(f"saved {args.save_int8_ir} (NNCF {quantize_s:.0f} s, peak RSS {peak_rss_mb():.0f} MB)")
+        return 0
+    int8_ir = load_int8_ir(args.int8_ir, args.model, weights) if args.int8_ir else None
     with torch.inference_mode():
         ref_times, ref_outputs = time_rows(lambda x: model.image_encoder(torch.from_numpy(x)).numpy(),
                                            model_inputs, args.repeat)
@@ -178,7 +254,8 @@ def main() -> int:
     del model  # the torch weights, before NNCF's statistics need the memory
     gc.collect()
     if openvino_which:
-        rows += openvino_rows(ov_model, model_inputs, calib_inputs, args.threads, args.repeat, openvino_which)
+        rows += openvino_rows(ov_model, model_inputs, calib_inputs, args.threads, args.repeat, openvino_which,
+                              int8_ir=int8_ir)
         del ov_model
     for bundle in args.bundle:
         engine = sam_edge.load(bundle, threads=args.threads)
@@ -206,7 +283,7 @@ def main() -> int:
         "model": args.model,
         "weights": weights,
         "settings": {"repeat": args.repeat, "threads": args.threads, "eval_images": list(EVAL_PHOTOS),
-                     "openvino_rows": list(openvino_which),
+                     "openvino_rows": list(openvino_which), "int8_ir": args.int8_ir,
                      "calibration": calib_source, "calibration_images": len(calib)},
         "versions": {"torch": torch.__version__, "openvino": openvino.__version__, "nncf": nncf.__version__,
                      "sam_edge": sam_edge.__version__},

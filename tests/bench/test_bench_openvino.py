@@ -62,3 +62,27 @@ def test_openvino_rows_against_torch_float64():
     assert all(1e-4 < e < 5e-2 for e in errors[1:]), errors
     for row in rows:
         assert len(row["times"]) == len(inputs) and all(t > 0 for t in row["times"])
+
+
+def test_saved_int8_ir_is_the_model_quantized_in_process(tmp_path):
+    """--save-int8-ir then --int8-ir times the same int8 model as quantizing in the timing
+    process would, and a saved IR from other weights is refused."""
+    torch.manual_seed(0)
+    model = Block().eval()
+    rng = np.random.default_rng(2)
+    inputs = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32)]
+    calib = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(3)]
+    ov_model = bench_openvino.convert_encoder(model, inputs[0])
+    quantized, seconds = bench_openvino.quantize_openvino(ov_model, calib)
+    path = str(tmp_path / "block-int8.xml")
+    bench_openvino.save_int8_ir(quantized, path, {"model": "block", "weights": "seed0", "quantize_s": seconds,
+                                                  "calibration_images": len(calib)})
+    saved = bench_openvino.load_int8_ir(path, "block", "seed0")
+    in_process = bench_openvino.openvino_rows(ov_model, inputs, calib, threads=1, repeat=1, which=("int8",))
+    from_ir = bench_openvino.openvino_rows(ov_model, inputs, calib, threads=1, repeat=1, which=("int8",),
+                                           int8_ir=saved)
+    assert from_ir[0]["calibration_images"] == 3 and "quantized_in" in from_ir[0]
+    a, b = in_process[0]["outputs"][0], from_ir[0]["outputs"][0]
+    assert rel_l2(b, a) < 1e-6, rel_l2(b, a)
+    with pytest.raises(SystemExit, match="quantized from block seed0"):
+        bench_openvino.load_int8_ir(path, "block", "seed1")
