@@ -58,6 +58,20 @@ def info() -> Dict[str, str]:
         "not built (pip install . builds sam_edge/libsam_edge_ops.so)" if library is None
         else f"{library} (ONNX domain {ort_ops.DOMAIN})" if kernel["avx512"]
         else f"{library}: refuses this CPU (no AVX-512)")
+    try:
+        from .kernels.mask_upscale import mask_upscale_status
+
+        upscale = mask_upscale_status()
+        report["mask_upscale_kernel"] = (
+            "unavailable (sam_edge._C is not built)" if not upscale["available"]
+            else f"sam_edge._C ({'AVX-512 fp32' if upscale['avx512'] else 'portable loop'})")
+    except ImportError:
+        report["mask_upscale_kernel"] = "torch absent: runs only as bundles' decoder_prompt_ops graph"
+    from .runtime.onnxruntime_backend import int8_gemm_saturates
+
+    report["ort_int8_gemm"] = (
+        "u8u8 kernels (session.x64quantprecision): this CPU has no VNNI, and ORT's u8s8 kernel saturates in int16"
+        if int8_gemm_saturates() else "u8s8 kernels (VNNI or AMX on x86): no int16 saturation on this CPU")
     from .runtime import tensorrt_compat
 
     report["tensorrt_runtime"] = tensorrt_compat.status()["summary"]
